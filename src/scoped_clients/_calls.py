@@ -1,0 +1,68 @@
+"""What a wrapped call is, as the transports and the vendor profiles see it.
+
+A *profile* describes one vendor's wire protocol: from the outgoing request it
+tells which operation and model a call is (``describe``), and it builds a
+*meter* that reads the response body as it streams, counting tokens without
+parsing every event (``meter``).  The transports own the generic part
+(registration with the scope, aborting, timing); profiles only supply these
+two small callables (style note 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+UsageSource = Literal["provider", "estimated"]
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """What a call is: filled once per request, off the hot path."""
+
+    provider: str
+    operation: str
+    model: str | None = None
+    #: the request's own output bound (``max_tokens``, ``max_output_tokens``...)
+    max_tokens: int | None = None
+    streaming: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Meter:
+    """Counts what a response carried.  The base class counts nothing.
+
+    ``feed`` is called with every raw body chunk as it arrives (the hot path):
+    implementations must not JSON-parse events that carry no usage.
+    """
+
+    __slots__ = ("finish_reason", "input_source", "output_source", "tokens_in", "tokens_out", "units")
+
+    def __init__(self) -> None:
+        self.tokens_in: int | None = None
+        self.tokens_out: int = 0
+        #: where ``tokens_in`` / ``tokens_out`` come from
+        self.input_source: UsageSource = "estimated"
+        self.output_source: UsageSource = "estimated"
+        #: set once the provider said why it stopped (for finish-or-abort)
+        self.finish_reason: str | None = None
+        #: vendor units other than tokens (search units, billed units...)
+        self.units: dict[str, float] = {}
+
+    def feed(self, data: bytes) -> None:
+        """Account for one raw body chunk, as received from the socket."""
+
+    def close(self) -> None:
+        """The body ended (or was aborted): flush any partial event."""
+
+
+class Profile(Protocol):
+    """A vendor's wire protocol, as the scoped transport needs it."""
+
+    def describe(self, method: str, url: str, body: bytes) -> CallInfo:
+        """Name the call from its request (``body`` is b"" when streamed)."""
+        ...
+
+    def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
+        """A fresh meter for one response."""
+        ...
