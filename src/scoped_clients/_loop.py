@@ -1,0 +1,60 @@
+"""Running a callback on a given event loop's thread, from any thread.
+
+anyio has no non-blocking "call soon on that loop" for foreign threads
+(``anyio.from_thread.run_sync`` waits for the result, which can deadlock a
+canceller that the loop is itself waiting on), so we keep the native handle.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import sniffio
+
+Post = Callable[[Callable[[], object]], None]
+
+
+def current_poster() -> Post:
+    """A thread-safe, non-blocking ``post(fn)`` for the event loop running here."""
+    library = sniffio.current_async_library()
+    if library == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def post_trio(fn: Callable[[], object]) -> None:
+            try:
+                token.run_sync_soon(fn)
+            except trio.RunFinishedError:
+                pass
+
+        return post_trio
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def post_asyncio(fn: Callable[[], object]) -> None:
+        try:
+            loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop has closed: nothing left to cancel on it
+            pass
+
+    return post_asyncio
+
+
+class LoopHandle:
+    """The loop a piece of async state lives on: its thread and a poster."""
+
+    __slots__ = ("post", "thread_id")
+
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.post = current_poster()
+
+    def run(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` now if we are on the loop's thread, else as soon as the loop can."""
+        if threading.get_ident() == self.thread_id:
+            fn()
+        else:
+            self.post(fn)

@@ -1,0 +1,162 @@
+"""Reports: one ``CallRecord`` per wrapped call, one ``ScopeReport`` per scope.
+
+A report is produced exactly once, when the scope ends, and handed to every
+registered sink.  The default sink writes one structured line on the
+``scoped_clients`` logger::
+
+    scoped_clients.report {"scope": "chat", "outcome": "cancelled", "reason": "client_disconnected",
+                           "tokens_saved": 412, ...}
+
+so that an operator can ``grep scoped_clients.report`` and sum ``tokens_saved``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ._calls import UsageSource
+
+logger = logging.getLogger("scoped_clients")
+
+Outcome = Literal["completed", "aborted", "refused", "failed"]
+ScopeOutcome = Literal["completed", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What one wrapped call did.  Token figures say where they come from."""
+
+    provider: str
+    operation: str
+    model: str | None
+    outcome: Outcome
+    started_at: float
+    duration: float
+    tokens_in: int | None = None
+    tokens_out: int = 0
+    #: where tokens_in / tokens_out come from: the provider's usage, or our count
+    tokens_in_source: UsageSource = "estimated"
+    tokens_out_source: UsageSource = "estimated"
+    #: aborted calls only: expected tokens the provider did not produce (estimate)
+    tokens_saved: int | None = None
+    #: aborted calls only: the request's own bound minus what was received (exact)
+    tokens_saved_max: int | None = None
+    saved_method: str | None = None
+    cancel_reason: str | None = None
+    #: aborted because the scope ended while nobody awaited the call
+    orphan: bool = False
+    error: str | None = None
+    finish_reason: str | None = None
+    units: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeReport:
+    """The final account of one scope, built once when its block exits."""
+
+    scope: str | None
+    scope_id: int
+    outcome: ScopeOutcome
+    cancel_reason: str | None
+    cancel_message: str | None
+    started_at: float
+    duration: float
+    calls: tuple[CallRecord, ...]
+
+    def _sum(self, name: str) -> int:
+        return sum(int(getattr(c, name) or 0) for c in self.calls)
+
+    @property
+    def tokens_in(self) -> int:
+        return self._sum("tokens_in")
+
+    @property
+    def tokens_out(self) -> int:
+        return self._sum("tokens_out")
+
+    @property
+    def tokens_saved(self) -> int:
+        return self._sum("tokens_saved")
+
+    @property
+    def tokens_saved_max(self) -> int:
+        return self._sum("tokens_saved_max")
+
+    @property
+    def orphans(self) -> int:
+        return sum(1 for c in self.calls if c.orphan)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for c in self.calls if c.outcome == outcome)
+
+    def summary(self) -> dict[str, object]:
+        """The one-line form the default sink logs (stable keys)."""
+        return {
+            "scope": self.scope,
+            "scope_id": self.scope_id,
+            "outcome": self.outcome,
+            "reason": self.cancel_reason,
+            "duration_ms": round(self.duration * 1000, 3),
+            "calls": len(self.calls),
+            "completed": self.count("completed"),
+            "aborted": self.count("aborted"),
+            "refused": self.count("refused"),
+            "failed": self.count("failed"),
+            "orphans": self.orphans,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "tokens_saved": self.tokens_saved,
+            "tokens_saved_max": self.tokens_saved_max,
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        data = self.summary()
+        data["calls"] = [asdict(c) for c in self.calls]
+        return data
+
+
+ReportSink = Callable[[ScopeReport], object]
+
+_sinks: list[ReportSink] = []
+_sinks_lock = threading.Lock()
+
+
+def log_sink(report: ScopeReport) -> None:
+    """The default sink: one structured line on the ``scoped_clients`` logger."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("scoped_clients.report %s", json.dumps(report.summary(), separators=(",", ":")))
+
+
+def add_report_sink(sink: ReportSink) -> Callable[[], None]:
+    """Register ``sink(report)``, called once per ended scope.  Returns a function that removes it.
+
+    Sinks run synchronously in the task or thread that ends the scope: keep them
+    quick (queue the report if you ship it over the network).  A sink that raises
+    is logged and never disturbs the request.
+    """
+    with _sinks_lock:
+        _sinks.append(sink)
+
+    def remove() -> None:
+        with _sinks_lock:
+            if sink in _sinks:
+                _sinks.remove(sink)
+
+    return remove
+
+
+def emit(report: ScopeReport) -> None:
+    log_sink(report)
+    with _sinks_lock:
+        sinks = list(_sinks)
+    for sink in sinks:
+        try:
+            sink(report)
+        except Exception:
+            logger.exception("scoped_clients report sink %r failed", sink)
