@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from scoped_clients.provider import LocalProvider
+if TYPE_CHECKING:
+    from scoped_clients.provider import LocalProvider
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -16,6 +18,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def _session_provider() -> Iterator[LocalProvider]:
+    from scoped_clients.provider import LocalProvider
+
     with LocalProvider(token_interval=0.01, default_tokens=50) as p:
         yield p
 

@@ -408,16 +408,12 @@ class RequestScope:
 
     async def __aenter__(self) -> Self:
         self._loop = LoopHandle()
+        self._enter_common(is_async=True)
         self._cancel_scope = anyio.CancelScope()
         self._cancel_scope.__enter__()
-        try:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            self._tg_open = True
-            self._enter_common(is_async=True)
-        except BaseException:
-            self._cancel_scope.__exit__(None, None, None)
-            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg_open = True
         if self._deadline is not None and not self.cancelled:
             self._tg.start_soon(self._watch_deadline, self._deadline)
         if self.cancelled:

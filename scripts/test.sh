@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything the test-suite needs into .venv and run it. Safe to rerun.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+
+pkgs=(-e ".[dev]")
+for adapter in adapters/*/; do
+    [ -f "$adapter/pyproject.toml" ] && pkgs+=(-e "$adapter")
+done
+python -m pip install -q "${pkgs[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+
+# The browser test drives Debian's chromium (no browser download from the network).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
+
+tests=(tests)
+for adapter in adapters/*/; do
+    [ -d "$adapter/tests" ] && tests+=("$adapter/tests")
+done
+python -m pytest "${tests[@]}" "$@"
