@@ -18,11 +18,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, TypeVarTuple, Unpack
+from typing import Any, Protocol, Self, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -32,9 +32,6 @@ from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode, coerce_reason
 from ._report import CallRecord, ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("scoped_clients")
 
@@ -106,7 +103,7 @@ class RequestScope:
         *,
         timeout: float | None = None,
         deadline: float | None = None,
-        parent: RequestScope | None | _Ambient = _AMBIENT,
+        parent: RequestScope | _Ambient | None = _AMBIENT,
         hook_timeout: float = 5.0,
     ) -> None:
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0 or math.isnan(timeout)):
@@ -271,7 +268,9 @@ class RequestScope:
 
     # ------------------------------------------------------------- children
 
-    def spawn(self, fn: Callable[[Unpack[PosArgsT]], Awaitable[Any]], *args: Unpack[PosArgsT], name: str | None = None) -> None:
+    def spawn(
+        self, fn: Callable[[*PosArgsT], Coroutine[Any, Any, Any]], *args: *PosArgsT, name: str | None = None
+    ) -> None:
         """Start ``fn(*args)`` as a child task owned by the scope.
 
         The child is cancelled with the scope and the block does not exit before it
@@ -282,7 +281,9 @@ class RequestScope:
         if state is _State.NEW:
             raise ScopeStateError(f"spawn() needs an active scope: call it inside `async with {self!r}`")
         if state is _State.ENDED:
-            raise ScopeStateError(f"{self!r} has ended; spawn() children inside its `async with` block, or open a new scope")
+            raise ScopeStateError(
+                f"{self!r} has ended; spawn() children inside its `async with` block, or open a new scope"
+            )
         if not self._is_async or self._tg is None:
             raise ScopeStateError(
                 f"spawn() needs an async scope (`async with RequestScope()`); {self!r} was entered with plain `with`"
@@ -441,11 +442,14 @@ class RequestScope:
             try:
                 await self._tg.__aexit__(None, None, None)
             except BaseException as children:
-                outer = children if exc is None else BaseExceptionGroup("scope body and children failed", [exc, children])
+                outer = (
+                    children if exc is None else BaseExceptionGroup("scope body and children failed", [exc, children])
+                )
             finally:
                 self._tg_open = False
             try:
-                if self._cancel_scope.__exit__(type(outer) if outer else None, outer, outer.__traceback__ if outer else None):
+                tb_out = outer.__traceback__ if outer else None
+                if self._cancel_scope.__exit__(type(outer) if outer else None, outer, tb_out):
                     outer = None
             except BaseException as left:
                 outer = left
@@ -524,7 +528,7 @@ class RequestScope:
         if exc is None:
             return True
         if isinstance(exc, ScopeCancelled):
-            return self.cancelled or self._closed_reason is not None and exc.reason is self._closed_reason
+            return self.cancelled or (self._closed_reason is not None and exc.reason is self._closed_reason)
         if isinstance(exc, BaseExceptionGroup):
             return all(self._absorbs(e) for e in exc.exceptions)
         return False
