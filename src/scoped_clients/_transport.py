@@ -362,15 +362,17 @@ class AsyncBodyMixin:
         feed = call.meter.feed
         if call.aborted is not None:
             raise call.cancelled_error()
+        iterator = self._inner.__aiter__()
         try:
             if call.sock is not None:
-                async for chunk in self._inner:
+                async for chunk in iterator:
                     if call.aborted is not None:
-                        raise call.cancelled_error()
+                        # The socket is shut down: keep pulling until the library's own
+                        # generators fail on EOF, so that none is left suspended.
+                        continue
                     feed(chunk)
                     yield chunk
             else:
-                iterator = self._inner.__aiter__()
                 while True:
                     with anyio.CancelScope() as read:
                         call.read_scope = read
@@ -387,8 +389,20 @@ class AsyncBodyMixin:
         except ScopeCancelled:
             call.finish("aborted")
             raise
+        except GeneratorExit:  # the reader stopped iterating: aclose() settles the call
+            raise
         except BaseException as exc:
             _raise_for(call, exc)
+        finally:
+            # Close the library's own generator now rather than leaving it to the GC
+            # (trio warns about, and asyncio defers, async generators nobody closed).
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await close()
+                    except Exception:
+                        pass
         if call.aborted is not None:
             call.finish("aborted")
             raise call.cancelled_error()
@@ -541,14 +555,23 @@ class SyncBodyMixin:
                     self._reading = False
                     _tls.call = previous
                 if call.aborted is not None:
-                    raise call.cancelled_error()
+                    continue  # drain to the EOF the shutdown caused (see the async body)
                 feed(chunk)
                 yield chunk
         except ScopeCancelled:
             call.finish("aborted")
             raise
+        except GeneratorExit:
+            raise
         except BaseException as exc:
             _raise_for(call, exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
         if call.aborted is not None:
             call.finish("aborted")
             raise call.cancelled_error()

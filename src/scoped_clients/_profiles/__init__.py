@@ -1,0 +1,1 @@
+"""Vendor wire-protocol profiles: which call a request is, and meters for its response."""

@@ -1,0 +1,366 @@
+"""Scoped httpx/httpx2 transports, measured at the server.
+
+Every test asserts what the loopback provider observed: that it saw the client
+go, how many units it produced after the cancel, and how many requests it got.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+import trustme
+
+import scoped_clients.httpx
+import scoped_clients.httpx2
+from scoped_clients import RequestScope, ScopeCancelled, UnsupportedError
+from scoped_clients.provider import LocalProvider
+
+LIBS = [pytest.param(scoped_clients.httpx, id="httpx"), pytest.param(scoped_clients.httpx2, id="httpx2")]
+STREAM = "/units?n=100000&interval=0.005"
+SLOW = "/slow?delay=60"
+
+
+async def wait(fn: Any, *args: Any) -> Any:
+    """Run one of the provider's blocking waits without blocking the event loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def only_request(provider: LocalProvider) -> Any:
+    (log,) = provider.requests
+    return log
+
+
+# ------------------------------------------------------------------ async
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_refused_before_send(lib: ModuleType, provider: LocalProvider) -> None:
+    async with lib.AsyncClient() as client:
+        scope = RequestScope()
+        outcome: list[BaseException] = []
+        refused = anyio.Event()
+
+        async def call() -> None:
+            try:
+                await client.get(provider.url + STREAM)
+            except ScopeCancelled as exc:
+                outcome.append(exc)
+                refused.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, scope:
+                scope.cancel("client_disconnected")
+                tg.start_soon(call)
+                with scope.shield():  # keep the scope open until the call was refused
+                    await refused.wait()
+    assert len(outcome) == 1
+    assert provider.requests == []
+    assert scope.report is not None
+    assert [c.outcome for c in scope.report.calls] == ["refused"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_cancel_while_waiting_for_headers(lib: ModuleType, provider: LocalProvider) -> None:
+    """A task outside the body (fire-and-forget) gets ScopeCancelled; the server sees the disconnect."""
+    errors: list[BaseException] = []
+    async with lib.AsyncClient() as client:
+        scope = RequestScope("pending")
+
+        async def call() -> None:
+            try:
+                await client.get(provider.url + SLOW)
+            except ScopeCancelled as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, scope:
+                tg.start_soon(call)  # inherits the scope, runs outside its body
+                await wait(provider.wait_for_requests, 1)
+                t_cancel = time.monotonic()
+                scope.cancel("client_disconnected")
+            log = only_request(provider)
+            seen = await wait(log.wait_disconnect)
+    assert seen >= t_cancel
+    assert log.units_after(t_cancel) == 0
+    assert len(provider.requests) == 1  # no retry
+    assert len(errors) == 1 and errors[0].reason.code == "client_disconnected"  # type: ignore[attr-defined]
+    assert scope.report is not None
+    (record,) = scope.report.calls
+    assert record.outcome == "aborted" and record.cancel_reason == "client_disconnected"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_cancel_while_reading_the_body_inside_the_body(lib: ModuleType, provider: LocalProvider) -> None:
+    """Inside the scope's body the cancel is absorbed at the block's exit."""
+    after_cancel = False
+    async with lib.AsyncClient() as client:
+        with anyio.fail_after(10):
+            async with RequestScope() as scope, client.stream("GET", provider.url + STREAM) as response:
+                async for _ in response.aiter_raw():
+                    log = only_request(provider)
+                    if len(log.units) >= 5:
+                        t_cancel = time.monotonic()
+                        scope.cancel("client_disconnected")
+                        # the stream must not deliver more: the next read raises
+                        after_cancel = True
+            seen = await wait(log.wait_disconnect)
+    assert after_cancel
+    assert seen >= t_cancel
+    assert log.units_after(t_cancel) <= 1
+    assert len(provider.requests) == 1
+    assert scope.report is not None and scope.report.calls[0].outcome == "aborted"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_cancel_while_another_task_reads_the_body(lib: ModuleType, provider: LocalProvider) -> None:
+    errors: list[BaseException] = []
+    received = 0
+    async with lib.AsyncClient() as client:
+        scope = RequestScope()
+
+        async def reader() -> None:
+            nonlocal received
+            try:
+                async with client.stream("GET", provider.url + STREAM) as response:
+                    async for chunk in response.aiter_raw():
+                        received += chunk.count(b"\n")
+            except ScopeCancelled as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, scope:
+                tg.start_soon(reader)
+                await wait(provider.wait_for_requests, 1)
+                log = only_request(provider)
+                await wait(log.wait_units, 5)
+                t_cancel = time.monotonic()
+                scope.cancel("client_disconnected")
+            seen = await wait(log.wait_disconnect)
+    assert seen >= t_cancel
+    assert log.units_after(t_cancel) <= 1
+    assert len(errors) == 1
+    assert len(provider.requests) == 1
+    assert received <= len(log.units)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_idle_stream_is_closed_on_cancel(lib: ModuleType, provider: LocalProvider) -> None:
+    """A response nobody is reading: the socket is closed and the server sees it."""
+    async with lib.AsyncClient() as client:
+        with anyio.fail_after(10):
+            async with RequestScope() as scope:
+                request = client.build_request("GET", provider.url + STREAM)
+                response = await client.send(request, stream=True)
+                log = only_request(provider)
+                await wait(log.wait_units, 3)
+                t_cancel = time.monotonic()
+                scope.cancel("client_disconnected")
+                with scope.shield():  # observe the server while the block is still open
+                    seen = await wait(log.wait_disconnect)
+            with pytest.raises(ScopeCancelled):
+                await response.aread()
+    assert seen >= t_cancel
+    assert log.units_after(t_cancel) <= 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+# The test drops httpx's own `aiter_raw` generator on purpose: trio reports that at GC time.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_dropped_stream_is_closed_at_scope_exit(lib: ModuleType, provider: LocalProvider) -> None:
+    """A stream dropped without close (the SDKs' leak) is aborted as an orphan when the block ends."""
+    async with lib.AsyncClient() as client:
+        with anyio.fail_after(10):
+            async with RequestScope() as scope:
+                response = await client.send(client.build_request("GET", provider.url + STREAM), stream=True)
+                async for _ in response.aiter_raw():
+                    break  # a `break` that never closes the response
+                t_exit = time.monotonic()
+            log = only_request(provider)
+            seen = await wait(log.wait_disconnect)
+    assert seen >= t_exit
+    assert log.units_after(t_exit) <= 1
+    assert scope.report is not None
+    (record,) = scope.report.calls
+    assert record.outcome == "aborted" and record.orphan and record.cancel_reason == "scope_closed"
+    assert scope.report.outcome == "completed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_completed_call_is_recorded(lib: ModuleType, provider: LocalProvider) -> None:
+    async with lib.AsyncClient() as client, RequestScope() as scope:
+        response = await client.get(provider.url + "/units?n=3&interval=0")
+        assert response.text == "unit 0\nunit 1\nunit 2\n"
+    assert scope.report is not None
+    (record,) = scope.report.calls
+    assert record.outcome == "completed" and not record.orphan
+    assert record.detail["status_code"] == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_unscoped_calls_pass_through(lib: ModuleType, provider: LocalProvider) -> None:
+    async with lib.AsyncClient() as client:
+        response = await client.get(provider.url + "/units?n=2&interval=0")
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_http2_is_refused_with_a_clear_error(lib: ModuleType) -> None:
+    with pytest.raises(UnsupportedError, match=r"HTTP/1\.1"):
+        lib.AsyncClient(http2=True)
+    with pytest.raises(UnsupportedError, match="RST_STREAM"):
+        lib.AsyncScopedTransport(http2=True)
+
+
+# ------------------------------------------------------------------- sync
+
+
+@pytest.fixture(scope="module")
+def tls() -> Iterator[tuple[LocalProvider, ssl.SSLContext]]:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with LocalProvider(ssl_context=server_context) as p:
+        yield p, client_context
+
+
+def _sync_cancel_from_thread(client: Any, provider: LocalProvider, path: str, phase: str) -> None:
+    scope = RequestScope("sync")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        with scope:
+            try:
+                if phase == "body":
+                    with client.stream("GET", provider.url + path) as response:
+                        for _ in response.iter_raw():
+                            pass
+                else:
+                    client.get(provider.url + path)
+            except ScopeCancelled as exc:
+                errors.append(exc)
+                raise
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    (log,) = provider.wait_for_requests(1)
+    if phase == "body":
+        log.wait_units(5)
+    t_cancel = time.monotonic()
+    scope.cancel("client_disconnected")
+    seen = log.wait_disconnect()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert seen >= t_cancel
+    assert log.units_after(t_cancel) <= (1 if phase == "body" else 0)
+    assert len(provider.requests) == 1
+    assert len(errors) == 1
+    assert scope.report is not None and [c.outcome for c in scope.report.calls] == ["aborted"]
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+@pytest.mark.parametrize("lib", LIBS)
+def test_sync_cancel_from_another_thread(lib: ModuleType, phase: str, provider: LocalProvider) -> None:
+    with lib.Client() as client:
+        _sync_cancel_from_thread(client, provider, SLOW if phase == "headers" else STREAM, phase)
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+@pytest.mark.parametrize("lib", LIBS)
+def test_sync_cancel_over_tls(lib: ModuleType, phase: str, tls: tuple[LocalProvider, ssl.SSLContext]) -> None:
+    server, context = tls
+    server.reset()
+    with lib.Client(verify=context) as client:
+        _sync_cancel_from_thread(client, server, SLOW if phase == "headers" else STREAM, phase)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_sync_cancel_on_a_reused_pooled_connection(lib: ModuleType, provider: LocalProvider) -> None:
+    events: list[str] = []
+    with lib.Client() as client:
+        assert client.get(provider.url + "/units?n=1&interval=0").status_code == 200
+        provider.reset()
+        original_get = client.get
+
+        def traced_get(url: str) -> Any:
+            return original_get(url, extensions={"trace": lambda name, info: events.append(name)})
+
+        client.get = traced_get  # type: ignore[method-assign]
+        _sync_cancel_from_thread(client, provider, SLOW, "headers")
+    assert not any("connect_tcp" in e for e in events), "the request should have reused the pooled connection"
+    assert any("send_request_headers" in e for e in events)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_sync_refused_before_send(lib: ModuleType, provider: LocalProvider) -> None:
+    refused: list[BaseException] = []
+    with lib.Client() as client, RequestScope() as scope:
+        scope.cancel("client_disconnected")
+        try:
+            client.get(provider.url + STREAM)
+        except ScopeCancelled as exc:
+            refused.append(exc)
+    assert len(refused) == 1
+    assert provider.requests == []
+    assert scope.report is not None and [c.outcome for c in scope.report.calls] == ["refused"]
+
+
+# ------------------------------------------------------------------- leaks
+
+
+def _client_sockets(port: int) -> int:
+    return sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port)
+
+
+@pytest.mark.anyio
+async def test_a_thousand_random_cancellations_leave_nothing_behind(provider: LocalProvider) -> None:
+    rng = random.Random(1234)
+    threads_before = threading.active_count()
+    tasks_before = len(anyio.get_running_tasks())
+    scopes: list[RequestScope] = []
+    async with scoped_clients.httpx2.AsyncClient() as client:
+
+        async def one(point: int) -> None:
+            async with RequestScope() as scope:
+                scopes.append(scope)
+                if point == 0:
+                    scope.cancel("before")
+                async with client.stream("GET", provider.url + "/units?n=4&interval=0.001") as response:
+                    n = 0
+                    async for _ in response.aiter_raw():
+                        n += 1
+                        if n == point:
+                            scope.cancel("during")
+                if point == 9:
+                    scope.cancel("after")
+
+        with anyio.fail_after(60):
+            for _ in range(20):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(50):
+                        tg.start_soon(one, rng.choice([0, 1, 2, 3, 9]))
+        assert len(scopes) == 1000
+        assert all(s.report is not None for s in scopes)
+        assert all(not s._calls and not s._children for s in scopes)
+    assert _client_sockets(provider.port) == 0
+    assert len(anyio.get_running_tasks()) == tasks_before
+    # anyio's worker threads used by the provider waits may linger idle; nothing of ours does
+    assert threading.active_count() <= threads_before + 1
