@@ -101,3 +101,41 @@ class ClientMixin:
             raise UnsupportedError(HTTP2_UNSUPPORTED)
         super().__init__(*args, **kwargs)
         wrap_client(self, self._scoped_transport, None)
+
+
+def inject(
+    kwargs: dict[str, Any],
+    key: str,
+    default_client: Any,
+    profile: Profile,
+    finish_policy: FinishPolicy,
+    *,
+    is_async: bool,
+) -> None:
+    """Give a vendor SDK constructor a scoped HTTP client under ``kwargs[key]``.
+
+    ``default_client()`` builds the SDK's own default client (its timeouts, limits and
+    redirects); a client the user passed is wrapped in place, never replaced, so its
+    headers, auth, proxies and event hooks are kept.
+    """
+    client = kwargs.get(key)
+    if client is None:
+        client = default_client()
+        kwargs[key] = client
+    wrap_client(client, scoped_transport_for(client, is_async=is_async), profile, finish_policy)
+
+
+def scoped_transport_for(client: Any, *, is_async: bool) -> Any:
+    """The scoped transport class matching the HTTP library ``client`` belongs to."""
+    module = type(client).__module__.split(".", 1)[0]
+    for base in type(client).__mro__:
+        if base.__module__.split(".", 1)[0] in ("httpx", "httpx2"):
+            module = base.__module__.split(".", 1)[0]
+            break
+    if module == "httpx":
+        from . import httpx as scoped
+    elif module == "httpx2":
+        from . import httpx2 as scoped  # type: ignore[no-redef]
+    else:
+        raise TypeError(f"scoped_clients can wrap httpx or httpx2 clients, not {type(client).__qualname__}")
+    return scoped.AsyncScopedTransport if is_async else scoped.ScopedTransport

@@ -161,9 +161,11 @@ class Server:
                     return
         except (ConnectionError, OSError, h11.RemoteProtocolError, ClientGone):
             return
+        except asyncio.CancelledError:  # the provider is shutting down
+            return
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 await writer.wait_closed()
 
     async def _read_request(

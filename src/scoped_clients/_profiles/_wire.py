@@ -1,0 +1,128 @@
+"""Shared pieces of the vendor meters: request parsing, SSE splitting, JSON bodies.
+
+The hot path is ``SSEMeter.feed``: it splits the byte stream into events and
+hands each one to ``on_event`` as raw bytes.  Meters classify events with
+substring tests (``b'"type":"content_block_delta"' in event``) and call
+``json.loads`` only on the few events that carry usage or a finish reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .._calls import CallInfo, Meter
+
+MAX_BUFFERED_BODY = 8 * 1024 * 1024
+
+
+def request_json(body: bytes) -> dict[str, Any]:
+    """The request body as a dict, or {} (streamed uploads, non-JSON bodies)."""
+    if not body or body[:1] != b"{":
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def call_info(provider: str, operation: str, body: dict[str, Any], *bound_keys: str) -> CallInfo:
+    bound = next((body[k] for k in bound_keys if isinstance(body.get(k), int)), None)
+    model = body.get("model")
+    return CallInfo(
+        provider=provider,
+        operation=operation,
+        model=model if isinstance(model, str) else None,
+        max_tokens=bound,
+        streaming=bool(body.get("stream")),
+    )
+
+
+def event_data(event: bytes) -> Any:
+    """The JSON of an SSE event's ``data:`` lines, or None if it is not JSON."""
+    parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not parts:
+        return None
+    try:
+        return json.loads(b"\n".join(parts))
+    except ValueError:
+        return None
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+class SSEMeter(Meter):
+    """Splits a server-sent-event stream into events (``on_event``), whatever the chunking."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            if end > start:
+                try:
+                    self.on_event(buffer[start:end])
+                except Exception:  # a meter never breaks the caller's stream
+                    pass
+            start = end + 2
+        self._buffer = buffer[start:]
+
+    def close(self) -> None:
+        rest, self._buffer = self._buffer.strip(), b""
+        if rest:
+            try:
+                self.on_event(rest)
+            except Exception:
+                pass
+
+    def on_event(self, event: bytes) -> None:
+        raise NotImplementedError
+
+
+class JSONBodyMeter(Meter):
+    """Buffers a plain JSON response (bounded) and reads its usage once, at the end."""
+
+    __slots__ = ("_chunks", "_size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._size <= MAX_BUFFERED_BODY:
+            self._chunks.append(data)
+            self._size += len(data)
+
+    def close(self) -> None:
+        if not self._chunks or self._size > MAX_BUFFERED_BODY:
+            return
+        try:
+            body = json.loads(b"".join(self._chunks))
+        except ValueError:
+            return
+        finally:
+            self._chunks = []
+        if isinstance(body, dict):
+            try:
+                self.on_body(body)
+            except Exception:
+                pass
+
+    def on_body(self, body: dict[str, Any]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,68 @@
+"""Anthropic messages: ``message_start`` / ``content_block_delta`` / ``message_delta`` events."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._calls import CallInfo, Meter
+from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+
+
+class MessagesStreamMeter(SSEMeter):
+    __slots__ = ()
+
+    def on_event(self, event: bytes) -> None:
+        if b"content_block_delta" in event:
+            if b'"text_delta"' in event and self.output_source == "estimated":
+                self.tokens_out += 1
+        elif b"message_start" in event:
+            data = event_data(event)
+            message = data.get("message") if isinstance(data, dict) else None
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, dict) and as_int(usage.get("input_tokens")) is not None:
+                self.tokens_in, self.input_source = as_int(usage["input_tokens"]), "provider"
+        elif b"message_delta" in event:
+            data = event_data(event)
+            if not isinstance(data, dict):
+                return
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.finish_reason = str(delta["stop_reason"])
+            usage = data.get("usage")
+            if isinstance(usage, dict) and as_int(usage.get("output_tokens")) is not None:
+                self.tokens_out, self.output_source = as_int(usage["output_tokens"]) or 0, "provider"
+
+
+class MessagesBodyMeter(JSONBodyMeter):
+    __slots__ = ()
+
+    def on_body(self, body: dict[str, Any]) -> None:
+        if body.get("stop_reason"):
+            self.finish_reason = str(body["stop_reason"])
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            out, inp = as_int(usage.get("output_tokens")), as_int(usage.get("input_tokens"))
+            if out is not None:
+                self.tokens_out, self.output_source = out, "provider"
+            if inp is not None:
+                self.tokens_in, self.input_source = inp, "provider"
+
+
+class AnthropicProfile:
+    provider = "anthropic"
+
+    def describe(self, method: str, url: str, body: bytes) -> CallInfo:
+        path = urlsplit(url).path.rstrip("/")
+        data = request_json(body)
+        if path.endswith("/messages"):
+            return call_info(self.provider, "messages", data, "max_tokens")
+        operation = path.rsplit("/v1/", 1)[-1].replace("/", ".") or path
+        return call_info(self.provider, operation, data)
+
+    def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
+        if status_code >= 400 or info.operation != "messages":
+            return Meter()
+        if content_type.startswith("text/event-stream"):
+            return MessagesStreamMeter()
+        return MessagesBodyMeter()

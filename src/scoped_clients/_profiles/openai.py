@@ -1,0 +1,106 @@
+"""OpenAI: chat completions (chunks) and the Responses API (typed events)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._calls import CallInfo, Meter
+from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+
+
+class ChatStreamMeter(SSEMeter):
+    """``chat.completion.chunk`` events: one token per non-empty content delta."""
+
+    __slots__ = ()
+
+    def on_event(self, event: bytes) -> None:
+        if b'"content":"' in event and b'"content":""' not in event:
+            self.tokens_out += 1 if self.output_source == "estimated" else 0
+        if b'"finish_reason":"' in event or b'"usage":{' in event:
+            data = event_data(event)
+            if not isinstance(data, dict):
+                return
+            for choice in data.get("choices") or []:
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self.finish_reason = str(choice["finish_reason"])
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                _chat_usage(self, usage)
+
+
+class ChatBodyMeter(JSONBodyMeter):
+    __slots__ = ()
+
+    def on_body(self, body: dict[str, Any]) -> None:
+        for choice in body.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        if isinstance(body.get("usage"), dict):
+            _chat_usage(self, body["usage"])
+
+
+def _chat_usage(meter: Meter, usage: dict[str, Any]) -> None:
+    out, inp = as_int(usage.get("completion_tokens")), as_int(usage.get("prompt_tokens"))
+    if out is not None:
+        meter.tokens_out, meter.output_source = out, "provider"
+    if inp is not None:
+        meter.tokens_in, meter.input_source = inp, "provider"
+
+
+class ResponsesStreamMeter(SSEMeter):
+    """Responses API events: one token per ``response.output_text.delta``."""
+
+    __slots__ = ()
+
+    def on_event(self, event: bytes) -> None:
+        if b"response.output_text.delta" in event:
+            self.tokens_out += 1
+        elif b"response.completed" in event or b"response.incomplete" in event or b"response.failed" in event:
+            data = event_data(event)
+            if isinstance(data, dict) and isinstance(data.get("response"), dict):
+                _responses_final(self, data["response"])
+
+
+class ResponsesBodyMeter(JSONBodyMeter):
+    __slots__ = ()
+
+    def on_body(self, body: dict[str, Any]) -> None:
+        _responses_final(self, body)
+
+
+def _responses_final(meter: Meter, response: dict[str, Any]) -> None:
+    status = response.get("status")
+    if isinstance(status, str):
+        meter.finish_reason = status
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        out, inp = as_int(usage.get("output_tokens")), as_int(usage.get("input_tokens"))
+        if out is not None:
+            meter.tokens_out, meter.output_source = out, "provider"
+        if inp is not None:
+            meter.tokens_in, meter.input_source = inp, "provider"
+
+
+class OpenAIProfile:
+    provider = "openai"
+
+    def describe(self, method: str, url: str, body: bytes) -> CallInfo:
+        path = urlsplit(url).path.rstrip("/")
+        data = request_json(body)
+        if path.endswith("/chat/completions"):
+            return call_info(self.provider, "chat.completions", data, "max_completion_tokens", "max_tokens")
+        if path.endswith("/responses"):
+            return call_info(self.provider, "responses", data, "max_output_tokens")
+        operation = path.rsplit("/v1/", 1)[-1].replace("/", ".") or path
+        return call_info(self.provider, operation, data)
+
+    def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
+        if status_code >= 400:
+            return Meter()
+        streamed = content_type.startswith("text/event-stream")
+        if info.operation == "chat.completions":
+            return ChatStreamMeter() if streamed else ChatBodyMeter()
+        if info.operation == "responses":
+            return ResponsesStreamMeter() if streamed else ResponsesBodyMeter()
+        return Meter()
