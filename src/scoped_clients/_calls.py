@@ -36,7 +36,7 @@ class Meter:
     implementations must not JSON-parse events that carry no usage.
     """
 
-    __slots__ = ("finish_reason", "input_source", "output_source", "tokens_in", "tokens_out", "units")
+    __slots__ = ("error", "finish_reason", "input_source", "output_source", "tokens_in", "tokens_out", "units")
 
     def __init__(self) -> None:
         self.tokens_in: int | None = None
@@ -48,6 +48,8 @@ class Meter:
         self.finish_reason: str | None = None
         #: vendor units other than tokens (search units, billed units...)
         self.units: dict[str, float] = {}
+        #: set when the body was not what the protocol promised (a malformed event)
+        self.error: str | None = None
 
     def feed(self, data: bytes) -> None:
         """Account for one raw body chunk, as received from the socket."""

@@ -205,18 +205,27 @@ class HttpCall:
             self.tracked = None
             if self.aborted is not None and outcome != "completed":
                 outcome = "aborted"
-            self.outcome = outcome
             if error is not None and outcome == "failed":
                 self.error = f"{type(error).__name__}: {error}"
+        if outcome == "completed":
+            self._close_meter()
+            if self.status_code is not None and self.status_code >= 400:
+                outcome, self.error = "failed", f"HTTP {self.status_code}"
+            elif self.meter.error is not None:
+                outcome, self.error = "failed", self.meter.error
+        self.outcome = outcome
         self.scope._release(self, self.final_record())
 
-    def final_record(self) -> CallRecord:
-        if self.record is not None:
-            return self.record
+    def _close_meter(self) -> None:
         try:
             self.meter.close()
         except Exception:  # a meter never breaks the caller
             pass
+
+    def final_record(self) -> CallRecord:
+        if self.record is not None:
+            return self.record
+        self._close_meter()
         self.record = _build_record(self)
         return self.record
 
