@@ -78,9 +78,12 @@ class SSEMeter(Meter):
                 event = buffer[start:end]
                 # JSON events end with "}" (or "[DONE]"): a cheap test, and a parse only
                 # for the rare event that fails it.
-                if not (event.endswith(b"}") or event.endswith(b"]")) and event_data(event) is None:
-                    if b"data:" in event and self.error is None:
-                        self.error = "malformed event in the response stream"
+                if (
+                    not (event.endswith(b"}") or event.endswith(b"]"))
+                    and b"data:" in event
+                    and event_data(event) is None
+                ):
+                    self.error = "malformed event in the response stream"
                 try:
                     self.on_event(event)
                 except Exception:  # a meter never breaks the caller's stream

@@ -1,0 +1,219 @@
+"""ScopeMiddleware under real uvicorn and hypercorn, driven by raw sockets that drop mid-request.
+
+Every drop is measured at the upstream provider: it saw the disconnect and
+produced at most one more token; nothing was left running in the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from scoped_clients import ScopeReport, add_report_sink, current_scope
+from scoped_clients.asgi import SCOPE_KEY, ScopeMiddleware
+from scoped_clients.openai import AsyncOpenAI
+from scoped_clients.provider import LocalProvider
+from scoped_clients.testing import serve
+
+SERVERS = ["uvicorn", "hypercorn"]
+MESSAGES: Any = [{"role": "user", "content": "hello"}]
+
+
+def build_app(provider: LocalProvider, middleware: list[Middleware] | None = None) -> ScopeMiddleware:
+    llm = AsyncOpenAI(base_url=provider.url + "/v1", api_key="x")
+
+    async def stream(request: Request) -> Response:
+        chunks = await llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
+
+        async def body() -> Any:
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def complete(request: Request) -> Response:
+        model = request.query_params.get("model", "local-1000")
+        completion = await llm.chat.completions.create(model=model, messages=MESSAGES, max_tokens=500)
+        assert current_scope() is request.scope[SCOPE_KEY]
+        return JSONResponse({"answer": completion.choices[0].message.content})
+
+    async def upload(request: Request) -> Response:
+        body = await request.body()
+        return JSONResponse({"length": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await llm.close()
+
+    app = Starlette(
+        routes=[Route("/stream", stream), Route("/complete", complete), Route("/upload", upload, methods=["POST"])],
+        middleware=middleware or [],
+        lifespan=lifespan,
+    )
+    return ScopeMiddleware(app)
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.items: list[ScopeReport] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, report: ScopeReport) -> None:
+        with self._cond:
+            self.items.append(report)
+            self._cond.notify_all()
+
+    def wait(self, n: int = 1, timeout: float = 10) -> ScopeReport:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.items) >= n, timeout), "no scope report"
+            return self.items[n - 1]
+
+
+@pytest.fixture
+def reports() -> Iterator[Reports]:
+    sink = Reports()
+    remove = add_report_sink(sink)
+    yield sink
+    remove()
+
+
+def request_bytes(path: str, method: str = "GET", body: bytes = b"", chunked: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
+    if chunked:
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+        parts = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+        return head.encode() + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return status, rest
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("path", ["/stream", "/complete"])
+def test_dropped_request_stops_the_upstream(server: str, path: str, provider: LocalProvider, reports: Reports) -> None:
+    app = build_app(provider)
+    with serve(app, server) as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(request_bytes(path))
+        (log,) = provider.wait_for_requests(1)
+        log.wait_units(5)
+        t_drop = time.monotonic()
+        sock.close()  # the tab is closed
+        seen = log.wait_disconnect()
+        report = reports.wait()
+    assert seen >= t_drop
+    assert log.units_after(t_drop) <= 1
+    assert len(provider.requests) == 1
+    assert report.outcome == "cancelled" and report.cancel_reason == "client_disconnected"
+    assert [c.outcome for c in report.calls] == ["aborted"]
+    assert app.live == set()  # no request scope (and so no task of it) left behind
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_drop_before_the_upstream_answers(server: str, provider: LocalProvider, reports: Reports) -> None:
+    """The client leaves while the app still waits for the LLM's headers: nothing was sent to it yet."""
+    app = build_app(provider)
+    with serve(app, server) as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(request_bytes("/complete?model=local-1000"))
+        (log,) = provider.wait_for_requests(1)
+        t_drop = time.monotonic()
+        sock.close()
+        log.wait_disconnect()
+        report = reports.wait()
+    assert log.units_after(t_drop) <= 1
+    assert report.cancel_reason == "client_disconnected"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_completed_request_is_never_reported_as_disconnected(
+    server: str, provider: LocalProvider, reports: Reports
+) -> None:
+    app = build_app(provider)
+    with serve(app, server) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes("/complete?model=local-3"))
+        status, body = read_response(sock)
+        report = reports.wait()
+    assert status == 200 and json.loads(body)["answer"] == "tok0 tok1 tok2 "
+    assert report.outcome == "completed" and report.cancel_reason is None
+    assert [c.outcome for c in report.calls] == ["completed"]
+    assert provider.requests[0].disconnected_at is None
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_upload_arrives_whole(server: str, chunked: bool, provider: LocalProvider, reports: Reports) -> None:
+    body = os.urandom(5 * 1024 * 1024)
+    app = build_app(provider)
+    with serve(app, server) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes("/upload", "POST", body, chunked=chunked))
+        status, answer = read_response(sock)
+        reports.wait()
+    assert status == 200
+    assert json.loads(answer) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+class _Passthrough(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        return response
+
+
+def test_works_outside_base_http_middleware(provider: LocalProvider, reports: Reports) -> None:
+    app = build_app(provider, middleware=[Middleware(_Passthrough)])
+    with serve(app, "uvicorn") as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(request_bytes("/complete"))
+        (log,) = provider.wait_for_requests(1)
+        log.wait_units(5)
+        t_drop = time.monotonic()
+        sock.close()
+        log.wait_disconnect()
+        report = reports.wait()
+    assert log.units_after(t_drop) <= 1
+    assert report.cancel_reason == "client_disconnected"
+
+
+def test_lifespan_shutdown_cancels_live_scopes(provider: LocalProvider, reports: Reports) -> None:
+    """A server shutting down cancels the requests still in flight, with reason ``shutdown``."""
+    app = build_app(provider)
+    with serve(app, "uvicorn") as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(request_bytes("/complete"))
+        (log,) = provider.wait_for_requests(1)
+        log.wait_units(3)
+        t_shutdown = time.monotonic()
+    # the server has stopped: lifespan.shutdown cancelled the live request scope
+    report = reports.wait()
+    sock.close()
+    assert report.cancel_reason == "shutdown"
+    assert log.wait_disconnect() >= t_shutdown
+    assert app.live == set()
