@@ -110,7 +110,8 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         data += sock.recv(65536)
     head, _, rest = data.partition(b"\r\n\r\n")
     status = int(head.split()[1])
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
     while len(rest) < length:
         rest += sock.recv(65536)
     return status, rest

@@ -400,6 +400,7 @@ class RequestScope:
             orphans = self._close_registry()
             for call in orphans:
                 call.close_on_exit()
+            self._record_in_flight(orphans)
             if self.cancelled:
                 self._run_sync_hooks()
         finally:
@@ -458,6 +459,7 @@ class RequestScope:
                 for call in orphans:
                     with anyio.move_on_after(self._hook_timeout):
                         await call.aclose_on_exit()
+                self._record_in_flight(orphans)
                 if self.cancelled:
                     await self._run_async_hooks()
         finally:
@@ -472,7 +474,7 @@ class RequestScope:
     # ------------------------------------------------------------------ end
 
     def _close_registry(self) -> list[Owned]:
-        """At exit: abort what is still in flight, record it, and hand it back to be closed."""
+        """At exit: abort what is still in flight and hand it back to be closed, then recorded."""
         with self._lock:
             if self._cancel_reason is None:
                 self._closed_reason = CancelReason(
@@ -483,11 +485,14 @@ class RequestScope:
             orphans = list(self._calls.values())
         for call in orphans:
             call.abort(reason, orphan=self._cancel_reason is None)
+        return orphans
+
+    def _record_in_flight(self, calls: list[Owned]) -> None:
+        """After the exit path closed them: record the calls that have not settled by themselves."""
         with self._lock:
-            for call in orphans:
+            for call in calls:
                 if self._calls.pop(id(call), None) is not None:
                     self._records.append(call.final_record())
-        return orphans
 
     def _end(self, exc: BaseException | None) -> None:
         with self._lock:

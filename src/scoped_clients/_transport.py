@@ -299,6 +299,9 @@ def open_call(
     except Exception:
         info = CallInfo(provider="http", operation=f"{request.method} {request.url.host}{request.url.path}")
     call = HttpCall(scope, info, profile, loop, finish_policy)
+    prepare = getattr(profile, "prepare", None)
+    if prepare is not None:
+        prepare(request, scope)
     try:
         call.shielded = scope._admit(call)
     except ScopeCancelled as refused:

@@ -1,0 +1,121 @@
+"""Cohere: v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in ``meta``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._calls import CallInfo, Meter
+from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+
+_OPERATIONS = {"chat": "chat", "rerank": "rerank", "embed": "embed", "classify": "classify", "tokenize": "tokenize"}
+
+
+def _billed(meter: Meter, billed: Any, tokens: Any = None) -> None:
+    if isinstance(billed, dict):
+        for key in ("search_units", "input_tokens", "output_tokens", "classifications", "images"):
+            value = billed.get(key)
+            if isinstance(value, (int, float)):
+                meter.units[key if key == "search_units" else f"billed_{key}"] = float(value)
+    source = tokens if isinstance(tokens, dict) else billed if isinstance(billed, dict) else None
+    if source is None:
+        return
+    out, inp = as_int(source.get("output_tokens")), as_int(source.get("input_tokens"))
+    if out is not None:
+        meter.tokens_out, meter.output_source = out, "provider"
+    if inp is not None:
+        meter.tokens_in, meter.input_source = inp, "provider"
+
+
+class ChatV2StreamMeter(SSEMeter):
+    __slots__ = ()
+
+    def on_event(self, event: bytes) -> None:
+        if b"content-delta" in event:
+            if self.output_source == "estimated":
+                self.tokens_out += 1
+        elif b"message-end" in event:
+            data = event_data(event)
+            delta = data.get("delta") if isinstance(data, dict) else None
+            if isinstance(delta, dict):
+                if delta.get("finish_reason"):
+                    self.finish_reason = str(delta["finish_reason"])
+                usage = delta.get("usage")
+                if isinstance(usage, dict):
+                    _billed(self, usage.get("billed_units"), usage.get("tokens"))
+
+
+class ChatV1StreamMeter(Meter):
+    """v1 chat streams newline-delimited JSON objects."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        *lines, self._buffer = buffer.split(b"\n")
+        for line in lines:
+            if b'"text-generation"' in line:
+                self.tokens_out += 1 if self.output_source == "estimated" else 0
+            elif b'"stream-end"' in line:
+                self._end(line)
+
+    def close(self) -> None:
+        rest, self._buffer = self._buffer.strip(), b""
+        if b'"stream-end"' in rest:
+            self._end(rest)
+
+    def _end(self, line: bytes) -> None:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            self.error = "malformed line in the response stream"
+            return
+        if not isinstance(data, dict):
+            return
+        if data.get("finish_reason"):
+            self.finish_reason = str(data["finish_reason"])
+        response = data.get("response")
+        meta = response.get("meta") if isinstance(response, dict) else None
+        if isinstance(meta, dict):
+            _billed(self, meta.get("billed_units"), meta.get("tokens"))
+
+
+class CohereBodyMeter(JSONBodyMeter):
+    __slots__ = ()
+
+    def on_body(self, body: dict[str, Any]) -> None:
+        if body.get("finish_reason"):
+            self.finish_reason = str(body["finish_reason"])
+        usage = body.get("usage")
+        if isinstance(usage, dict):  # v2 chat
+            _billed(self, usage.get("billed_units"), usage.get("tokens"))
+        meta = body.get("meta")
+        if isinstance(meta, dict):  # rerank, embed, v1 chat
+            _billed(self, meta.get("billed_units"), meta.get("tokens"))
+
+
+class CohereProfile:
+    provider = "cohere"
+
+    def describe(self, method: str, url: str, body: bytes) -> CallInfo:
+        path = urlsplit(url).path.rstrip("/")
+        data = request_json(body)
+        name = path.rsplit("/", 1)[-1]
+        operation = _OPERATIONS.get(name, name or path)
+        if operation == "chat" and data.get("stream"):
+            operation = "chat_stream"
+        info = call_info(self.provider, operation, data, "max_tokens")
+        info.extra["api"] = "v1" if "/v1/" in path else "v2"
+        return info
+
+    def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
+        if status_code >= 400:
+            return Meter()
+        if info.operation == "chat_stream":
+            return ChatV1StreamMeter() if info.extra.get("api") == "v1" else ChatV2StreamMeter()
+        return CohereBodyMeter()

@@ -1,0 +1,216 @@
+"""Tools under the scope: functions, threads and subprocess groups."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from scoped_clients import RequestScope, ScopeCancelled
+from scoped_clients.tools import CommandCancelled, run_command, run_tool, tool
+
+pytestmark = pytest.mark.anyio
+
+# A shell that starts two long children, prints their pids and its own readiness, then waits.
+FAMILY = 'sleep 30 & echo child $!; sleep 30 & echo child $!; echo ready; touch "$MARKER"; wait'
+STUBBORN = "trap '' TERM; echo ready; touch \"$MARKER\"; while :; do sleep 0.05; done"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def survivors(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """The pids still alive once the kernel has delivered the kills (a SIGKILL takes effect asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return left
+
+
+async def _cancel_when_ready(scope: RequestScope, argv: list[str], grace: float, marker: str) -> CommandCancelled:
+    """Run the command in a task outside the scope's body; cancel once it touched its marker file."""
+    caught: list[CommandCancelled] = []
+
+    async def runner() -> None:
+        try:
+            await run_command(argv, grace=grace, env={**os.environ, "MARKER": marker})
+        except CommandCancelled as exc:
+            caught.append(exc)
+
+    async with anyio.create_task_group() as tg, scope:
+        tg.start_soon(runner)
+        # the command is another process: the file it touches is the signal we wait for
+        await anyio.to_thread.run_sync(_wait_for_file, marker)
+        scope.cancel("client_disconnected")
+    (exc,) = caught
+    return exc
+
+
+def _wait_for_file(path: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def marker(tmp_path: Any) -> str:
+    return str(tmp_path / "ready")
+
+
+async def test_command_group_is_gone_after_cancel(marker: str) -> None:
+    with anyio.fail_after(20):
+        exc = await _cancel_when_ready(RequestScope(), ["sh", "-c", FAMILY], grace=2.0, marker=marker)
+    children = [int(line.split()[1]) for line in exc.result.stdout.decode().splitlines() if line.startswith("child")]
+    assert len(children) == 2
+    assert survivors([exc.result.pid, *children]) == []
+    assert b"ready" in exc.result.stdout  # the output produced before the cancel is kept
+
+
+async def test_command_ignoring_sigterm_is_killed_after_grace(marker: str) -> None:
+    scope = RequestScope()
+    with anyio.fail_after(20):
+        exc = await _cancel_when_ready(scope, ["sh", "-c", "sleep 30 & " + STUBBORN], grace=0.2, marker=marker)
+    assert survivors([exc.result.pid]) == []
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted" and record.detail["stopped_by"] == "SIGKILL"
+    assert "ready" in str(record.detail["stdout_tail"])
+
+
+async def test_completed_command() -> None:
+    async with RequestScope() as scope:
+        result = await run_command([sys.executable, "-c", "print('hi')"])
+    assert result.returncode == 0 and result.stdout.strip() == b"hi"
+    assert [c.outcome for c in scope.report.calls] == ["completed"]  # type: ignore[union-attr]
+
+
+async def test_missing_command_is_the_os_error() -> None:
+    async with RequestScope() as scope:
+        with pytest.raises(FileNotFoundError):
+            await run_command(["/nonexistent/definitely-not-here"])
+    assert [c.outcome for c in scope.report.calls] == ["failed"]  # type: ignore[union-attr]
+
+
+async def test_failing_tool_raises_unchanged() -> None:
+    @tool
+    async def lookup(key: str) -> str:
+        raise KeyError(key)
+
+    async with RequestScope() as scope:
+        with pytest.raises(KeyError):
+            await lookup("x")
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "failed" and record.operation.endswith("lookup") and "KeyError" in str(record.error)
+
+
+async def test_async_tool_cancelled_outside_the_body() -> None:
+    started = anyio.Event()
+    caught: list[BaseException] = []
+
+    @tool(name="search")
+    async def search() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async def runner() -> None:
+        try:
+            await search()
+        except ScopeCancelled as exc:
+            caught.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, RequestScope() as scope:
+            tg.start_soon(runner)
+            await started.wait()
+            scope.cancel("client_disconnected")
+    assert len(caught) == 1
+    assert [(c.operation, c.outcome) for c in scope.report.calls] == [("search", "aborted")]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+async def test_cooperative_sync_tool_stops(release: threading.Event) -> None:
+    started = threading.Event()
+
+    def crawl() -> int:
+        from scoped_clients import current_scope
+
+        started.set()
+        scope = current_scope()
+        assert scope is not None
+        for _ in range(10_000):
+            scope.check()  # cooperative: raises ScopeCancelled once cancelled
+            release.wait(0.01)
+        return 0
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope:
+            scope.spawn(run_tool, crawl)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel("client_disconnected")
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted"
+
+
+async def test_sync_tool_that_ignores_cancel_is_reported_leaked(release: threading.Event) -> None:
+    started = threading.Event()
+
+    def stubborn() -> None:
+        started.set()
+        release.wait(30)
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope:
+            scope.spawn(run_tool, stubborn)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel("client_disconnected")
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted" and record.detail["thread_leaked"] is True
+
+
+async def test_refused_tool_never_runs() -> None:
+    ran: list[bool] = []
+
+    async def never() -> None:
+        ran.append(True)
+
+    caught: list[BaseException] = []
+
+    async def runner() -> None:
+        try:
+            await run_tool(never)
+        except ScopeCancelled as exc:
+            caught.append(exc)
+
+    refused = anyio.Event()
+
+    async def run_and_signal() -> None:
+        await runner()
+        refused.set()
+
+    async with anyio.create_task_group() as tg, RequestScope() as scope:
+        scope.cancel("x")
+        tg.start_soon(run_and_signal)
+        with scope.shield():
+            await refused.wait()
+    assert ran == [] and [c.outcome for c in scope.report.calls] == ["refused"]  # type: ignore[union-attr]
+
+
+def test_pid_of_this_process_is_not_a_group_leader_we_kill() -> None:
+    assert os.getpgid(0) != 0
