@@ -20,10 +20,10 @@ __all__ = ["serve"]
 
 
 @contextmanager
-def serve(app: Any, server: Literal["uvicorn", "hypercorn"] = "uvicorn") -> Iterator[int]:
+def serve(app: Any, server: Literal["uvicorn", "hypercorn"] = "uvicorn", *, log_level: str = "error") -> Iterator[int]:
     """Serve ``app`` on 127.0.0.1 until the block exits; yields the port."""
     if server == "uvicorn":
-        with _uvicorn(app) as port:
+        with _uvicorn(app, log_level) as port:
             yield port
     elif server == "hypercorn":
         with _hypercorn(app) as port:
@@ -33,12 +33,12 @@ def serve(app: Any, server: Literal["uvicorn", "hypercorn"] = "uvicorn") -> Iter
 
 
 @contextmanager
-def _uvicorn(app: Any) -> Iterator[int]:
+def _uvicorn(app: Any, log_level: str) -> Iterator[int]:
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="error", lifespan="auto", loop="asyncio", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="auto", loop="asyncio", timeout_graceful_shutdown=1)
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()

@@ -1,0 +1,13 @@
+"""``scoped-clients demo``: the same app on the raw SDKs and on scoped_clients, side by side.
+
+An embedded local provider (``scoped_clients.provider``) plays OpenAI, Cohere
+and Qdrant; a sample Starlette app runs under real uvicorn twice (raw SDKs,
+then scoped clients behind ``ScopeMiddleware``); a raw-socket client drops each
+request the way a browser closing a tab does, and the table shows what the
+upstream did after the drop.  Needs the ``demo`` extra.
+"""
+
+from .scenarios import SCENARIOS as SCENARIOS
+from .scenarios import run_demo as run_demo
+
+__all__ = ["SCENARIOS", "run_demo"]

@@ -1,0 +1,220 @@
+"""Drop requests like a browser closing its tab, and measure what the upstream did next."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .._report import ScopeReport, add_report_sink
+from ..provider import LocalProvider, embed
+from ..testing import serve
+from .app import COLLECTION, DIM, TICKS, Mode, build_app
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    #: what the upstream does before we drop: (requests to wait for, units of the last one)
+    busy_requests: int
+    busy_units: int
+    tool: bool = False
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("streaming chat", "/stream", 1, 5),
+    Scenario("non-streaming chat", "/complete", 1, 5),
+    Scenario("RAG: search -> rerank -> LLM", "/rag", 1, 3),
+    Scenario("fire-and-forget task", "/fire", 1, 5),
+    Scenario("tool subprocess", "/tool", 0, 5, tool=True),
+)
+
+
+@dataclass
+class Outcome:
+    units_after_drop: int = 0
+    latency_ms: float | None = None  # drop -> upstream saw the disconnect (None: it never did)
+    calls_after_drop: int = 0
+    tokens_saved: int | None = None
+    tokens_saved_max: int | None = None
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_ticks(path: str) -> tuple[int | None, list[float]]:
+    """The tool's pid and the time of every tick it wrote."""
+    pid, stamps = None, []
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("pid "):
+                    pid = int(line.split()[1])
+                elif line.strip():
+                    stamps.append(float(line))
+    except FileNotFoundError:
+        pass
+    return pid, stamps
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _wait_ticks(path: str, n: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:  # the tool is another process: poll its file
+        pid, stamps = _read_ticks(path)
+        if pid is not None and len(stamps) >= n:
+            return pid
+        if time.monotonic() > deadline:
+            raise TimeoutError("the tool did not start ticking")
+        time.sleep(0.001)
+
+
+def _observe_tool(outcome: Outcome, path: str, pid: int, t_drop: float, window: float) -> None:
+    deadline = time.monotonic() + window
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    gone_at = time.monotonic()
+    _, stamps = _read_ticks(path)
+    outcome.units_after_drop = sum(1 for s in stamps if s > t_drop)
+    if len(stamps) >= TICKS:
+        outcome.notes.append("ran to the end")
+    elif not _running(pid):
+        outcome.latency_ms = (gone_at - t_drop) * 1000
+
+
+def _observe_upstream(outcome: Outcome, provider: LocalProvider, t_drop: float, window: float) -> None:
+    """Wait until the upstream is idle (every request done, no new one for a while), then count."""
+    deadline = time.monotonic() + window
+    while True:
+        logs = provider.requests
+        for log in logs:
+            try:
+                log.wait_done(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                outcome.notes.append("still running at the end of the window")
+        try:  # a pipeline may start its next call right after one ends
+            provider.wait_for_requests(len(logs) + 1, timeout=min(0.3, max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+    logs = provider.requests
+    outcome.units_after_drop = sum(log.units_after(t_drop) for log in logs)
+    seen = [log.disconnected_at - t_drop for log in logs if log.disconnected_at is not None]
+    finished = any(log.completed_at is not None and log.completed_at > t_drop for log in logs)
+    outcome.latency_ms = max(seen) * 1000 if seen and not finished else None
+    outcome.calls_after_drop = sum(1 for log in logs if log.started_at > t_drop)
+
+
+@contextmanager
+def _collect_reports() -> Iterator[tuple[list[ScopeReport], threading.Event]]:
+    reports: list[ScopeReport] = []
+    arrived = threading.Event()
+
+    def sink(report: ScopeReport) -> None:
+        reports.append(report)
+        arrived.set()
+
+    remove = add_report_sink(sink)
+    try:
+        yield reports, arrived
+    finally:
+        remove()
+
+
+def _seed(provider: LocalProvider) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(url=provider.url, prefer_grpc=False, check_compatibility=False)
+    if client.collection_exists(COLLECTION):
+        client.delete_collection(COLLECTION)
+    client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    points = [models.PointStruct(id=i, vector=embed(f"doc {i}"), payload={"text": f"doc {i}"}) for i in range(20)]
+    client.upsert(COLLECTION, points=points)
+    client.close()
+
+
+def run_scenario(provider: LocalProvider, port: int, scenario: Scenario, tick_file: str, mode: Mode) -> Outcome:
+    provider.reset()
+    if os.path.exists(tick_file):
+        os.remove(tick_file)
+    outcome = Outcome()
+    with _collect_reports() as (reports, arrived):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
+        pid = None
+        if scenario.tool:
+            pid = _wait_ticks(tick_file, scenario.busy_units)
+        else:
+            logs = provider.wait_for_requests(scenario.busy_requests, timeout=10)
+            logs[-1].wait_units(scenario.busy_units, timeout=10)
+        t_drop = time.monotonic()
+        sock.close()  # the tab is closed
+        window = 1.0 if mode == "scoped" else 8.0
+        if pid is not None:
+            _observe_tool(outcome, tick_file, pid, t_drop, window)
+        else:
+            _observe_upstream(outcome, provider, t_drop, window)
+        if mode == "scoped" and arrived.wait(5):
+            report = reports[-1]
+            outcome.tokens_saved = report.tokens_saved
+            outcome.tokens_saved_max = report.tokens_saved_max
+            outcome.reason = report.cancel_reason
+    return outcome
+
+
+def _fmt_latency(o: Outcome) -> str:
+    return "never (ran to the end)" if o.latency_ms is None else f"{o.latency_ms:.1f} ms"
+
+
+def run_demo(print_: Callable[[str], object] = print) -> dict[str, dict[Mode, Outcome]]:
+    """Run every scenario on both apps and print the side-by-side table."""
+    results: dict[str, dict[Mode, Outcome]] = {s.name: {} for s in SCENARIOS}
+    with LocalProvider(token_interval=0.01, default_tokens=300) as provider, tempfile.TemporaryDirectory() as tmp:
+        _seed(provider)
+        provider.search_delay = 1.0
+        tick_file = os.path.join(tmp, "ticks")
+        for mode in ("raw", "scoped"):
+            print_(f"running the {mode} app ...")
+            with serve(build_app(mode, provider.url, tick_file), log_level="critical") as port:
+                for scenario in SCENARIOS:
+                    results[scenario.name][mode] = run_scenario(provider, port, scenario, tick_file, mode)
+    print_(format_table(results))
+    return results
+
+
+def format_table(results: dict[str, dict[Mode, Outcome]]) -> str:
+    head = (
+        "| scenario | upstream units after the drop (raw -> scoped) | upstream saw the disconnect (raw -> scoped) "
+        "| calls started after the drop (raw -> scoped) | tokens saved, our report (estimate / max) |"
+    )
+    lines = [head, "|---|---|---|---|---|"]
+    for name, by_mode in results.items():
+        raw, scoped = by_mode["raw"], by_mode["scoped"]
+        saved = "-" if scoped.tokens_saved is None else f"{scoped.tokens_saved} / {scoped.tokens_saved_max}"
+        lines.append(
+            f"| {name} | {raw.units_after_drop} -> {scoped.units_after_drop} "
+            f"| {_fmt_latency(raw)} -> {_fmt_latency(scoped)} "
+            f"| {raw.calls_after_drop} -> {scoped.calls_after_drop} | {saved} |"
+        )
+    total_raw = sum(r["raw"].units_after_drop for r in results.values())
+    total_scoped = sum(r["scoped"].units_after_drop for r in results.values())
+    latencies = [r["scoped"].latency_ms for r in results.values() if r["scoped"].latency_ms is not None]
+    median = f"{statistics.median(latencies):.1f} ms" if latencies else "n/a"
+    lines.append("")
+    lines.append(
+        f"Upstream work after the user left: {total_raw} units with the raw SDKs, {total_scoped} with scoped_clients "
+        f"(median time to stop: {median})."
+    )
+    return "\n".join(lines)
