@@ -53,10 +53,17 @@ GENERATIVE_OPERATIONS = frozenset({"chat.completions", "responses", "messages", 
 def shutdown_socket(sock: Any) -> None:
     """Shut a socket down for both directions, whatever object wraps it.
 
-    We act on a duplicate of the file descriptor: that reaches the kernel socket
-    behind ``ssl.SSLSocket`` (whose own ``shutdown`` tears down TLS state) and
-    behind uvloop's pseudo-sockets, which refuse ``shutdown``.
+    A ``socket.socket`` (``ssl.SSLSocket`` included, whose own ``shutdown`` would
+    tear down TLS state) is shut down through the base class; anything else
+    (uvloop's pseudo-sockets refuse ``shutdown``) through a duplicate of its
+    file descriptor, which reaches the same kernel socket.
     """
+    if isinstance(sock, socket.socket):
+        try:  # the base class's method: for an SSLSocket it skips the TLS teardown
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return
     try:
         fd = sock.fileno()
     except (OSError, ValueError, AttributeError):

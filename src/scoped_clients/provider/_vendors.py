@@ -61,6 +61,8 @@ class Vendors:
             ("POST", "/v1/rerank"): self.cohere_rerank,
             ("POST", "/v2/embed"): self.cohere_embed,
             ("GET", "/"): self.qdrant_root,
+            ("GET", "/_provider/log"): self.dump_log,
+            ("POST", "/_provider/reset"): self.reset_log,
         }
 
     def route(self, method: str, path: str) -> Handler | None:
@@ -137,6 +139,28 @@ class Vendors:
     async def echo(self, exchange: Exchange) -> None:
         body = exchange.log.body
         await exchange.respond_json(200, {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+
+    # ---------------------------------------- control (for a provider in another process)
+
+    async def dump_log(self, exchange: Exchange) -> None:
+        """Every request but the control ones, with its timestamps (``time.monotonic()``, system-wide on Linux)."""
+        logs = [
+            {
+                "id": log.id,
+                "path": log.path,
+                "started_at": log.started_at,
+                "disconnected_at": log.disconnected_at,
+                "completed_at": log.completed_at,
+                "units": list(log.units),
+            }
+            for log in self.p.requests
+            if not log.path.startswith("/_provider/")
+        ]
+        await exchange.respond_json(200, logs)
+
+    async def reset_log(self, exchange: Exchange) -> None:
+        self.p.reset()
+        await exchange.respond_json(200, {"ok": True})
 
     # ------------------------------------------------------------- openai
 

@@ -1,0 +1,115 @@
+"""Server-observed cancellation latency: N concurrent streams, every scope cancelled at once.
+
+    python benchmarks/cancel_latency.py [--streams 200]
+
+The provider runs in its own process (``python -m scoped_clients.provider``)
+and records when it saw each client go; latency is that time minus the moment
+the batch of cancels began (``time.monotonic()`` is one clock for every
+process on Linux).  Baseline in the same run: the raw client whose *task* is
+cancelled by hand (an anyio ``CancelScope`` around the stream), the best a
+careful user can do without scoped_clients.  Target: p99 < 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from typing import Any
+
+import anyio
+import httpx2
+from _common import machine, median, percentile, table, verdict
+from _remote import RemoteProvider, units_after
+
+import scoped_clients.httpx2 as scoped
+from scoped_clients import RequestScope
+
+PATH = "/units?n=1000000&interval=0.05"
+
+
+async def run(provider: RemoteProvider, streams: int, scoped_mode: bool) -> tuple[list[float], int]:
+    provider.reset()
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
+    client: Any = scoped.AsyncClient(limits=limits) if scoped_mode else httpx2.AsyncClient(limits=limits)
+    handles: list[Any] = []
+
+    async def one(i: int) -> None:
+        handle: Any = RequestScope(f"s{i}") if scoped_mode else anyio.CancelScope()
+        handles.append(handle)
+        if scoped_mode:
+            async with handle, client.stream("GET", provider.url + PATH) as response:
+                async for _ in response.aiter_raw():
+                    pass
+        else:
+            with handle:
+                async with client.stream("GET", provider.url + PATH) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+
+    async with client, anyio.create_task_group() as tg:
+        for i in range(streams):
+            tg.start_soon(one, i)
+        await anyio.to_thread.run_sync(
+            provider.wait, lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log)
+        )
+        t0 = time.monotonic()
+        for handle in handles:
+            handle.cancel() if isinstance(handle, anyio.CancelScope) else handle.cancel("client_disconnected")
+    log = await anyio.to_thread.run_sync(
+        provider.wait, lambda log: all(e["disconnected_at"] is not None for e in log)
+    )
+    latencies = [(e["disconnected_at"] - t0) * 1000 for e in log]
+    return latencies, max(units_after(e, t0) for e in log)
+
+
+def floor(provider: RemoteProvider, streams: int) -> tuple[list[float], int]:
+    """The measuring server's own floor: plain sockets shut down in a tight loop, no client library at all."""
+    provider.reset()
+    host, port = provider.url.removeprefix("http://").split(":")
+    socks = []
+    for _ in range(streams):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    provider.wait(lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log))
+    t0 = time.monotonic()
+    for sock in socks:
+        sock.shutdown(socket.SHUT_RDWR)
+    log = provider.wait(lambda log: all(e["disconnected_at"] is not None for e in log))
+    for sock in socks:
+        sock.close()
+    return [(e["disconnected_at"] - t0) * 1000 for e in log], max(units_after(e, t0) for e in log)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=200)
+    args = parser.parse_args()
+    rows = []
+    with RemoteProvider() as provider:
+        latencies, after = floor(provider, args.streams)
+        rows.append(["-", "floor: bare sockets shut down in a loop", args.streams, f"{median(latencies):.2f}",
+                     f"{percentile(latencies, 99):.2f}", f"{max(latencies):.2f}", after, "-"])
+        for backend in ("asyncio", "trio"):
+            for scoped_mode in (False, True):
+                latencies, after = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
+                p99 = percentile(latencies, 99)
+                rows.append([
+                    backend,
+                    "scoped_clients" if scoped_mode else "raw, task cancelled by hand",
+                    args.streams,
+                    f"{median(latencies):.2f}",
+                    f"{p99:.2f}",
+                    f"{max(latencies):.2f}",
+                    after,
+                    verdict(p99 < 5.0) if scoped_mode else "-",
+                ])
+    print(f"Machine: {machine()}\n")
+    headers = ["backend", "client", "streams", "p50 ms", "p99 ms", "max ms", "max units after cancel", "p99 < 5 ms"]
+    print(table(headers, rows))
+    print("\nLatency: from the start of the batch of cancels to the provider seeing each client go.")
+
+
+if __name__ == "__main__":
+    main()
