@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -201,7 +202,7 @@ class HttpCall:
         with self._lock:
             self.phase = _BODY
             if self.loop is not None and stream is not None and not http2:
-                self.sock = stream.get_extra_info("socket")
+                self.sock = _socket_of(stream)
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
         with self._lock:
@@ -245,6 +246,26 @@ class HttpCall:
         closer = self.body_closer
         if closer is not None and self.loop is None:
             closer()
+
+
+_sockets: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _socket_of(stream: Any) -> Any:
+    """The socket under an httpcore network stream, cached per pooled connection.
+
+    anyio builds a dict of every attribute on each ``extra()`` lookup: ~10 us a
+    response, which a pooled connection only needs to pay once.
+    """
+    try:
+        return _sockets[stream]
+    except (KeyError, TypeError):
+        sock = stream.get_extra_info("socket")
+        try:
+            _sockets[stream] = sock
+        except TypeError:  # a stream that cannot be weakly referenced: no caching
+            pass
+        return sock
 
 
 def _meter_for(call: HttpCall, content_type: str) -> Meter:
@@ -382,6 +403,7 @@ class AsyncBodyMixin:
         if call.aborted is not None:
             raise call.cancelled_error()
         iterator = self._inner.__aiter__()
+        exhausted = False
         try:
             if call.sock is not None:
                 async for chunk in iterator:
@@ -391,6 +413,7 @@ class AsyncBodyMixin:
                         continue
                     feed(chunk)
                     yield chunk
+                exhausted = True
             else:
                 while True:
                     with anyio.CancelScope() as read:
@@ -398,6 +421,7 @@ class AsyncBodyMixin:
                         try:
                             chunk = await iterator.__anext__()
                         except StopAsyncIteration:
+                            exhausted = True
                             break
                         finally:
                             call.read_scope = None
@@ -415,7 +439,7 @@ class AsyncBodyMixin:
         finally:
             # Close the library's own generator now rather than leaving it to the GC
             # (trio warns about, and asyncio defers, async generators nobody closed).
-            close = getattr(iterator, "aclose", None)
+            close = None if exhausted else getattr(iterator, "aclose", None)
             if close is not None:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -430,8 +454,7 @@ class AsyncBodyMixin:
     async def aclose(self) -> None:
         call = self._call
         try:
-            with anyio.CancelScope(shield=True):
-                await self._inner.aclose()
+            await self._inner.aclose()  # httpcore shields its own connection cleanup
         finally:
             if call.phase != _DONE:
                 call.detail["closed_early"] = True
