@@ -280,3 +280,10 @@ async def test_child_of_cancelled_parent_starts_cancelled() -> None:
 def test_invalid_timeout() -> None:
     with pytest.raises(ValueError, match="timeout"):
         RequestScope(timeout=-1)
+
+
+async def test_a_scope_with_a_timeout_exits_as_soon_as_its_body_ends() -> None:
+    with anyio.fail_after(5):  # the deadline watcher must not keep the block open for 60 s
+        async with RequestScope(timeout=60) as scope:
+            pass
+    assert not scope.cancelled

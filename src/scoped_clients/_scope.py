@@ -62,7 +62,7 @@ class Owned(Protocol):
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None: ...
 
-    def final_record(self) -> CallRecord: ...
+    def final_record(self) -> CallRecord | None: ...
 
     async def aclose_on_exit(self) -> None: ...
 
@@ -420,14 +420,16 @@ class RequestScope:
         await self._tg.__aenter__()
         self._tg_open = True
         if self._deadline is not None and not self.cancelled:
-            self._tg.start_soon(self._watch_deadline, self._deadline)
+            # Created here, entered by the watcher: the exit path can cancel it even if
+            # the watcher task has not started yet.
+            self._deadline_scope = anyio.CancelScope()
+            self._tg.start_soon(self._watch_deadline, self._deadline, self._deadline_scope)
         if self.cancelled:
             self._cancel_on_loop()
         return self
 
-    async def _watch_deadline(self, deadline: float) -> None:
-        with anyio.CancelScope() as watch:
-            self._deadline_scope = watch
+    async def _watch_deadline(self, deadline: float, watch: anyio.CancelScope) -> None:
+        with watch:
             await anyio.sleep(max(0.0, deadline - time.monotonic()))
             self.cancel(self._timeout_reason())
 
@@ -494,8 +496,8 @@ class RequestScope:
         """After the exit path closed them: record the calls that have not settled by themselves."""
         with self._lock:
             for call in calls:
-                if self._calls.pop(id(call), None) is not None:
-                    self._records.append(call.final_record())
+                if self._calls.pop(id(call), None) is not None and (record := call.final_record()) is not None:
+                    self._records.append(record)
 
     def _end(self, exc: BaseException | None) -> None:
         with self._lock:
