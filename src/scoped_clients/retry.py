@@ -6,8 +6,8 @@ functions.  On top of what you ask for, it:
 * never retries ``ScopeCancelled`` (a ``BaseException``: tenacity's default
   ``retry_if_exception_type()`` only sees ``Exception``; a ``retry=`` predicate
   you pass is additionally guarded);
-* stops, re-raising the last error, when the ambient scope is cancelled or when
-  the next backoff would end past the scope's deadline;
+* stops, re-raising the last error, when the next backoff would end past the
+  scope's deadline;
 * sleeps with ``scoped_clients.retry.sleep`` / ``sleep_sync``: a backoff ends
   with ``ScopeCancelled`` the moment the scope is cancelled, even in a task or
   thread outside the scope's body.
@@ -113,15 +113,15 @@ def sleep_sync(seconds: float) -> None:
 
 
 class stop_with_scope(tenacity.stop.stop_base):
-    """Stop when the ambient scope is cancelled, has ended, or the next sleep would pass its deadline."""
+    """Stop (re-raising the last error) when the next sleep would end past the scope's deadline.
+
+    A cancelled or ended scope does not "stop": the backoff sleep raises
+    ``ScopeCancelled`` at once, so the caller sees the cancellation, not the last error.
+    """
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         scope = current_scope()
-        if scope is None:
-            return False
-        if scope.cancelled or scope.ended:
-            return True
-        remaining = scope.remaining()
+        remaining = None if scope is None or scope.cancelled else scope.remaining()
         return remaining is not None and retry_state.upcoming_sleep >= remaining
 
 
