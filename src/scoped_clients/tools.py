@@ -308,10 +308,10 @@ async def run_command(
                 call.detail["stopped_by"] = how
         with anyio.CancelScope(shield=True):
             await process.aclose()  # close the pipes (the process has exited by now)
+        if call is not None:  # kept on every path, a cancellation from outside included
+            call.detail["returncode"] = process.returncode
+            call.detail["stdout_tail"] = bytes(out[-_TAIL:]).decode(errors="replace")
     final = result()
-    if call is not None:
-        call.detail["returncode"] = final.returncode
-        call.detail["stdout_tail"] = final.stdout[-_TAIL:].decode(errors="replace")
     if cancel_scope.cancelled_caught and call is not None and call.aborted is not None:
         call.finish("aborted")
         raise CommandCancelled(call.aborted, call.scope.name, final)
