@@ -57,19 +57,22 @@ def test_closing_the_tab_stops_the_llm(tmp_path: Path) -> None:
     remove = add_report_sink(sink)
     example = load_example()
     try:
-        with LocalProvider(token_interval=0.05) as provider, serve(example.create_app(provider.url)) as port:
-            with playwright.sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # its own temporary profile
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.click("#send")
-                page.wait_for_function("document.getElementById('answer').textContent.includes('tok3')")
-                (log,) = provider.wait_for_requests(1)
-                t_close = time.monotonic()
-                page.close()  # the user closes the tab
-                seen = log.wait_disconnect(timeout=10)
-                assert arrived.wait(10)
-                browser.close()
+        with (
+            LocalProvider(token_interval=0.05) as provider,
+            serve(example.create_app(provider.url)) as port,
+            playwright.sync_playwright() as p,
+        ):
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # its own temporary profile
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#send")
+            page.wait_for_function("document.getElementById('answer').textContent.includes('tok3')")
+            (log,) = provider.wait_for_requests(1)
+            t_close = time.monotonic()
+            page.close()  # the user closes the tab
+            seen = log.wait_disconnect(timeout=10)
+            assert arrived.wait(10)
+            browser.close()
     finally:
         remove()
     assert seen >= t_close
