@@ -300,6 +300,11 @@ async def run_command(
                     await process.stdin.send(input)
                     await process.stdin.aclose()
                 await process.wait()
+    except BaseException as exc:  # cancelled from outside (the body's cancel scope) or failed
+        failure: BaseException | None = exc
+        raise
+    else:
+        failure = None
     finally:
         if process.returncode is None:
             with anyio.CancelScope(shield=True):
@@ -311,6 +316,8 @@ async def run_command(
         if call is not None:  # kept on every path, a cancellation from outside included
             call.detail["returncode"] = process.returncode
             call.detail["stdout_tail"] = bytes(out[-_TAIL:]).decode(errors="replace")
+            if failure is not None:
+                _settle_failure(call, failure)
     final = result()
     if cancel_scope.cancelled_caught and call is not None and call.aborted is not None:
         call.finish("aborted")

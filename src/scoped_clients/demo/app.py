@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from starlette.applications import Starlette
@@ -97,7 +99,18 @@ def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
         process = await asyncio.create_subprocess_exec(*argv)
         return JSONResponse({"returncode": await process.wait()})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for task in list(background):  # the raw app's forgotten work, still running at shutdown
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await llm.close()
+        await vectors.close()
+        await rerank._client_wrapper.httpx_client.httpx_client.aclose()
+
     app: ASGIApp = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/stream", stream),
             Route("/complete", non_streaming),

@@ -118,13 +118,15 @@ def _observe_upstream(outcome: Outcome, provider: LocalProvider, t_drop: float, 
 
 
 @contextmanager
-def _collect_reports() -> Iterator[tuple[list[ScopeReport], threading.Event]]:
+def _collect_reports(scope_name: str) -> Iterator[tuple[list[ScopeReport], threading.Event]]:
+    """The reports of the scopes named ``scope_name`` (the middleware names them "METHOD path")."""
     reports: list[ScopeReport] = []
     arrived = threading.Event()
 
     def sink(report: ScopeReport) -> None:
-        reports.append(report)
-        arrived.set()
+        if report.scope == scope_name:
+            reports.append(report)
+            arrived.set()
 
     remove = add_report_sink(sink)
     try:
@@ -150,7 +152,7 @@ def run_scenario(provider: LocalProvider, port: int, scenario: Scenario, tick_fi
     if os.path.exists(tick_file):
         os.remove(tick_file)
     outcome = Outcome()
-    with _collect_reports() as (reports, arrived):
+    with _collect_reports(f"GET {scenario.path}") as (reports, arrived):
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
         pid = None

@@ -1,0 +1,36 @@
+"""The demo end to end: the same app on the raw SDKs and on scoped_clients under real uvicorn.
+
+Every scenario is dropped by a raw-socket client; the provider's own log is
+the evidence: with scoped_clients it produced at most one unit after the drop
+and no call started after it, while the raw app kept going.
+"""
+
+from __future__ import annotations
+
+from scoped_clients.cli import main
+from scoped_clients.demo import SCENARIOS, run_demo
+
+
+def test_demo_stops_every_scenario_upstream() -> None:
+    lines: list[str] = []
+    results = run_demo(print_=lines.append)
+    assert set(results) == {s.name for s in SCENARIOS}
+    for name, by_mode in results.items():
+        scoped, raw = by_mode["scoped"], by_mode["raw"]
+        assert scoped.units_after_drop <= 1, name
+        assert scoped.calls_after_drop == 0, name
+        assert scoped.latency_ms is not None, f"{name}: the upstream never saw the scoped app go"
+        assert scoped.reason == "client_disconnected", name
+    # the baseline really is a baseline: plain handlers ran on after the user left
+    assert results["non-streaming chat"]["raw"].units_after_drop > 100
+    assert results["RAG: search -> rerank -> LLM"]["raw"].calls_after_drop == 2
+    assert results["tool subprocess"]["raw"].units_after_drop > 100
+    assert "Upstream work after the user left" in lines[-1]
+
+
+def test_cli_without_a_command_is_a_usage_error(capsys: object) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
