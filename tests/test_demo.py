@@ -16,7 +16,7 @@ def test_demo_stops_every_scenario_upstream() -> None:
     results = run_demo(print_=lines.append)
     assert set(results) == {s.name for s in SCENARIOS}
     for name, by_mode in results.items():
-        scoped, raw = by_mode["scoped"], by_mode["raw"]
+        scoped = by_mode["scoped"]
         assert scoped.units_after_drop <= 1, name
         assert scoped.calls_after_drop == 0, name
         assert scoped.latency_ms is not None, f"{name}: the upstream never saw the scoped app go"
