@@ -388,3 +388,66 @@ def test_sync_clients_cancelled_from_another_thread(
     (record,) = scope.report.calls  # type: ignore[union-attr]
     assert record.outcome == "aborted"
     assert record.tokens_saved_max == MAX_TOKENS - record.tokens_out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["abort", "finish_if_done"])
+async def test_finish_policy(policy: str, provider: LocalProvider) -> None:
+    """With finish_if_done, a stream whose finish reason arrived completes on cancel, so usage is received."""
+    finished = anyio.Event()
+    outcome: list[object] = []
+    client = openai_async(provider, finish_policy=policy)
+
+    async def consume() -> None:
+        stream = await client.chat.completions.create(
+            model="local-5", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        )
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished.set()
+            outcome.append("done")
+        except ScopeCancelled as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg, RequestScope() as scope:
+            tg.start_soon(consume)
+            await finished.wait()  # the usage chunk is a token interval behind the finish reason
+            scope.cancel("client_disconnected")
+            with scope.shield():
+                await anyio.to_thread.run_sync(provider.requests[0].wait_done)
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    (log,) = provider.requests
+    if policy == "abort":
+        assert log.disconnected_at is not None and record.outcome == "aborted"
+        assert isinstance(outcome[0], ScopeCancelled)
+    else:
+        assert log.disconnected_at is None and record.outcome == "completed"
+        assert record.tokens_out_source == "provider" and record.tokens_out == 5
+        assert record.detail["finished_after_cancel"] is True
+
+
+@pytest.mark.anyio
+async def test_cost_saved_with_a_price_table(provider: LocalProvider) -> None:
+    from scoped_clients._savings import set_prices
+
+    set_prices({"local-1000": (1.0, 10.0)})  # $ per million tokens: input, output
+    try:
+        scope = RequestScope()
+
+        async def call() -> None:
+            with pytest.raises(ScopeCancelled):
+                await _openai_plain(provider)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, scope:
+                tg.start_soon(call)
+                (log,) = await wait(provider.wait_for_requests, 1)
+                await wait(log.wait_units, 3)
+                scope.cancel("client_disconnected")
+    finally:
+        set_prices({})
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.tokens_saved is not None and record.tokens_saved > 0
+    assert record.cost_saved == pytest.approx(record.tokens_saved * 10.0 / 1_000_000)

@@ -47,6 +47,8 @@ class CallRecord:
     #: aborted calls only: the request's own bound minus what was received (exact)
     tokens_saved_max: int | None = None
     saved_method: str | None = None
+    #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
+    cost_saved: float | None = None
     cancel_reason: str | None = None
     #: aborted because the scope ended while nobody awaited the call
     orphan: bool = False

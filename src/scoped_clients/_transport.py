@@ -278,7 +278,7 @@ def _meter_for(call: HttpCall, content_type: str) -> Meter:
 
 
 def _build_record(call: HttpCall) -> CallRecord:
-    from ._savings import default_estimator
+    from ._savings import default_estimator, get_prices
 
     meter = call.meter
     info = call.info
@@ -292,6 +292,7 @@ def _build_record(call: HttpCall) -> CallRecord:
         saved, saved_max, method = estimate.tokens_saved, estimate.tokens_saved_max, estimate.method
     elif outcome == "completed" and meter.tokens_out > 0:
         estimator.observe(info.provider, info.model, meter.tokens_out)
+    cost = None if saved is None else get_prices().cost(info.model, 0, saved)
     detail = dict(call.detail)
     if call.status_code is not None:
         detail["status_code"] = call.status_code
@@ -309,6 +310,7 @@ def _build_record(call: HttpCall) -> CallRecord:
         tokens_saved=saved,
         tokens_saved_max=saved_max,
         saved_method=method,
+        cost_saved=cost,
         cancel_reason=call.aborted.code if call.aborted is not None else None,
         orphan=call.orphan,
         error=call.error,

@@ -199,6 +199,7 @@ class Vendors:
             await exchange.sleep(self.p.token_interval)
         await exchange.send(chunk({}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
+            await exchange.sleep(self.p.token_interval)  # a real provider takes a moment to total the usage
             await exchange.send(_sse({**base, "choices": [], "usage": usage}))
         await exchange.send(_sse("[DONE]"))
         await exchange.end()
