@@ -218,3 +218,39 @@ def test_lifespan_shutdown_cancels_live_scopes(provider: LocalProvider, reports:
     assert report.cancel_reason == "shutdown"
     assert log.wait_disconnect() >= t_shutdown
     assert app.live == set()
+
+
+def test_websocket_scope_is_cancelled_when_the_client_leaves(provider: LocalProvider, reports: Reports) -> None:
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    llm = AsyncOpenAI(base_url=provider.url + "/v1", api_key="x")
+
+    async def talk(websocket: WebSocket) -> None:
+        await websocket.accept()
+        stream = await llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                await websocket.send_text(chunk.choices[0].delta.content)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await llm.close()
+
+    app = ScopeMiddleware(Starlette(routes=[WebSocketRoute("/ws", talk)], lifespan=lifespan))
+    with serve(app, "uvicorn") as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        (log,) = provider.wait_for_requests(1)
+        log.wait_units(5)
+        t_drop = time.monotonic()
+        sock.close()
+        log.wait_disconnect()
+        report = reports.wait()
+    assert log.units_after(t_drop) <= 1
+    assert report.scope == "WS /ws" and report.cancel_reason == "client_disconnected"
