@@ -28,39 +28,72 @@ from scoped_clients import RequestScope
 PATH = "/units?n=1000000&interval=0.05"
 
 
-async def run(provider: RemoteProvider, streams: int, scoped_mode: bool) -> tuple[list[float], int]:
+async def run(
+    provider: RemoteProvider, streams: int, scoped_mode: bool, *, one_scope: bool = False
+) -> tuple[list[float], int, float]:
+    """Open ``streams`` streams, cancel them all at once; returns latencies (ms), max units after, max loop lag (ms).
+
+    ``one_scope``: a single RequestScope owns every stream (one cancel) instead of one scope each.
+    """
     provider.reset()
     limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
     client: Any = scoped.AsyncClient(limits=limits) if scoped_mode else httpx2.AsyncClient(limits=limits)
     handles: list[Any] = []
+    lag = 0.0
+    stop_ticker = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal lag
+        while not stop_ticker.is_set():
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            lag = max(lag, time.perf_counter() - t - 0.001)
+
+    async def read(url: str) -> None:
+        async with client.stream("GET", url) as response:
+            async for _ in response.aiter_raw():
+                pass
 
     async def one(i: int) -> None:
         handle: Any = RequestScope(f"s{i}") if scoped_mode else anyio.CancelScope()
         handles.append(handle)
         if scoped_mode:
-            async with handle, client.stream("GET", provider.url + PATH) as response:
-                async for _ in response.aiter_raw():
-                    pass
+            async with handle:
+                await read(provider.url + PATH)
         else:
             with handle:
-                async with client.stream("GET", provider.url + PATH) as response:
-                    async for _ in response.aiter_raw():
-                        pass
+                await read(provider.url + PATH)
 
     async with client, anyio.create_task_group() as tg:
-        for i in range(streams):
-            tg.start_soon(one, i)
+        if one_scope:
+            owner = RequestScope("all")
+            handles.append(owner)
+            await tg.start(_own_all, owner, streams, read, provider.url + PATH)
+        else:
+            for i in range(streams):
+                tg.start_soon(one, i)
         await anyio.to_thread.run_sync(
             provider.wait, lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log)
         )
+        tg.start_soon(ticker)
+        await anyio.sleep(0.05)  # let the ticker settle before the storm
+        lag = 0.0
         t0 = time.monotonic()
         for handle in handles:
             handle.cancel() if isinstance(handle, anyio.CancelScope) else handle.cancel("client_disconnected")
-    log = await anyio.to_thread.run_sync(
-        provider.wait, lambda log: all(e["disconnected_at"] is not None for e in log)
-    )
+        log = await anyio.to_thread.run_sync(
+            provider.wait, lambda log: all(e["disconnected_at"] is not None for e in log)
+        )
+        stop_ticker.set()
     latencies = [(e["disconnected_at"] - t0) * 1000 for e in log]
-    return latencies, max(units_after(e, t0) for e in log)
+    return latencies, max(units_after(e, t0) for e in log), lag * 1000
+
+
+async def _own_all(owner: RequestScope, streams: int, read: Any, url: str, *, task_status: Any) -> None:
+    async with owner, anyio.create_task_group() as tg:
+        for _ in range(streams):
+            tg.start_soon(read, url)
+        task_status.started()
 
 
 def floor(provider: RemoteProvider, streams: int) -> tuple[list[float], int]:
@@ -93,7 +126,7 @@ def main() -> None:
                      f"{percentile(latencies, 99):.2f}", f"{max(latencies):.2f}", after, "-"])
         for backend in ("asyncio", "trio"):
             for scoped_mode in (False, True):
-                latencies, after = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
+                latencies, after, _ = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
                 p99 = percentile(latencies, 99)
                 rows.append([
                     backend,
