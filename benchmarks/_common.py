@@ -41,9 +41,8 @@ def machine() -> str:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]} on {platform.system()}; "
-        + ", ".join(versions)
+    return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]} on {platform.system()}; " + ", ".join(
+        versions
     )
 
 

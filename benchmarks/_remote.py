@@ -14,8 +14,15 @@ import httpx
 class RemoteProvider:
     def __init__(self, token_interval: float = 0.01, default_tokens: int = 50) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "scoped_clients.provider", "--token-interval", str(token_interval),
-             "--default-tokens", str(default_tokens)],
+            [
+                sys.executable,
+                "-m",
+                "scoped_clients.provider",
+                "--token-interval",
+                str(token_interval),
+                "--default-tokens",
+                str(default_tokens),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -122,22 +122,34 @@ def main() -> None:
     rows = []
     with RemoteProvider() as provider:
         latencies, after = floor(provider, args.streams)
-        rows.append(["-", "floor: bare sockets shut down in a loop", args.streams, f"{median(latencies):.2f}",
-                     f"{percentile(latencies, 99):.2f}", f"{max(latencies):.2f}", after, "-"])
+        rows.append(
+            [
+                "-",
+                "floor: bare sockets shut down in a loop",
+                args.streams,
+                f"{median(latencies):.2f}",
+                f"{percentile(latencies, 99):.2f}",
+                f"{max(latencies):.2f}",
+                after,
+                "-",
+            ]
+        )
         for backend in ("asyncio", "trio"):
             for scoped_mode in (False, True):
                 latencies, after, _ = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
                 p99 = percentile(latencies, 99)
-                rows.append([
-                    backend,
-                    "scoped_clients" if scoped_mode else "raw, task cancelled by hand",
-                    args.streams,
-                    f"{median(latencies):.2f}",
-                    f"{p99:.2f}",
-                    f"{max(latencies):.2f}",
-                    after,
-                    verdict(p99 < 5.0) if scoped_mode else "-",
-                ])
+                rows.append(
+                    [
+                        backend,
+                        "scoped_clients" if scoped_mode else "raw, task cancelled by hand",
+                        args.streams,
+                        f"{median(latencies):.2f}",
+                        f"{p99:.2f}",
+                        f"{max(latencies):.2f}",
+                        after,
+                        verdict(p99 < 5.0) if scoped_mode else "-",
+                    ]
+                )
     print(f"Machine: {machine()}\n")
     headers = ["backend", "client", "streams", "p50 ms", "p99 ms", "max ms", "max units after cancel", "p99 < 5 ms"]
     print(table(headers, rows))

@@ -38,13 +38,31 @@ def main() -> None:
                     run, provider, args.streams, scoped_mode, backend=backend, one_scope=one_scope
                 )
                 last = max(latencies)
-                rows.append([
-                    backend, label, args.streams, f"{median(latencies):.1f}", f"{percentile(latencies, 99):.1f}",
-                    f"{last:.1f}", after, f"{lag:.1f}", verdict(last < 50) if scoped_mode else "-",
-                ])
+                rows.append(
+                    [
+                        backend,
+                        label,
+                        args.streams,
+                        f"{median(latencies):.1f}",
+                        f"{percentile(latencies, 99):.1f}",
+                        f"{last:.1f}",
+                        after,
+                        f"{lag:.1f}",
+                        verdict(last < 50) if scoped_mode else "-",
+                    ]
+                )
     print(f"Machine: {machine()}\n")
-    headers = ["backend", "client", "streams", "p50 ms", "p99 ms", "last disconnect ms", "max units after",
-               "max loop lag ms", "last < 50 ms"]
+    headers = [
+        "backend",
+        "client",
+        "streams",
+        "p50 ms",
+        "p99 ms",
+        "last disconnect ms",
+        "max units after",
+        "max loop lag ms",
+        "last < 50 ms",
+    ]
     print(table(headers, rows))
 
 

@@ -83,15 +83,17 @@ async def throughput(provider: RemoteProvider, reps: int) -> list[list[object]]:
                 results[is_scoped].append(await measure(work, is_scoped))
         raw_rate = median(r for r, _ in results[False])
         scoped_rate = median(r for r, _ in results[True])
-        rows.append([
-            name,
-            f"{raw_rate:,.0f}",
-            f"{scoped_rate:,.0f}",
-            f"{min(r for r, _ in results[True]):,.0f} / {max(r for r, _ in results[True]):,.0f}",
-            f"{scoped_rate / raw_rate:.1%}",
-            f"{median(c for _, c in results[False]):.1f} -> {median(c for _, c in results[True]):.1f}",
-            verdict(scoped_rate / raw_rate >= 0.97),
-        ])
+        rows.append(
+            [
+                name,
+                f"{raw_rate:,.0f}",
+                f"{scoped_rate:,.0f}",
+                f"{min(r for r, _ in results[True]):,.0f} / {max(r for r, _ in results[True]):,.0f}",
+                f"{scoped_rate / raw_rate:.1%}",
+                f"{median(c for _, c in results[False]):.1f} -> {median(c for _, c in results[True]):.1f}",
+                verdict(scoped_rate / raw_rate >= 0.97),
+            ]
+        )
         for client in (raw, scoped):
             await (client.aclose() if hasattr(client, "aclose") else client.close())
     return rows
@@ -122,8 +124,15 @@ async def per_call(provider: RemoteProvider, reps: int) -> list[list[object]]:
     for name, values in samples.items():
         us = median(values) * 1e6
         added = us - base
-        rows.append([name, f"{us:.0f}", f"{min(values) * 1e6:.0f} / {max(values) * 1e6:.0f}", f"{added:+.0f}",
-                     "-" if name == "raw" else verdict(added < 50)])
+        rows.append(
+            [
+                name,
+                f"{us:.0f}",
+                f"{min(values) * 1e6:.0f} / {max(values) * 1e6:.0f}",
+                f"{added:+.0f}",
+                "-" if name == "raw" else verdict(added < 50),
+            ]
+        )
     return rows
 
 
@@ -136,8 +145,20 @@ def main() -> None:
         for backend in ("asyncio", "trio"):
             rows = anyio.run(throughput, provider, args.reps, backend=backend)
             print(f"### Streaming throughput ({backend}, {args.reps} interleaved runs each)\n")
-            print(table(["stream", "raw units/s", "scoped units/s", "scoped min / max", "ratio",
-                         "client CPU us/unit raw -> scoped", ">= 97 %"], rows))
+            print(
+                table(
+                    [
+                        "stream",
+                        "raw units/s",
+                        "scoped units/s",
+                        "scoped min / max",
+                        "ratio",
+                        "client CPU us/unit raw -> scoped",
+                        ">= 97 %",
+                    ],
+                    rows,
+                )
+            )
             rows = anyio.run(per_call, provider, args.reps, backend=backend)
             print(f"\n### Latency per small call ({backend}, {args.reps} x {CALLS} calls, medians)\n")
             print(table(["client", "us per call", "min / max", "added us", "< 50 us added"], rows))

@@ -49,8 +49,10 @@ async def run(calls: int) -> list[dict[str, Any]]:
                 nonlocal received
                 try:
                     stream = await llm.chat.completions.create(
-                        model=f"local-{natural}", messages=[{"role": "user", "content": "go"}],
-                        max_tokens=MAX_TOKENS, stream=True,
+                        model=f"local-{natural}",
+                        messages=[{"role": "user", "content": "go"}],
+                        max_tokens=MAX_TOKENS,
+                        stream=True,
                     )
                     async for chunk in stream:
                         if chunk.choices and chunk.choices[0].delta.content:
@@ -72,13 +74,15 @@ async def run(calls: int) -> list[dict[str, Any]]:
             await anyio.to_thread.run_sync(log.wait_done)
             (record,) = scope.report.calls  # type: ignore[union-attr]
             produced = len(log.units)
-            rows.append({
-                "saved_max": record.tokens_saved_max,
-                "true_max": MAX_TOKENS - produced,
-                "saved": record.tokens_saved,
-                "true_remaining": min(natural, MAX_TOKENS) - produced,
-                "method": record.saved_method,
-            })
+            rows.append(
+                {
+                    "saved_max": record.tokens_saved_max,
+                    "true_max": MAX_TOKENS - produced,
+                    "saved": record.tokens_saved,
+                    "true_remaining": min(natural, MAX_TOKENS) - produced,
+                    "method": record.saved_method,
+                }
+            )
         await llm.close()
     return rows
 
@@ -93,15 +97,42 @@ def main() -> None:
     absolute = [abs(e) for e in errors]
     truth = statistics.fmean(r["true_remaining"] for r in rows)
     print(f"Machine: {machine()}\n")
-    print(table(
-        ["figure", "aborted calls", "exact", "median abs error", "p90 abs error", "mean error (bias)", "mean truth",
-         "verdict"],
-        [
-            ["tokens_saved_max", len(rows), f"{exact}/{len(rows)}", "-", "-", "-", "-", verdict(exact == len(rows))],
-            ["tokens_saved (estimate)", len(rows), "-", f"{median(absolute):.0f}", f"{percentile(absolute, 90):.0f}",
-             f"{statistics.fmean(errors):+.0f}", f"{truth:.0f}", "-"],
-        ],
-    ))
+    print(
+        table(
+            [
+                "figure",
+                "aborted calls",
+                "exact",
+                "median abs error",
+                "p90 abs error",
+                "mean error (bias)",
+                "mean truth",
+                "verdict",
+            ],
+            [
+                [
+                    "tokens_saved_max",
+                    len(rows),
+                    f"{exact}/{len(rows)}",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    verdict(exact == len(rows)),
+                ],
+                [
+                    "tokens_saved (estimate)",
+                    len(rows),
+                    "-",
+                    f"{median(absolute):.0f}",
+                    f"{percentile(absolute, 90):.0f}",
+                    f"{statistics.fmean(errors):+.0f}",
+                    f"{truth:.0f}",
+                    "-",
+                ],
+            ],
+        )
+    )
     methods = sorted({r["method"] for r in rows})
     print(f"\nEstimate methods used: {', '.join(methods)}.")
 

@@ -47,7 +47,10 @@ def anthropic_async(p: LocalProvider, **kw: Any) -> scoped_anthropic.AsyncAnthro
 # Each shape: (name, async fn(provider) -> async iterator of "tokens as the caller sees them")
 async def _openai_chat_stream(p: LocalProvider) -> AsyncIterator[object]:
     stream = await openai_async(p).chat.completions.create(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        stream=True,  # type: ignore[arg-type]
     )
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -56,7 +59,9 @@ async def _openai_chat_stream(p: LocalProvider) -> AsyncIterator[object]:
 
 async def _openai_chat_helper(p: LocalProvider) -> AsyncIterator[object]:
     async with openai_async(p).chat.completions.stream(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
     ) as stream:
         async for event in stream:
             if event.type == "content.delta" and event.delta:
@@ -74,7 +79,10 @@ async def _openai_responses_stream(p: LocalProvider) -> AsyncIterator[object]:
 
 async def _anthropic_stream(p: LocalProvider) -> AsyncIterator[object]:
     stream = await anthropic_async(p).messages.create(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        stream=True,  # type: ignore[arg-type]
     )
     async for event in stream:
         if event.type == "content_block_delta":
@@ -83,7 +91,9 @@ async def _anthropic_stream(p: LocalProvider) -> AsyncIterator[object]:
 
 async def _anthropic_helper(p: LocalProvider) -> AsyncIterator[object]:
     async with anthropic_async(p).messages.stream(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
     ) as stream:
         async for text in stream.text_stream:
             yield text
@@ -100,7 +110,9 @@ STREAMS = [
 
 async def _openai_plain(p: LocalProvider) -> object:
     return await openai_async(p).chat.completions.create(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
     )
 
 
@@ -110,7 +122,9 @@ async def _openai_responses_plain(p: LocalProvider) -> object:
 
 async def _anthropic_plain(p: LocalProvider) -> object:
     return await anthropic_async(p).messages.create(
-        model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS  # type: ignore[arg-type]
+        model="local-1000",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
     )
 
 
@@ -227,15 +241,21 @@ async def test_refused_before_send(shape: Any, provider: LocalProvider) -> None:
 async def test_completed_calls_report_provider_usage(provider: LocalProvider) -> None:
     async with RequestScope() as scope:
         await openai_async(provider).chat.completions.create(
-            model="local-12", messages=MESSAGES  # type: ignore[arg-type]
+            model="local-12",
+            messages=MESSAGES,  # type: ignore[arg-type]
         )
         stream = await openai_async(provider).chat.completions.create(
-            model="local-12", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+            model="local-12",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
         )
         async for _ in stream:
             pass
         async with anthropic_async(provider).messages.stream(
-            model="local-12", messages=MESSAGES, max_tokens=100  # type: ignore[arg-type]
+            model="local-12",
+            messages=MESSAGES,
+            max_tokens=100,  # type: ignore[arg-type]
         ) as s:
             await s.get_final_message()
     records = scope.report.calls  # type: ignore[union-attr]
@@ -259,7 +279,8 @@ async def test_openai_errors_reach_the_caller_unchanged(model: str, raw_exc: typ
     async with RequestScope() as scope:
         with pytest.raises(raw_exc):
             await openai_async(provider, max_retries=0).chat.completions.create(
-                model=model, messages=MESSAGES  # type: ignore[arg-type]
+                model=model,
+                messages=MESSAGES,  # type: ignore[arg-type]
             )
     (record,) = scope.report.calls  # type: ignore[union-attr]
     assert record.outcome == "failed" and record.error == f"HTTP {model[-3:]}"
@@ -275,7 +296,9 @@ async def test_anthropic_errors_reach_the_caller_unchanged(model: str, raw_exc: 
     async with RequestScope() as scope:
         with pytest.raises(raw_exc):
             await anthropic_async(provider, max_retries=0).messages.create(
-                model=model, messages=MESSAGES, max_tokens=10  # type: ignore[arg-type]
+                model=model,
+                messages=MESSAGES,
+                max_tokens=10,  # type: ignore[arg-type]
             )
     assert [r.outcome for r in scope.report.calls] == ["failed"]  # type: ignore[union-attr]
 
@@ -286,7 +309,8 @@ async def test_sdk_retries_still_work_when_not_cancelled(provider: LocalProvider
     async with RequestScope():
         with pytest.raises(openai.InternalServerError):
             await client.with_options(timeout=5).chat.completions.create(
-                model="error-500", messages=MESSAGES  # type: ignore[arg-type]
+                model="error-500",
+                messages=MESSAGES,  # type: ignore[arg-type]
             )
     assert len(provider.requests) == 3
 
@@ -302,7 +326,9 @@ async def test_malformed_stream_is_the_sdks_error(provider: LocalProvider) -> No
     async with RequestScope() as scope:
         with pytest.raises(type(raw_error.value)):
             stream = await openai_async(provider).chat.completions.create(
-                model="malformed", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+                model="malformed",
+                messages=MESSAGES,
+                stream=True,  # type: ignore[arg-type]
             )
             async for _ in stream:
                 pass
@@ -400,7 +426,10 @@ async def test_finish_policy(policy: str, provider: LocalProvider) -> None:
 
     async def consume() -> None:
         stream = await client.chat.completions.create(
-            model="local-5", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+            model="local-5",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
         )
         try:
             async for chunk in stream:

@@ -542,4 +542,3 @@ class RequestScope:
         if isinstance(exc, BaseExceptionGroup):
             return all(self._absorbs(e) for e in exc.exceptions)
         return False
-

@@ -117,7 +117,7 @@ def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
             Route("/rag", rag),
             Route("/fire", fire_and_forget),
             Route("/tool", tool),
-        ]
+        ],
     )
     if mode == "scoped":
         from scoped_clients.asgi import ScopeMiddleware

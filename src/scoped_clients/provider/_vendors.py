@@ -178,9 +178,7 @@ class Vendors:
             text = await self._generate(exchange, n)
             message = {"role": "assistant", "content": text, "refusal": None}
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-            await exchange.respond_json(
-                200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            )
+            await exchange.respond_json(200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage})
             return
         await exchange.start(200, "text/event-stream")
 
