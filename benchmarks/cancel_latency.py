@@ -29,9 +29,12 @@ PATH = "/units?n=1000000&interval=0.05"
 
 
 async def run(
-    provider: RemoteProvider, streams: int, scoped_mode: bool, *, one_scope: bool = False
-) -> tuple[list[float], int, float]:
-    """Open ``streams`` streams, cancel them all at once; returns latencies (ms), max units after, max loop lag (ms).
+    provider: RemoteProvider, streams: int, scoped_mode: bool, *, one_scope: bool = False, path: str = PATH
+) -> tuple[list[float], int, float, float]:
+    """Open ``streams`` streams, cancel them all at once.
+
+    Returns the latencies (ms), the max units after the cancel, and the event loop's worst lag (ms) in 250 ms of
+    steady streaming before the cancel and from the cancel until the upstream saw the last disconnect.
 
     ``one_scope``: a single RequestScope owns every stream (one cancel) instead of one scope each.
     """
@@ -59,16 +62,16 @@ async def run(
         handles.append(handle)
         if scoped_mode:
             async with handle:
-                await read(provider.url + PATH)
+                await read(provider.url + path)
         else:
             with handle:
-                await read(provider.url + PATH)
+                await read(provider.url + path)
 
     async with client, anyio.create_task_group() as tg:
         if one_scope:
             owner = RequestScope("all")
             handles.append(owner)
-            await tg.start(_own_all, owner, streams, read, provider.url + PATH)
+            await tg.start(_own_all, owner, streams, read, provider.url + path)
         else:
             for i in range(streams):
                 tg.start_soon(one, i)
@@ -76,8 +79,10 @@ async def run(
             provider.wait, lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log)
         )
         tg.start_soon(ticker)
-        await anyio.sleep(0.05)  # let the ticker settle before the storm
+        await anyio.sleep(0.05)  # let the ticker settle
         lag = 0.0
+        await anyio.sleep(0.25)  # the streams' steady state, for comparison
+        lag_before, lag = lag, 0.0
         t0 = time.monotonic()
         for handle in handles:
             handle.cancel() if isinstance(handle, anyio.CancelScope) else handle.cancel("client_disconnected")
@@ -86,7 +91,7 @@ async def run(
         )
         stop_ticker.set()
     latencies = [(e["disconnected_at"] - t0) * 1000 for e in log]
-    return latencies, max(units_after(e, t0) for e in log), lag * 1000
+    return latencies, max(units_after(e, t0) for e in log), lag_before * 1000, lag * 1000
 
 
 async def _own_all(owner: RequestScope, streams: int, read: Any, url: str, *, task_status: Any) -> None:
@@ -136,7 +141,7 @@ def main() -> None:
         )
         for backend in ("asyncio", "trio"):
             for scoped_mode in (False, True):
-                latencies, after, _ = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
+                latencies, after, _, _ = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
                 p99 = percentile(latencies, 99)
                 rows.append(
                     [

@@ -8,7 +8,11 @@ estimator learns from it), the rest is cancelled after a random number of
 tokens.  For each aborted call the provider knows what it would have produced
 (N) and what it produced (its units); we compare:
 
-* ``tokens_saved_max`` with ``max_tokens - produced``: must be exact;
+* ``tokens_saved_max`` with ``max_tokens - produced``: must be exact, except
+  for a unit the provider wrote while the abort was under way (the one unit
+  after the cancel the other benchmarks allow): the client never receives it
+  and cannot count it, so the figure is then high by that unit.  The table
+  says how many misses there were and whether each is such a unit;
 * ``tokens_saved`` (the estimate) with ``min(N, max_tokens) - produced``.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import time
 from typing import Any
 
 import anyio
@@ -63,10 +68,12 @@ async def run(calls: int) -> list[dict[str, Any]]:
                     pass
                 reached.set()
 
+            t_cancel = 0.0
             async with anyio.create_task_group() as tg, scope:
                 tg.start_soon(consume)
                 await reached.wait()
                 if not train:
+                    t_cancel = time.monotonic()
                     scope.cancel("client_disconnected")
             if train:
                 continue
@@ -81,6 +88,7 @@ async def run(calls: int) -> list[dict[str, Any]]:
                     "saved": record.tokens_saved,
                     "true_remaining": min(natural, MAX_TOKENS) - produced,
                     "method": record.saved_method,
+                    "after_cancel": log.units_after(t_cancel),
                 }
             )
         await llm.close()
@@ -93,6 +101,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = anyio.run(run, args.calls)
     exact = sum(1 for r in rows if r["saved_max"] == r["true_max"])
+    misses = [r for r in rows if r["saved_max"] != r["true_max"]]
+    explained = sum(1 for r in misses if r["saved_max"] - r["true_max"] == r["after_cancel"])
+    worst = max((abs(r["saved_max"] - r["true_max"]) for r in rows), default=0)
     errors = [r["saved"] - r["true_remaining"] for r in rows]
     absolute = [abs(e) for e in errors]
     truth = statistics.fmean(r["true_remaining"] for r in rows)
@@ -103,6 +114,7 @@ def main() -> None:
                 "figure",
                 "aborted calls",
                 "exact",
+                "max abs error",
                 "median abs error",
                 "p90 abs error",
                 "mean error (bias)",
@@ -114,6 +126,7 @@ def main() -> None:
                     "tokens_saved_max",
                     len(rows),
                     f"{exact}/{len(rows)}",
+                    worst,
                     "-",
                     "-",
                     "-",
@@ -124,6 +137,7 @@ def main() -> None:
                     "tokens_saved (estimate)",
                     len(rows),
                     "-",
+                    max(absolute),
                     f"{median(absolute):.0f}",
                     f"{percentile(absolute, 90):.0f}",
                     f"{statistics.fmean(errors):+.0f}",
@@ -133,6 +147,11 @@ def main() -> None:
             ],
         )
     )
+    if misses:
+        print(
+            f"\ntokens_saved_max misses: {len(misses)}; {explained} of them are exactly the units the provider "
+            "produced after the cancel (written while the abort was under way, never received by the client)."
+        )
     methods = sorted({r["method"] for r in rows})
     print(f"\nEstimate methods used: {', '.join(methods)}.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import sys
 from collections.abc import AsyncIterator
@@ -34,22 +35,41 @@ TICKER = (
 )
 
 
-def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
+class TaskProbe:
+    """Counts the app's live asyncio tasks from another thread (the benchmark's "tasks left in the app")."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def count(self) -> int:
+        if self.loop is None:
+            raise RuntimeError("the app has not started: serve it first")
+        loop = self.loop
+        result: concurrent.futures.Future[int] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(lambda: result.set_result(len(asyncio.all_tasks(loop))))
+        return result.result(timeout=5)
+
+
+def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | None = None) -> ASGIApp:
     """The sample app.  ``mode="scoped"`` swaps the imports and adds one middleware: nothing else differs."""
+    import anthropic
     import cohere
     import openai
     import qdrant_client
 
     if mode == "raw":
         llm = openai.AsyncOpenAI(base_url=provider_url + "/v1", api_key="demo")
+        claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="demo")
         rerank = cohere.AsyncClientV2(base_url=provider_url, api_key="demo")
         vectors = qdrant_client.AsyncQdrantClient(url=provider_url, check_compatibility=False)
     else:  # the one change a user makes: the imports
+        from scoped_clients.anthropic import AsyncAnthropic
         from scoped_clients.cohere import AsyncClientV2
         from scoped_clients.openai import AsyncOpenAI
         from scoped_clients.qdrant import AsyncQdrantClient
 
         llm = AsyncOpenAI(base_url=provider_url + "/v1", api_key="demo")
+        claude = AsyncAnthropic(base_url=provider_url, api_key="demo")
         rerank = AsyncClientV2(base_url=provider_url, api_key="demo")
         vectors = AsyncQdrantClient(url=provider_url, check_compatibility=False)
     background: set[asyncio.Task[Any]] = set()
@@ -70,6 +90,10 @@ def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
 
     async def non_streaming(request: Request) -> Response:
         return JSONResponse({"answer": await complete()})
+
+    async def non_streaming_anthropic(request: Request) -> Response:
+        message = await claude.messages.create(model=MODEL, messages=QUESTION, max_tokens=MAX_TOKENS)
+        return JSONResponse({"answer": "".join(b.text for b in message.content if b.type == "text")})
 
     async def rag(request: Request) -> Response:
         hits = await vectors.query_points(COLLECTION, query=QUERY_VECTOR, limit=5, with_payload=True)
@@ -101,11 +125,14 @@ def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if probe is not None:
+            probe.loop = asyncio.get_running_loop()
         yield
         for task in list(background):  # the raw app's forgotten work, still running at shutdown
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await llm.close()
+        await claude.close()
         await vectors.close()
         await rerank._client_wrapper.httpx_client.httpx_client.aclose()
 
@@ -114,6 +141,7 @@ def build_app(mode: Mode, provider_url: str, tick_file: str) -> ASGIApp:
         routes=[
             Route("/stream", stream),
             Route("/complete", non_streaming),
+            Route("/complete-anthropic", non_streaming_anthropic),
             Route("/rag", rag),
             Route("/fire", fire_and_forget),
             Route("/tool", tool),

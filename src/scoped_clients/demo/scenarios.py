@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .._report import ScopeReport, add_report_sink
 from ..provider import LocalProvider, embed
 from ..testing import serve
-from .app import COLLECTION, DIM, TICKS, Mode, build_app
+from .app import COLLECTION, DIM, TICKS, Mode, TaskProbe, build_app
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Scenario:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("streaming chat", "/stream", 1, 5),
     Scenario("non-streaming chat", "/complete", 1, 5),
+    Scenario("non-streaming chat (Anthropic)", "/complete-anthropic", 1, 5),
     Scenario("RAG: search -> rerank -> LLM", "/rag", 1, 3),
     Scenario("fire-and-forget task", "/fire", 1, 5),
     Scenario("tool subprocess", "/tool", 0, 5, tool=True),
@@ -45,6 +46,7 @@ class Outcome:
     tokens_saved: int | None = None
     tokens_saved_max: int | None = None
     reason: str | None = None
+    tasks_left: int | None = None  # app tasks beyond the idle baseline, 100 ms after the drop (with a probe)
     notes: list[str] = field(default_factory=list)
 
 
@@ -147,11 +149,14 @@ def _seed(provider: LocalProvider) -> None:
     client.close()
 
 
-def run_scenario(provider: LocalProvider, port: int, scenario: Scenario, tick_file: str, mode: Mode) -> Outcome:
+def run_scenario(
+    provider: LocalProvider, port: int, scenario: Scenario, tick_file: str, mode: Mode, probe: TaskProbe | None = None
+) -> Outcome:
     provider.reset()
     if os.path.exists(tick_file):
         os.remove(tick_file)
     outcome = Outcome()
+    baseline = probe.count() if probe is not None else 0
     with _collect_reports(f"GET {scenario.path}") as (reports, arrived):
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
@@ -163,11 +168,17 @@ def run_scenario(provider: LocalProvider, port: int, scenario: Scenario, tick_fi
             logs[-1].wait_units(scenario.busy_units, timeout=10)
         t_drop = time.monotonic()
         sock.close()  # the tab is closed
+        sampler = None
+        if probe is not None:  # sampled from a timer so that the observation below keeps its own timing
+            sampler = threading.Timer(0.1, lambda: setattr(outcome, "tasks_left", probe.count() - baseline))
+            sampler.start()
         window = 1.0 if mode == "scoped" else 8.0
         if pid is not None:
             _observe_tool(outcome, tick_file, pid, t_drop, window)
         else:
             _observe_upstream(outcome, provider, t_drop, window)
+        if sampler is not None:
+            sampler.join()
         if mode == "scoped" and arrived.wait(5):
             report = reports[-1]
             outcome.tokens_saved = report.tokens_saved
