@@ -59,18 +59,26 @@ def as_int(value: Any) -> int | None:
 class SSEMeter(Meter):
     """Splits a server-sent-event stream into events (``on_event``), whatever the chunking."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_crlf")
 
     def __init__(self) -> None:
         super().__init__()
         self._buffer = b""
+        # A server ends its lines one way: decided at the first line end, so that a
+        # stream of LF-only chunks is not scanned for "\r" on every chunk.
+        self._crlf: bool | None = None
 
     def feed(self, data: bytes) -> None:
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
         buffer = self._buffer + data if self._buffer else data
-        start = 0
-        while True:
+        crlf = self._crlf
+        if crlf is None:
+            crlf = b"\r" in buffer
+            if b"\n" in buffer:
+                self._crlf = crlf
+        if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
+            buffer = buffer.replace(b"\r\n", b"\n")
+        start, size = 0, len(buffer)
+        while start < size:
             end = buffer.find(b"\n\n", start)
             if end < 0:
                 break
@@ -89,7 +97,7 @@ class SSEMeter(Meter):
                 except Exception:  # a meter never breaks the caller's stream
                     pass
             start = end + 2
-        self._buffer = buffer[start:]
+        self._buffer = buffer[start:] if start < size else b""
 
     def close(self) -> None:
         rest, self._buffer = self._buffer.strip(), b""

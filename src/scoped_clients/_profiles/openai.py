@@ -15,9 +15,17 @@ class ChatStreamMeter(SSEMeter):
     __slots__ = ()
 
     def on_event(self, event: bytes) -> None:
-        if b'"content":"' in event and b'"content":""' not in event:
-            self.tokens_out += 1 if self.output_source == "estimated" else 0
-        if b'"finish_reason":"' in event or b'"usage":{' in event:
+        # Searched from the end, where a chunk keeps its delta, finish reason and usage;
+        # a quote inside a JSON string is escaped, so these keys cannot be forged by content.
+        content = event.rfind(b'"content":"')
+        if content >= 0 and event[content + 11 : content + 12] != b'"' and self.output_source == "estimated":
+            self.tokens_out += 1
+        finish = event.rfind(b'"finish_reason":')
+        if finish >= 0:
+            parse = event[finish + 16 : finish + 17] == b'"' or event.find(b'"usage":{', finish) >= 0
+        else:  # the usage-only chunk has no choices
+            parse = b'"usage":{' in event
+        if parse:
             data = event_data(event)
             if not isinstance(data, dict):
                 return
