@@ -371,9 +371,14 @@ async def send_async(inner: Any, request: Any, profile: Profile, finish_policy: 
     if pending.cancelled_caught:
         call.finish("aborted")
         raise call.cancelled_error()
+    return _attach_body(call, response, body_cls, "aclose")
+
+
+def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> Any:
+    """Headers are in: meter the body from now on, and let the scope close it at exit."""
     call.headers_received(response)
     body = body_cls(response.stream, call)
-    call.body_closer = body.aclose
+    call.body_closer = getattr(body, closer)
     response.stream = body
     return response
 
@@ -565,11 +570,7 @@ def send_sync(inner: Any, request: Any, profile: Profile, finish_policy: FinishP
         response.close()
         call.finish("aborted")
         raise call.cancelled_error()
-    call.headers_received(response)
-    body = body_cls(response.stream, call)
-    call.body_closer = body.close
-    response.stream = body
-    return response
+    return _attach_body(call, response, body_cls, "close")
 
 
 class SyncBodyMixin:
