@@ -56,6 +56,18 @@ def as_int(value: Any) -> int | None:
     return int(value)
 
 
+def provider_usage(
+    meter: Meter, usage: dict[str, Any], output_key: str | None = "output_tokens", input_key: str = "input_tokens"
+) -> None:
+    """Take the provider's own token counts, where it reports them, over the meter's estimate."""
+    out = as_int(usage.get(output_key)) if output_key is not None else None
+    inp = as_int(usage.get(input_key))
+    if out is not None:
+        meter.tokens_out, meter.output_source = out, "provider"
+    if inp is not None:
+        meter.tokens_in, meter.input_source = inp, "provider"
+
+
 class SSEMeter(Meter):
     """Splits a server-sent-event stream into events (``on_event``), whatever the chunking."""
 

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
 
 class MessagesStreamMeter(SSEMeter):
@@ -20,8 +20,8 @@ class MessagesStreamMeter(SSEMeter):
             data = event_data(event)
             message = data.get("message") if isinstance(data, dict) else None
             usage = message.get("usage") if isinstance(message, dict) else None
-            if isinstance(usage, dict) and as_int(usage.get("input_tokens")) is not None:
-                self.tokens_in, self.input_source = as_int(usage["input_tokens"]), "provider"
+            if isinstance(usage, dict):  # its output_tokens is a placeholder: the deltas are counted
+                provider_usage(self, usage, output_key=None)
         elif b"message_delta" in event:
             data = event_data(event)
             if not isinstance(data, dict):
@@ -30,8 +30,8 @@ class MessagesStreamMeter(SSEMeter):
             if isinstance(delta, dict) and delta.get("stop_reason"):
                 self.finish_reason = str(delta["stop_reason"])
             usage = data.get("usage")
-            if isinstance(usage, dict) and as_int(usage.get("output_tokens")) is not None:
-                self.tokens_out, self.output_source = as_int(usage["output_tokens"]) or 0, "provider"
+            if isinstance(usage, dict):
+                provider_usage(self, usage)
 
 
 class MessagesBodyMeter(JSONBodyMeter):
@@ -42,11 +42,7 @@ class MessagesBodyMeter(JSONBodyMeter):
             self.finish_reason = str(body["stop_reason"])
         usage = body.get("usage")
         if isinstance(usage, dict):
-            out, inp = as_int(usage.get("output_tokens")), as_int(usage.get("input_tokens"))
-            if out is not None:
-                self.tokens_out, self.output_source = out, "provider"
-            if inp is not None:
-                self.tokens_in, self.input_source = inp, "provider"
+            provider_usage(self, usage)
 
 
 class AnthropicProfile:

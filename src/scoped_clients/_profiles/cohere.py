@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
 _OPERATIONS = {"chat": "chat", "rerank": "rerank", "embed": "embed", "classify": "classify", "tokenize": "tokenize"}
 
@@ -21,11 +21,7 @@ def _billed(meter: Meter, billed: Any, tokens: Any = None) -> None:
     source = tokens if isinstance(tokens, dict) else billed if isinstance(billed, dict) else None
     if source is None:
         return
-    out, inp = as_int(source.get("output_tokens")), as_int(source.get("input_tokens"))
-    if out is not None:
-        meter.tokens_out, meter.output_source = out, "provider"
-    if inp is not None:
-        meter.tokens_in, meter.input_source = inp, "provider"
+    provider_usage(meter, source)
 
 
 class ChatV2StreamMeter(SSEMeter):

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from ._wire import JSONBodyMeter, SSEMeter, as_int, call_info, event_data, request_json
+from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
 
 class ChatStreamMeter(SSEMeter):
@@ -49,11 +49,7 @@ class ChatBodyMeter(JSONBodyMeter):
 
 
 def _chat_usage(meter: Meter, usage: dict[str, Any]) -> None:
-    out, inp = as_int(usage.get("completion_tokens")), as_int(usage.get("prompt_tokens"))
-    if out is not None:
-        meter.tokens_out, meter.output_source = out, "provider"
-    if inp is not None:
-        meter.tokens_in, meter.input_source = inp, "provider"
+    provider_usage(meter, usage, "completion_tokens", "prompt_tokens")
 
 
 class ResponsesStreamMeter(SSEMeter):
@@ -83,11 +79,7 @@ def _responses_final(meter: Meter, response: dict[str, Any]) -> None:
         meter.finish_reason = status
     usage = response.get("usage")
     if isinstance(usage, dict):
-        out, inp = as_int(usage.get("output_tokens")), as_int(usage.get("input_tokens"))
-        if out is not None:
-            meter.tokens_out, meter.output_source = out, "provider"
-        if inp is not None:
-            meter.tokens_in, meter.input_source = inp, "provider"
+        provider_usage(meter, usage)
 
 
 class OpenAIProfile:
