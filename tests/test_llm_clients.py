@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 import scoped_clients.anthropic as scoped_anthropic
 import scoped_clients.openai as scoped_openai
+from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.provider import LocalProvider
 
@@ -133,10 +133,6 @@ PLAIN = [
     pytest.param(_openai_responses_plain, id="openai-responses"),
     pytest.param(_anthropic_plain, id="anthropic-messages"),
 ]
-
-
-async def wait(fn: Callable[..., Any], *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(fn, *args)
 
 
 @pytest.mark.anyio
@@ -389,29 +385,11 @@ def sync_clients(provider: LocalProvider) -> Iterator[dict[str, Callable[[], obj
 def test_sync_clients_cancelled_from_another_thread(
     name: str, sync_clients: dict[str, Callable[[], object]], provider: LocalProvider
 ) -> None:
-    scope = RequestScope("sync")
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        with scope:
-            try:
-                sync_clients[name]()
-            except ScopeCancelled as exc:
-                errors.append(exc)
-                raise
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    (log,) = provider.wait_for_requests(1)
-    log.wait_units(10)
-    t_cancel = time.monotonic()
-    scope.cancel("client_disconnected")
-    seen = log.wait_disconnect()
-    thread.join(10)
-    assert seen >= t_cancel and log.units_after(t_cancel) <= 1
+    result = cancel_sync_call(provider, sync_clients[name], units=10)
+    assert result.seen >= result.t_cancel and result.log.units_after(result.t_cancel) <= 1
     assert len(provider.requests) == 1
-    assert len(errors) == 1
-    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert len(result.errors) == 1
+    (record,) = result.scope.report.calls  # type: ignore[union-attr]
     assert record.outcome == "aborted"
     assert record.tokens_saved_max == MAX_TOKENS - record.tokens_out
 

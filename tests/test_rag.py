@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,6 +15,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 import scoped_clients.cohere as scoped_cohere
 import scoped_clients.qdrant as scoped_qdrant
+from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled, UnsupportedError
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider, embed
@@ -49,10 +49,6 @@ async def clients(provider: LocalProvider, anyio_backend: str) -> AsyncIterator[
     await made["qdrant"].close()
     await made["llm"].close()
     await made["cohere"]._client_wrapper.httpx_client.httpx_client.aclose()
-
-
-async def wait(fn: Any, *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(fn, *args)
 
 
 async def pipeline(c: dict[str, Any]) -> str:
@@ -201,27 +197,9 @@ async def test_qdrant_timeout_is_the_scopes_remaining_deadline(
 def test_sync_qdrant_cancelled_from_another_thread(provider: LocalProvider, collection: None) -> None:
     provider.search_delay = 30.0
     client = scoped_qdrant.QdrantClient(url=provider.url, check_compatibility=False)
-    scope = RequestScope()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        with scope:
-            try:
-                client.query_points(COLLECTION, query=embed("x"), limit=1)
-            except ScopeCancelled as exc:
-                errors.append(exc)
-                raise
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    (log,) = provider.wait_for_requests(1)
-    log.wait_units(3)
-    t_cancel = time.monotonic()
-    scope.cancel("client_disconnected")
-    log.wait_disconnect()
-    thread.join(10)
+    result = cancel_sync_call(provider, lambda: client.query_points(COLLECTION, query=embed("x"), limit=1), units=3)
     client.close()
-    assert log.units_after(t_cancel) <= 1 and len(errors) == 1
+    assert result.log.units_after(result.t_cancel) <= 1 and len(result.errors) == 1
 
 
 def test_unsupported_modes_say_so() -> None:

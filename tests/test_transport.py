@@ -21,17 +21,13 @@ import trustme
 
 import scoped_clients.httpx
 import scoped_clients.httpx2
+from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled, UnsupportedError
 from scoped_clients.provider import LocalProvider
 
 LIBS = [pytest.param(scoped_clients.httpx, id="httpx"), pytest.param(scoped_clients.httpx2, id="httpx2")]
 STREAM = "/units?n=100000&interval=0.005"
 SLOW = "/slow?delay=60"
-
-
-async def wait(fn: Any, *args: Any) -> Any:
-    """Run one of the provider's blocking waits without blocking the event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
 
 
 def only_request(provider: LocalProvider) -> Any:
@@ -243,37 +239,22 @@ def tls() -> Iterator[tuple[LocalProvider, ssl.SSLContext]]:
 
 
 def _sync_cancel_from_thread(client: Any, provider: LocalProvider, path: str, phase: str) -> None:
-    scope = RequestScope("sync")
-    errors: list[BaseException] = []
+    def call() -> None:
+        if phase == "body":
+            with client.stream("GET", provider.url + path) as response:
+                for _ in response.iter_raw():
+                    pass
+        else:
+            client.get(provider.url + path)
 
-    def worker() -> None:
-        with scope:
-            try:
-                if phase == "body":
-                    with client.stream("GET", provider.url + path) as response:
-                        for _ in response.iter_raw():
-                            pass
-                else:
-                    client.get(provider.url + path)
-            except ScopeCancelled as exc:
-                errors.append(exc)
-                raise
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    (log,) = provider.wait_for_requests(1)
-    if phase == "body":
-        log.wait_units(5)
-    t_cancel = time.monotonic()
-    scope.cancel("client_disconnected")
-    seen = log.wait_disconnect()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert seen >= t_cancel
-    assert log.units_after(t_cancel) <= (1 if phase == "body" else 0)
+    result = cancel_sync_call(provider, call, units=5 if phase == "body" else 0)
+    assert not result.thread_alive
+    assert result.seen >= result.t_cancel
+    assert result.log.units_after(result.t_cancel) <= (1 if phase == "body" else 0)
     assert len(provider.requests) == 1
-    assert len(errors) == 1
-    assert scope.report is not None and [c.outcome for c in scope.report.calls] == ["aborted"]
+    assert len(result.errors) == 1
+    report = result.scope.report
+    assert report is not None and [c.outcome for c in report.calls] == ["aborted"]
 
 
 @pytest.mark.parametrize("phase", ["headers", "body"])

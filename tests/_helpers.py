@@ -1,0 +1,57 @@
+"""Helpers shared by the test modules (pytest puts ``tests/`` on ``sys.path``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from scoped_clients import RequestScope, ScopeCancelled
+from scoped_clients.provider import LocalProvider, RequestLog
+
+
+async def wait(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one of the provider's blocking waits without blocking the event loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+@dataclass
+class SyncCancel:
+    """What happened when a sync call's scope was cancelled from another thread."""
+
+    scope: RequestScope
+    log: RequestLog
+    t_cancel: float
+    seen: float  # when the provider saw the client go
+    thread_alive: bool
+    errors: list[BaseException] = field(default_factory=list)
+
+
+def cancel_sync_call(provider: LocalProvider, call: Callable[[], object], *, units: int) -> SyncCancel:
+    """Run ``call`` in a worker thread under a scope; once the provider has produced ``units``
+    units for it, cancel the scope from this thread and wait for the provider to see the disconnect."""
+    scope = RequestScope("sync")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        with scope:
+            try:
+                call()
+            except ScopeCancelled as exc:
+                errors.append(exc)
+                raise
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    (log,) = provider.wait_for_requests(1)
+    if units:
+        log.wait_units(units)
+    t_cancel = time.monotonic()
+    scope.cancel("client_disconnected")
+    seen = log.wait_disconnect()
+    thread.join(10)
+    return SyncCancel(scope, log, t_cancel, seen, thread.is_alive(), errors)
