@@ -27,7 +27,7 @@ from starlette.routing import Route
 from scoped_clients import ScopeReport, add_report_sink, current_scope
 from scoped_clients.asgi import SCOPE_KEY, ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
-from scoped_clients.provider import LocalProvider
+from scoped_clients.provider import LocalProvider, RequestLog
 from scoped_clients.testing import serve
 
 SERVERS = ["uvicorn", "hypercorn"]
@@ -94,6 +94,23 @@ def reports() -> Iterator[Reports]:
     remove()
 
 
+def drop_when_busy(
+    sock: socket.socket, provider: LocalProvider, reports: Reports, units: int = 5
+) -> tuple[RequestLog, float, float, ScopeReport]:
+    """Close the client's socket (the tab) once the upstream has produced ``units`` units.
+
+    Returns the upstream request's log, the drop time, when the upstream saw its client go,
+    and the request scope's report.
+    """
+    (log,) = provider.wait_for_requests(1)
+    if units:
+        log.wait_units(units)
+    t_drop = time.monotonic()
+    sock.close()
+    seen = log.wait_disconnect()
+    return log, t_drop, seen, reports.wait()
+
+
 def request_bytes(path: str, method: str = "GET", body: bytes = b"", chunked: bool = False) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
     if chunked:
@@ -124,12 +141,7 @@ def test_dropped_request_stops_the_upstream(server: str, path: str, provider: Lo
     with serve(app, server) as port:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(request_bytes(path))
-        (log,) = provider.wait_for_requests(1)
-        log.wait_units(5)
-        t_drop = time.monotonic()
-        sock.close()  # the tab is closed
-        seen = log.wait_disconnect()
-        report = reports.wait()
+        log, t_drop, seen, report = drop_when_busy(sock, provider, reports)
     assert seen >= t_drop
     assert log.units_after(t_drop) <= 1
     assert len(provider.requests) == 1
@@ -145,11 +157,7 @@ def test_drop_before_the_upstream_answers(server: str, provider: LocalProvider, 
     with serve(app, server) as port:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(request_bytes("/complete?model=local-1000"))
-        (log,) = provider.wait_for_requests(1)
-        t_drop = time.monotonic()
-        sock.close()
-        log.wait_disconnect()
-        report = reports.wait()
+        log, t_drop, _, report = drop_when_busy(sock, provider, reports, units=0)
     assert log.units_after(t_drop) <= 1
     assert report.cancel_reason == "client_disconnected"
 
@@ -193,12 +201,7 @@ def test_works_outside_base_http_middleware(provider: LocalProvider, reports: Re
     with serve(app, "uvicorn") as port:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(request_bytes("/complete"))
-        (log,) = provider.wait_for_requests(1)
-        log.wait_units(5)
-        t_drop = time.monotonic()
-        sock.close()
-        log.wait_disconnect()
-        report = reports.wait()
+        log, t_drop, _, report = drop_when_busy(sock, provider, reports)
     assert log.units_after(t_drop) <= 1
     assert report.cancel_reason == "client_disconnected"
 
@@ -246,11 +249,6 @@ def test_websocket_scope_is_cancelled_when_the_client_leaves(provider: LocalProv
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         assert sock.recv(4096).startswith(b"HTTP/1.1 101")
-        (log,) = provider.wait_for_requests(1)
-        log.wait_units(5)
-        t_drop = time.monotonic()
-        sock.close()
-        log.wait_disconnect()
-        report = reports.wait()
+        log, t_drop, _, report = drop_when_busy(sock, provider, reports)
     assert log.units_after(t_drop) <= 1
     assert report.scope == "WS /ws" and report.cancel_reason == "client_disconnected"
