@@ -15,15 +15,10 @@ zero tasks left.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 
 from _common import machine, median, percentile, table, verdict
 
-from scoped_clients.demo.app import TaskProbe, build_app
-from scoped_clients.demo.scenarios import SCENARIOS, Outcome, _seed, run_scenario
-from scoped_clients.provider import LocalProvider
-from scoped_clients.testing import serve
+from scoped_clients.demo.scenarios import SCENARIOS, Outcome, run_scenarios
 
 
 def main() -> None:
@@ -31,21 +26,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     rows = []
-    with LocalProvider(token_interval=0.01, default_tokens=300) as provider, tempfile.TemporaryDirectory() as tmp:
-        _seed(provider)
-        provider.search_delay = 1.0
-        tick_file = os.path.join(tmp, "ticks")
-        results: dict[tuple[str, str], list] = {}  # type: ignore[type-arg]
-        for mode in ("raw", "scoped"):
-            probe = TaskProbe()
-            app = build_app(mode, provider.url, tick_file, probe)  # type: ignore[arg-type]
-            with serve(app, log_level="critical") as port:
-                for scenario in SCENARIOS:
-                    for _ in range(args.reps):
-                        outcome = run_scenario(provider, port, scenario, tick_file, mode, probe)  # type: ignore[arg-type]
-                        results.setdefault((scenario.name, mode), []).append(outcome)
+    results = run_scenarios(args.reps, count_tasks=True)
     for scenario in SCENARIOS:
-        raw, scoped = results[(scenario.name, "raw")], results[(scenario.name, "scoped")]
+        raw, scoped = results[scenario.name]["raw"], results[scenario.name]["scoped"]
         latencies = [o.latency_ms for o in scoped if o.latency_ms is not None]
         units = [o.units_after_drop for o in scoped]
         late = [o.calls_after_drop for o in scoped]

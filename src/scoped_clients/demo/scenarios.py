@@ -191,18 +191,35 @@ def _fmt_latency(o: Outcome) -> str:
     return "never (ran to the end)" if o.latency_ms is None else f"{o.latency_ms:.1f} ms"
 
 
-def run_demo(print_: Callable[[str], object] = print) -> dict[str, dict[Mode, Outcome]]:
-    """Run every scenario on both apps and print the side-by-side table."""
-    results: dict[str, dict[Mode, Outcome]] = {s.name: {} for s in SCENARIOS}
+def run_scenarios(
+    reps: int = 1, *, count_tasks: bool = False, progress: Callable[[str], object] | None = None
+) -> dict[str, dict[Mode, list[Outcome]]]:
+    """Run every scenario ``reps`` times on the raw app, then on the scoped app.
+
+    ``count_tasks``: also count the app's tasks left 100 ms after each drop (``Outcome.tasks_left``).
+    """
+    results: dict[str, dict[Mode, list[Outcome]]] = {s.name: {"raw": [], "scoped": []} for s in SCENARIOS}
     with LocalProvider(token_interval=0.01, default_tokens=300) as provider, tempfile.TemporaryDirectory() as tmp:
         _seed(provider)
         provider.search_delay = 1.0
         tick_file = os.path.join(tmp, "ticks")
-        for mode in ("raw", "scoped"):
-            print_(f"running the {mode} app ...")
-            with serve(build_app(mode, provider.url, tick_file), log_level="critical") as port:
+        modes: tuple[Mode, ...] = ("raw", "scoped")
+        for mode in modes:
+            if progress is not None:
+                progress(f"running the {mode} app ...")
+            probe = TaskProbe() if count_tasks else None
+            with serve(build_app(mode, provider.url, tick_file, probe), log_level="critical") as port:
                 for scenario in SCENARIOS:
-                    results[scenario.name][mode] = run_scenario(provider, port, scenario, tick_file, mode)
+                    for _ in range(reps):
+                        outcome = run_scenario(provider, port, scenario, tick_file, mode, probe)
+                        results[scenario.name][mode].append(outcome)
+    return results
+
+
+def run_demo(print_: Callable[[str], object] = print) -> dict[str, dict[Mode, Outcome]]:
+    """Run every scenario on both apps and print the side-by-side table."""
+    runs = run_scenarios(progress=print_)
+    results = {name: {mode: outcomes[0] for mode, outcomes in by_mode.items()} for name, by_mode in runs.items()}
     print_(format_table(results))
     return results
 
