@@ -6,6 +6,7 @@ go, how many units it produced after the cancel, and how many requests it got.
 
 from __future__ import annotations
 
+import json
 import random
 import ssl
 import threading
@@ -345,3 +346,16 @@ async def test_a_thousand_random_cancellations_leave_nothing_behind(provider: Lo
     assert len(anyio.get_running_tasks()) == tasks_before
     # anyio's worker threads used by the provider waits may linger idle; nothing of ours does
     assert threading.active_count() <= threads_before + 1
+
+
+@pytest.mark.anyio
+async def test_report_to_dict_is_json_with_every_call(provider: LocalProvider) -> None:
+    """``ScopeReport.to_dict()``: the summary plus every call record, ready for a sink that ships JSON."""
+    async with scoped_clients.httpx2.AsyncClient() as client, RequestScope("json") as scope:
+        await client.get(provider.url + "/units?n=3&interval=0")
+        await client.get(provider.url + "/units?n=2&interval=0")
+    assert scope.report is not None
+    data = json.loads(json.dumps(scope.report.to_dict()))
+    assert data["scope"] == "json" and data["outcome"] == "completed" and data["completed"] == 2
+    assert [c["outcome"] for c in data["calls"]] == ["completed", "completed"]
+    assert all(c["detail"]["status_code"] == 200 for c in data["calls"])
