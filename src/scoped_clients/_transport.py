@@ -41,6 +41,7 @@ from ._calls import CallInfo, Meter, Profile
 from ._exceptions import ScopeCancelled
 from ._loop import LoopHandle
 from ._reasons import CancelReason
+from ._reassemble import StreamPlan, plan_stream
 from ._report import CallRecord, Outcome
 from ._scope import RequestScope, current_scope
 
@@ -351,19 +352,38 @@ def _is_native_cancel(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
-async def send_async(inner: Any, request: Any, profile: Profile, finish_policy: FinishPolicy, body_cls: type) -> Any:
-    """``handle_async_request`` under the ambient scope (pass-through without one)."""
+async def send_async(
+    inner: Any,
+    request: Any,
+    profile: Profile,
+    finish_policy: FinishPolicy,
+    body_cls: type,
+    *,
+    always_stream: bool = False,
+) -> Any:
+    """``handle_async_request`` under the ambient scope (pass-through without one).
+
+    ``always_stream``: a non-streamed generation is sent as a stream, read here to its
+    end, and handed over as the non-streamed response (see ``_reassemble``).
+    """
     scope = current_scope()
     if scope is None:
+        if always_stream and (plan := plan_stream(request)) is not None:
+            response = await inner.handle_async_request(plan.request)
+            if not plan.accepts(response):
+                return response
+            plan.tap(response)
+            return await plan.read_async(response)
         return await inner.handle_async_request(request)
     loop = scope._loop if scope._loop is not None and scope._loop.thread_id == threading.get_ident() else LoopHandle()
     call = open_call(scope, request, profile, loop, finish_policy)
+    plan = _stream_plan(call, request) if always_stream else None
     try:
         with anyio.CancelScope() as pending:
             call.pending_scope = pending
             if call.aborted is not None:  # cancelled between admission and here
                 pending.cancel()
-            response = await inner.handle_async_request(request)
+            response = await inner.handle_async_request(request if plan is None else plan.request)
     except BaseException as exc:
         call.pending_scope = None
         _raise_for(call, exc)
@@ -371,7 +391,18 @@ async def send_async(inner: Any, request: Any, profile: Profile, finish_policy: 
     if pending.cancelled_caught:
         call.finish("aborted")
         raise call.cancelled_error()
-    return _attach_body(call, response, body_cls, "aclose")
+    if plan is None or not plan.accepts(response):
+        return _attach_body(call, response, body_cls, "aclose")
+    plan.tap(response, call)
+    return await plan.read_async(_attach_body(call, response, body_cls, "aclose"))
+
+
+def _stream_plan(call: HttpCall, request: Any) -> StreamPlan | None:
+    """``always_stream``: the streamed form of ``request``, noted on the call's record."""
+    plan = plan_stream(request)
+    if plan is not None:
+        call.detail["always_stream"] = True
+    return plan
 
 
 def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> Any:
@@ -553,15 +584,30 @@ def install_tracking(transport: Any) -> bool:
     return True
 
 
-def send_sync(inner: Any, request: Any, profile: Profile, finish_policy: FinishPolicy, body_cls: type) -> Any:
+def send_sync(
+    inner: Any,
+    request: Any,
+    profile: Profile,
+    finish_policy: FinishPolicy,
+    body_cls: type,
+    *,
+    always_stream: bool = False,
+) -> Any:
     scope = current_scope()
     if scope is None:
+        if always_stream and (plan := plan_stream(request)) is not None:
+            response = inner.handle_request(plan.request)
+            if not plan.accepts(response):
+                return response
+            plan.tap(response)
+            return plan.read_sync(response)
         return inner.handle_request(request)
     call = open_call(scope, request, profile, None, finish_policy)
+    plan = _stream_plan(call, request) if always_stream else None
     previous = getattr(_tls, "call", None)
     _tls.call = call
     try:
-        response = inner.handle_request(request)
+        response = inner.handle_request(request if plan is None else plan.request)
     except BaseException as exc:
         _raise_for(call, exc)
     finally:
@@ -570,7 +616,10 @@ def send_sync(inner: Any, request: Any, profile: Profile, finish_policy: FinishP
         response.close()
         call.finish("aborted")
         raise call.cancelled_error()
-    return _attach_body(call, response, body_cls, "close")
+    if plan is None or not plan.accepts(response):
+        return _attach_body(call, response, body_cls, "close")
+    plan.tap(response, call)
+    return plan.read_sync(_attach_body(call, response, body_cls, "close"))
 
 
 class SyncBodyMixin:
