@@ -341,11 +341,13 @@ def test_drop_in_identity(provider: LocalProvider) -> None:
 
 
 @pytest.mark.anyio
-async def test_user_supplied_http_client_is_wrapped_not_replaced(provider: LocalProvider) -> None:
+async def test_user_supplied_http_client_is_left_as_given(provider: LocalProvider) -> None:
     mine = httpx2.AsyncClient(headers={"x-team": "search"}, timeout=7.0)
+    transport, mounts = mine._transport, dict(mine._mounts)
     client = scoped_openai.AsyncOpenAI(base_url=provider.url + "/v1", api_key="x", http_client=mine)
     _open.append(client)
-    assert client._client is mine
+    assert mine._transport is transport and mine._mounts == mounts  # the caller's client is untouched
+    assert type(client._client) is type(mine) and client._client.headers is mine.headers
     async with RequestScope() as scope:
         await client.chat.completions.create(model="local-3", messages=MESSAGES)  # type: ignore[arg-type]
     assert provider.requests[0].headers["x-team"] == "search"

@@ -7,6 +7,7 @@ stream type checks hold.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 from ._calls import Profile
@@ -35,12 +36,16 @@ class _TransportBase:
         *,
         profile: Profile | None = None,
         finish_policy: FinishPolicy = "abort",
+        always_stream: bool = False,
         **transport_kwargs: Any,
     ) -> None:
         """Wrap ``transport``, or a new default transport built from ``transport_kwargs``.
 
         ``finish_policy="finish_if_done"`` lets a stream whose finish reason has already
         arrived complete on cancel, so the provider's billed usage is received.
+        ``always_stream=True`` sends the profile's non-streamed generation requests as
+        streams and hands the SDK the non-streamed body it asked for, so that the
+        provider notices a cancel at its next token.
         """
         if transport is None:
             if transport_kwargs.get("http2"):
@@ -48,16 +53,26 @@ class _TransportBase:
             transport = self._inner_factory(**transport_kwargs)
         elif transport_kwargs:
             raise TypeError("pass either a transport to wrap or keyword arguments to build one, not both")
-        if finish_policy not in ("abort", "finish_if_done"):
-            raise ValueError(f"finish_policy must be 'abort' or 'finish_if_done', not {finish_policy!r}")
+        check_options(finish_policy, always_stream)
         self.transport = transport
         self.profile = profile if profile is not None else _default_profile()
         self.finish_policy: FinishPolicy = finish_policy
+        self.always_stream = always_stream
+
+
+def check_options(finish_policy: object, always_stream: object) -> None:
+    """Validate the two options scoped clients add to the vendor's."""
+    if finish_policy not in ("abort", "finish_if_done"):
+        raise ValueError(f"finish_policy must be 'abort' or 'finish_if_done', not {finish_policy!r}")
+    if not isinstance(always_stream, bool):
+        raise TypeError(f"always_stream must be True or False, not {always_stream!r}")
 
 
 class AsyncTransportMixin(_TransportBase):
     async def handle_async_request(self, request: Any) -> Any:
-        return await send_async(self.transport, request, self.profile, self.finish_policy, self._body_cls)
+        return await send_async(
+            self.transport, request, self.profile, self.finish_policy, self._body_cls, always_stream=self.always_stream
+        )
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -70,72 +85,90 @@ class SyncTransportMixin(_TransportBase):
         self.interruptible = install_tracking(self.transport)
 
     def handle_request(self, request: Any) -> Any:
-        return send_sync(self.transport, request, self.profile, self.finish_policy, self._body_cls)
+        return send_sync(
+            self.transport, request, self.profile, self.finish_policy, self._body_cls, always_stream=self.always_stream
+        )
 
     def close(self) -> None:
         self.transport.close()
 
 
-def wrap_client(client: Any, scoped_cls: Any, profile: Profile | None, finish_policy: FinishPolicy = "abort") -> None:
-    """Put a scoped transport around every transport an httpx(2) client holds.
+def wrap_client(
+    client: Any,
+    profile: Profile | None,
+    finish_policy: FinishPolicy = "abort",
+    always_stream: bool = False,
+    *,
+    target: Any = None,
+) -> None:
+    """Put a scoped transport around every transport ``client`` holds, on ``target`` (default: ``client``).
 
     httpx has no public setter for a client's transports (``transport=`` replaces
-    only the default one, not the proxy mounts), so we wrap the instance's own.
-    Idempotent: an already scoped transport is left as it is.
+    only the default one, not the proxy mounts), so the scoped transports are set
+    on the instance.  The scoped transport class follows the client (async or sync),
+    never the caller.  Idempotent: an already scoped transport is left as it is.
     """
+    scoped_cls = scoped_transport_for(client)
 
     def wrap(transport: Any) -> Any:
         if transport is None or isinstance(transport, _TransportBase):
             return transport
-        return scoped_cls(transport, profile=profile, finish_policy=finish_policy)
+        return scoped_cls(transport, profile=profile, finish_policy=finish_policy, always_stream=always_stream)
 
-    client._transport = wrap(client._transport)
-    client._mounts = {pattern: wrap(t) for pattern, t in client._mounts.items()}
+    target = client if target is None else target
+    target._transport = wrap(client._transport)
+    target._mounts = {pattern: wrap(t) for pattern, t in client._mounts.items()}
+
+
+def is_scoped(client: Any) -> bool:
+    """Whether an httpx(2) client's default transport is a scoped one."""
+    return isinstance(getattr(client, "_transport", None), _TransportBase)
+
+
+def scope_http_client(
+    client: Any,
+    profile: Profile,
+    finish_policy: FinishPolicy = "abort",
+    always_stream: bool = False,
+    *,
+    owned: bool,
+) -> Any:
+    """The HTTP client a vendor SDK instance should use: ``client``, scoped.
+
+    ``owned``: the SDK built ``client`` for this instance and nobody else holds it,
+    so its transports are wrapped in place and its class (the SDK's own default
+    client, which closes its connections when collected) is kept.  Otherwise it is
+    the caller's: it is left exactly as they gave it, and the SDK gets a shallow
+    copy (same class, headers, auth, cookies, event hooks and connection pool)
+    whose transports are the scoped ones.
+    """
+    if is_scoped(client):
+        return client
+    target = client if owned else copy.copy(client)
+    wrap_client(client, profile, finish_policy, always_stream, target=target)
+    return target
 
 
 class ClientMixin:
-    _scoped_transport: ClassVar[Any]
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("http2"):
             raise UnsupportedError(HTTP2_UNSUPPORTED)
         super().__init__(*args, **kwargs)
-        wrap_client(self, self._scoped_transport, None)
+        wrap_client(self, None)
 
 
-def inject(
-    kwargs: dict[str, Any],
-    key: str,
-    default_client: Any,
-    profile: Profile,
-    finish_policy: FinishPolicy,
-    *,
-    is_async: bool,
-) -> None:
-    """Give a vendor SDK constructor a scoped HTTP client under ``kwargs[key]``.
-
-    ``default_client()`` builds the SDK's own default client (its timeouts, limits and
-    redirects); a client the user passed is wrapped in place, never replaced, so its
-    headers, auth, proxies and event hooks are kept.
-    """
-    client = kwargs.get(key)
-    if client is None:
-        client = default_client()
-        kwargs[key] = client
-    wrap_client(client, scoped_transport_for(client, is_async=is_async), profile, finish_policy)
-
-
-def scoped_transport_for(client: Any, *, is_async: bool) -> Any:
-    """The scoped transport class matching the HTTP library ``client`` belongs to."""
-    module = type(client).__module__.split(".", 1)[0]
+def scoped_transport_for(client: Any) -> Any:
+    """The scoped transport class for ``client``: its HTTP library (httpx or httpx2), async or sync."""
+    library = None
     for base in type(client).__mro__:
-        if base.__module__.split(".", 1)[0] in ("httpx", "httpx2"):
-            module = base.__module__.split(".", 1)[0]
+        root = base.__module__.split(".", 1)[0]
+        if root in ("httpx", "httpx2") and base.__name__ in ("AsyncClient", "Client"):
+            library, is_async = root, base.__name__ == "AsyncClient"
             break
-    if module == "httpx":
+    if library == "httpx":
         from . import httpx as scoped
-    elif module == "httpx2":
+    elif library == "httpx2":
         from . import httpx2 as scoped  # type: ignore[no-redef]
     else:
-        raise TypeError(f"scoped_clients can wrap httpx or httpx2 clients, not {type(client).__qualname__}")
+        raise TypeError(f"scoped_clients can scope httpx or httpx2 clients, not {type(client).__qualname__}")
     return scoped.AsyncScopedTransport if is_async else scoped.ScopedTransport

@@ -408,6 +408,12 @@ def _stream_plan(call: HttpCall, request: Any) -> StreamPlan | None:
 def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> Any:
     """Headers are in: meter the body from now on, and let the scope close it at exit."""
     call.headers_received(response)
+    content = getattr(response, "_content", None)
+    if isinstance(content, bytes):
+        # Built in memory (a mock transport's response): the body is delivered already.
+        call.meter.feed(content)
+        call.finish("completed")
+        return response
     body = body_cls(response.stream, call)
     call.body_closer = getattr(body, closer)
     response.stream = body

@@ -1,10 +1,11 @@
 """Drop-in Cohere clients (v2 and v1) whose calls belong to the ambient ``RequestScope``.
 
 Same constructors as ``cohere.AsyncClientV2`` / ``ClientV2`` / ``AsyncClient`` /
-``Client``; the HTTP client is built with Cohere's own defaults (300 s timeout,
-redirects followed), or yours (``httpx_client=``) is wrapped in place.
+``Client``, which build the vendor's own client (its 300 s timeout, TCP keepalive
+socket options and proxy mounts) and scope the HTTP client it ends up with; an
+``httpx_client=`` of yours is left as you gave it (the SDK gets a scoped copy).
 Covered: ``chat``, ``chat_stream`` (v2 server-sent events, v1 JSON lines),
-``rerank`` (search units), ``embed``.
+``rerank`` (search units), ``embed``. One added keyword: ``finish_policy``.
 
 Cohere retries with ``asyncio.sleep``: a scope cancelled during a retry's
 backoff refuses the next attempt, it never reaches the network.
@@ -12,60 +13,36 @@ backoff refuses the next attempt, it never reaches the network.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cohere
-import httpx
-
-from ._clients import inject
-from ._profiles.cohere import CohereProfile
-from ._transport import FinishPolicy
 
 __all__ = ["AsyncClient", "AsyncClientV2", "Client", "ClientV2"]
 
-_DEFAULT_TIMEOUT = 300.0  # cohere's own default when it builds the client
+if TYPE_CHECKING:
+    from cohere import AsyncClient as AsyncClient
+    from cohere import AsyncClientV2 as AsyncClientV2
+    from cohere import Client as Client
+    from cohere import ClientV2 as ClientV2
+else:
+    from ._dropin import DropIn
+    from ._profiles.cohere import CohereProfile
 
+    _COHERE = {
+        "profile": CohereProfile,
+        "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
+        "http_arg": "httpx_client",
+        "options": ("finish_policy",),
+    }
 
-def _inject(kwargs: dict[str, Any], finish_policy: FinishPolicy, *, is_async: bool) -> None:
-    timeout = kwargs.get("timeout") or _DEFAULT_TIMEOUT
-    factory: Any = httpx.AsyncClient if is_async else httpx.Client
-    inject(
-        kwargs,
-        "httpx_client",
-        lambda: factory(timeout=timeout, follow_redirects=True),
-        CohereProfile(),
-        finish_policy,
-        is_async=is_async,
-    )
+    class AsyncClientV2(metaclass=DropIn, vendor=cohere.AsyncClientV2, **_COHERE):
+        """``cohere.AsyncClientV2`` with a scoped HTTP layer."""
 
+    class ClientV2(metaclass=DropIn, vendor=cohere.ClientV2, **_COHERE):
+        """``cohere.ClientV2`` with a scoped HTTP layer."""
 
-class AsyncClientV2(cohere.AsyncClientV2):
-    """``cohere.AsyncClientV2`` with a scoped HTTP layer."""
+    class AsyncClient(metaclass=DropIn, vendor=cohere.AsyncClient, **_COHERE):
+        """``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer."""
 
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        _inject(kwargs, finish_policy, is_async=True)
-        super().__init__(*args, **kwargs)
-
-
-class ClientV2(cohere.ClientV2):
-    """``cohere.ClientV2`` with a scoped HTTP layer."""
-
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        _inject(kwargs, finish_policy, is_async=False)
-        super().__init__(*args, **kwargs)
-
-
-class AsyncClient(cohere.AsyncClient):
-    """``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer."""
-
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        _inject(kwargs, finish_policy, is_async=True)
-        super().__init__(*args, **kwargs)
-
-
-class Client(cohere.Client):
-    """``cohere.Client`` (v1 API) with a scoped HTTP layer."""
-
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        _inject(kwargs, finish_policy, is_async=False)
-        super().__init__(*args, **kwargs)
+    class Client(metaclass=DropIn, vendor=cohere.Client, **_COHERE):
+        """``cohere.Client`` (v1 API) with a scoped HTTP layer."""

@@ -40,10 +40,6 @@ class ScopedTransport(SyncTransportMixin, httpx.BaseTransport):
 class AsyncClient(ClientMixin, httpx.AsyncClient):
     """``httpx.AsyncClient`` whose requests are owned by the ambient scope."""
 
-    _scoped_transport = AsyncScopedTransport
-
 
 class Client(ClientMixin, httpx.Client):
     """``httpx.Client`` whose requests are owned by the ambient scope."""
-
-    _scoped_transport = ScopedTransport

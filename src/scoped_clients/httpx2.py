@@ -40,10 +40,6 @@ class ScopedTransport(SyncTransportMixin, httpx2.BaseTransport):
 class AsyncClient(ClientMixin, httpx2.AsyncClient):
     """``httpx2.AsyncClient`` whose requests are owned by the ambient scope."""
 
-    _scoped_transport = AsyncScopedTransport
-
 
 class Client(ClientMixin, httpx2.Client):
     """``httpx2.Client`` whose requests are owned by the ambient scope."""
-
-    _scoped_transport = ScopedTransport

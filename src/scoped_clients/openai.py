@@ -1,37 +1,43 @@
 """Drop-in OpenAI clients whose calls belong to the ambient ``RequestScope``.
 
 ``from scoped_clients.openai import AsyncOpenAI`` instead of ``from openai import
-AsyncOpenAI``: same constructor, methods, return types and exceptions, and
-``isinstance(client, openai.AsyncOpenAI)`` holds.  The only addition is the
-keyword ``finish_policy``: ``"abort"`` (default) aborts every stream on cancel;
-``"finish_if_done"`` lets a stream whose finish reason already arrived complete,
-so that the provider's billed usage is received.
+AsyncOpenAI``: the same constructor builds the vendor's own client (``type(client)
+is openai.AsyncOpenAI``), whose HTTP layer is scoped (see ``scoped_clients._dropin``).
+Two keyword options are added: ``finish_policy`` (``"abort"``, the default, aborts
+every stream on cancel; ``"finish_if_done"`` lets a stream whose finish reason
+already arrived complete, so that the provider's billed usage is received) and
+``always_stream`` (send non-streamed generations as streams, so that the provider
+notices a cancel at its next token).
+
+Type checkers see the vendor's class and its exact signature; the two options are
+runtime keywords (or use ``scoped_clients.scope_client(openai.AsyncOpenAI(...), ...)``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import openai
 
-from ._clients import inject
-from ._profiles.openai import OpenAIProfile
-from ._transport import FinishPolicy
-
 __all__ = ["AsyncOpenAI", "OpenAI"]
 
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI as AsyncOpenAI
+    from openai import OpenAI as OpenAI
+else:
+    from ._dropin import DropIn
+    from ._profiles.openai import OpenAIProfile
 
-class AsyncOpenAI(openai.AsyncOpenAI):
-    """``openai.AsyncOpenAI`` with a scoped HTTP layer (``with_options()``/``copy()`` stay scoped)."""
+    class AsyncOpenAI(
+        metaclass=DropIn,
+        vendor=openai.AsyncOpenAI,
+        profile=OpenAIProfile,
+        http_path=("_client",),
+        http_arg="http_client",
+    ):
+        """``openai.AsyncOpenAI`` with a scoped HTTP layer."""
 
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        inject(kwargs, "http_client", openai.DefaultAsyncHttpxClient, OpenAIProfile(), finish_policy, is_async=True)
-        super().__init__(*args, **kwargs)
-
-
-class OpenAI(openai.OpenAI):
-    """``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""
-
-    def __init__(self, *args: Any, finish_policy: FinishPolicy = "abort", **kwargs: Any) -> None:
-        inject(kwargs, "http_client", openai.DefaultHttpxClient, OpenAIProfile(), finish_policy, is_async=False)
-        super().__init__(*args, **kwargs)
+    class OpenAI(
+        metaclass=DropIn, vendor=openai.OpenAI, profile=OpenAIProfile, http_path=("_client",), http_arg="http_client"
+    ):
+        """``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""

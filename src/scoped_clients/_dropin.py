@@ -1,0 +1,182 @@
+"""The drop-in client names: the vendor's own client, with a scoped HTTP layer.
+
+Why not subclasses (the first design): a subclass is not the vendor's class, and
+the SDKs test exactly that.  anthropic resolves credential profiles, workload
+identity and OAuth, and carries ``credentials=`` through ``copy()``, only when
+``type(client) in (Anthropic, AsyncAnthropic)``; a subclass could not
+authenticate through a profile.  A subclass also had to replace the SDK's
+default HTTP client (losing the SDK's own class, its limits and its close on
+garbage collection) and to change the caller's ``http_client`` before the SDK
+validated it.
+
+So calling ``scoped_clients.openai.AsyncOpenAI(...)`` builds the vendor's
+client itself, exactly as ``openai.AsyncOpenAI(...)`` would (its signature,
+validation, credentials, default HTTP client, proxies and TLS options), and
+then scopes the HTTP client the SDK ended up with, one layer below the SDK:
+
+* the SDK's own default client is scoped in place: nobody else holds it;
+* a client the caller passed is left exactly as they gave it: the SDK gets a
+  shallow copy of it (same class, headers, auth, cookies, event hooks, pool)
+  whose transports are scoped.
+
+The result *is* a vendor instance (``type(client) is openai.AsyncOpenAI``).
+``copy()`` / ``with_options()`` pass the scoped HTTP client on, so copies stay
+scoped; ``isinstance(client, scoped_clients.openai.AsyncOpenAI)`` tells a scoped
+client from a plain one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ._calls import Profile
+from ._clients import check_options, is_scoped, scope_http_client
+from ._transport import FinishPolicy
+
+_EXTRA_OPTIONS = {
+    "always_stream": inspect.Parameter("always_stream", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
+    "finish_policy": inspect.Parameter(
+        "finish_policy",
+        inspect.Parameter.KEYWORD_ONLY,
+        default="abort",
+        annotation="Literal['abort', 'finish_if_done']",
+    ),
+}
+
+#: vendor class -> drop-in name, for ``scope_client``
+_REGISTRY: dict[type, DropIn] = {}
+
+
+class DropIn(type):
+    """Metaclass of the drop-in names.
+
+    A drop-in name is declared as a class with keyword arguments::
+
+        class AsyncOpenAI(metaclass=DropIn, vendor=openai.AsyncOpenAI, profile=OpenAIProfile,
+                          http_path=("_client",), http_arg="http_client"): ...
+
+    ``http_path`` is where the vendor instance keeps its httpx(2) client;
+    ``http_arg`` the constructor argument through which a caller passes their own.
+    """
+
+    vendor: type
+    profile: Callable[[], Profile]
+    http_path: tuple[str, ...]
+    http_arg: str | None
+    options: tuple[str, ...]
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None
+
+    def __new__(
+        mcs,
+        name: str,
+        bases: tuple[type, ...],
+        namespace: dict[str, Any],
+        *,
+        vendor: type | None = None,
+        profile: Callable[[], Profile] | None = None,
+        http_path: tuple[str, ...] = (),
+        http_arg: str | None = None,
+        options: tuple[str, ...] = ("always_stream", "finish_policy"),
+        check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+    ) -> DropIn:
+        if vendor is None or profile is None or not http_path:
+            vendor_name = next(
+                (f"{b.vendor.__module__}.{b.vendor.__qualname__}" for b in bases if isinstance(b, DropIn)), ""
+            )
+            raise TypeError(
+                f"{name}: scoped_clients' drop-in names build the vendor's own client and cannot be subclassed. "
+                f"Subclass {vendor_name or 'the vendor class'} instead and pass your instances to "
+                "scoped_clients.scope_client()"
+            )
+        namespace.setdefault("__doc__", vendor.__doc__)
+        cls = super().__new__(mcs, name, bases, namespace)
+        cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
+        cls.options, cls.check = options, check
+        cls.__signature__ = _signature(vendor, options)  # type: ignore[attr-defined]
+        _REGISTRY[vendor] = cls
+        return cls
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        always_stream = kwargs.pop("always_stream", False) if "always_stream" in cls.options else False
+        finish_policy: FinishPolicy = kwargs.pop("finish_policy", "abort") if "finish_policy" in cls.options else "abort"
+        check_options(finish_policy, always_stream)
+        if cls.check is not None:
+            cls.check(args, kwargs)
+        client = cls.vendor(*args, **kwargs)  # the SDK validates and builds everything its own way
+        owned = cls.http_arg is None or kwargs.get(cls.http_arg) is None
+        cls.scope(client, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+        return client
+
+    def scope(
+        cls, client: Any, *, owned: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
+    ) -> None:
+        """Scope the HTTP client a vendor instance holds (nothing to do for one without HTTP)."""
+        holder, attribute = _holder(client, cls.http_path)
+        if holder is None:
+            return
+        http = getattr(holder, attribute)
+        setattr(holder, attribute, scope_http_client(http, cls.profile(), finish_policy, always_stream, owned=owned))
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if not isinstance(instance, cls.vendor):
+            return False
+        holder, attribute = _holder(instance, cls.http_path)
+        return holder is None or is_scoped(getattr(holder, attribute))
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return subclass is cls
+
+    def __repr__(cls) -> str:
+        return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
+
+
+def _holder(client: Any, path: tuple[str, ...]) -> tuple[Any, str]:
+    """The object holding the last attribute of ``path``, or ``(None, "")`` if the path is absent."""
+    holder = client
+    for attribute in path[:-1]:
+        holder = getattr(holder, attribute, None)
+        if holder is None:
+            return None, ""
+    if not hasattr(holder, path[-1]) or getattr(holder, path[-1]) is None:
+        return None, ""
+    return holder, path[-1]
+
+
+def _signature(vendor: type, options: tuple[str, ...]) -> inspect.Signature:
+    """The vendor constructor's signature plus our keyword-only options (before any ``**kwargs``)."""
+    signature = inspect.signature(vendor)
+    parameters = list(signature.parameters.values())
+    extras = [_EXTRA_OPTIONS[name] for name in options]
+    var_keyword = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    plain = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return signature.replace(parameters=[*plain, *extras, *var_keyword])
+
+
+def scope_client(client: Any, *, always_stream: bool = False, finish_policy: FinishPolicy = "abort") -> Any:
+    """Scope a vendor client someone else built (a framework, a factory) and return it.
+
+    The vendor instance itself is changed: from now on its calls, and those of its
+    copies, belong to the ambient ``RequestScope``.  An HTTP client of the SDK's
+    own class is scoped in place; any other (the caller's) is left as it is and
+    the vendor instance gets a scoped copy of it.
+    """
+    check_options(finish_policy, always_stream)
+    for vendor_cls in type(client).__mro__:
+        dropin = _REGISTRY.get(vendor_cls)
+        if dropin is not None:
+            break
+    else:
+        known = ", ".join(sorted(f"{v.__module__.split('.')[0]}.{v.__qualname__}" for v in _REGISTRY))
+        raise TypeError(
+            f"scope_client() takes a vendor SDK client ({known or 'import scoped_clients.<vendor> first'}), "
+            f"not {type(client).__qualname__}"
+        )
+    holder, attribute = _holder(client, dropin.http_path)
+    if holder is None:
+        return client
+    vendor_root = dropin.vendor.__module__.split(".", 1)[0]
+    owned = type(getattr(holder, attribute)).__module__.split(".", 1)[0] == vendor_root
+    dropin.scope(client, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+    return client
