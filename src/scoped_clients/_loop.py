@@ -7,6 +7,7 @@ canceller that the loop is itself waiting on), so we keep the native handle.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 
@@ -33,10 +34,15 @@ def current_poster() -> Post:
     import asyncio
 
     loop = asyncio.get_running_loop()
+    # Callbacks run in a context that names the async library: anyio (through sniffio)
+    # then works inside them even on a loop that anyio.run did not start (uvicorn's), where
+    # a bare callback has no current task to detect the library from.
+    context = contextvars.copy_context()
+    context.run(sniffio.current_async_library_cvar.set, "asyncio")
 
     def post_asyncio(fn: Callable[[], object]) -> None:
         try:
-            loop.call_soon_threadsafe(fn)
+            loop.call_soon_threadsafe(fn, context=context)
         except RuntimeError:  # the loop has closed: nothing left to cancel on it
             pass
 

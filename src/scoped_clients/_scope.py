@@ -13,9 +13,11 @@ next await and is absorbed when the block exits.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -29,7 +31,7 @@ import anyio.abc
 
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._loop import LoopHandle
-from ._reasons import CancelReason, ReasonCode, coerce_reason
+from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
 from ._report import CallRecord, ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
 
@@ -38,6 +40,9 @@ logger = logging.getLogger("scoped_clients")
 _current: ContextVar[RequestScope | None] = ContextVar("scoped_clients.scope", default=None)
 _shielded: ContextVar[RequestScope | None] = ContextVar("scoped_clients.shielded", default=None)
 _ids = itertools.count(1)
+
+#: longest kept scope name (characters): names are free text, longer ones are truncated
+MAX_NAME_LENGTH = 200
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
@@ -74,18 +79,90 @@ def current_scope() -> RequestScope | None:
     return _current.get()
 
 
-@contextlib.contextmanager
-def detached() -> Iterator[None]:
+class _Detached:
+    """What ``detached()`` returns: a single-use ``with`` / ``async with`` block under no scope."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self) -> None:
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        if self._token is not None:
+            raise ScopeStateError("a detached() block is single-use: write `with detached():` at each use")
+        self._token = _current.set(None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
+
+
+def detached() -> _Detached:
     """Run a block under no scope: work started here is never cancelled nor reported.
 
     This is the explicit, visible opt-out for work that must outlive the request
-    (a cache warm-up, an audit write done in the background).
+    (a cache warm-up, an audit write done in the background).  ``with detached():``
+    or ``async with detached():``; it takes no arguments.
     """
-    token = _current.set(None)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    return _Detached()
+
+
+# ------------------------------------------------------------ argument checks
+# Each error says what to pass instead.  Seconds are any real number but a bool.
+
+
+def _seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds (int or float), not {type(value).__name__}: {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{what} must be a number of seconds, not NaN")
+    return seconds
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """A timeout in seconds, or ``None`` for none.
+
+    ``inf`` means no timeout (returned as ``None``), as in ``anyio.move_on_after(inf)``, and
+    as a ``float("inf")`` read from configuration means: the scope then has no deadline at
+    all, so nothing downstream (the timer thread, Qdrant's integer ``timeout``) ever sees it.
+    """
+    if timeout is None:
+        return None
+    seconds = _seconds(timeout, what)
+    if seconds < 0:
+        raise ValueError(f"{what} must be >= 0 seconds (None or float('inf') for no timeout), got {timeout!r}")
+    return None if math.isinf(seconds) else seconds
+
+
+def _check_deadline(deadline: object) -> float | None:
+    if deadline is None:
+        return None
+    when = _seconds(deadline, "deadline")
+    if when == math.inf:
+        return None  # like timeout=inf: no deadline
+    if when == -math.inf:
+        raise ValueError("deadline must be a time.monotonic() value, not -inf; pass a finite value or None")
+    wall, mono = time.time(), time.monotonic()
+    if wall - mono > 2 * 366 * 86400 and abs(when - wall) < 366 * 86400:
+        raise ValueError(
+            f"deadline={deadline!r} looks like a time.time() value; RequestScope deadlines are on the "
+            f"time.monotonic() clock: pass deadline=time.monotonic() + seconds, or timeout=seconds"
+        )
+    return when
+
+
+def _check_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}: {name!r}")
+    return truncate(name, MAX_NAME_LENGTH)
 
 
 class RequestScope:
@@ -106,14 +183,24 @@ class RequestScope:
         parent: RequestScope | _Ambient | None = _AMBIENT,
         hook_timeout: float = 5.0,
     ) -> None:
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0 or math.isnan(timeout)):
-            raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
-        self.name = name
+        if parent is not _AMBIENT and parent is not None and not isinstance(parent, RequestScope):
+            raise TypeError(
+                f"parent must be a RequestScope or None (no parent), not {type(parent).__name__}; "
+                f"leave it out to nest under the ambient scope"
+            )
+        bound = _seconds(hook_timeout, "hook_timeout")
+        if bound < 0 or math.isinf(bound):
+            raise ValueError(
+                f"hook_timeout must be a finite number of seconds >= 0, got {hook_timeout!r}: hooks run "
+                f"shielded, so an unbounded one could hold the request open forever"
+            )
+        #: free text; names longer than ``MAX_NAME_LENGTH`` characters are truncated
+        self.name = _check_name(name)
         self.id = next(_ids)
-        self._timeout = timeout
-        self._own_deadline = deadline
+        self._timeout = check_timeout(timeout)
+        self._own_deadline = _check_deadline(deadline)
         self._parent_arg = parent
-        self._hook_timeout = hook_timeout
+        self._hook_timeout = bound
         self.parent: RequestScope | None = None
         self._lock = threading.RLock()
         self._state = _State.NEW
@@ -124,7 +211,7 @@ class RequestScope:
         self._records: list[CallRecord] = []
         self._children: set[RequestScope] = set()
         self._hooks: list[Hook] = []
-        self._hooks_done = False
+        self._hook_runner: anyio.CancelScope | None = None
         self._report: ScopeReport | None = None
         self._started_at = 0.0
         self._deadline: float | None = None
@@ -178,7 +265,8 @@ class RequestScope:
         """Cancel the scope; returns True if this call did it, False if it was already cancelled or ended.
 
         ``reason`` is a code (``"client_disconnected"``, ``"timeout"``, ``"shutdown"``
-        or any non-empty string of yours) or a ``CancelReason``.
+        or any non-empty string of yours, at most 64 characters) or a ``CancelReason``;
+        ``message`` is free text (``str``), truncated to 1,000 characters.
         """
         why = coerce_reason(reason, message)
         with self._lock:
@@ -203,13 +291,12 @@ class RequestScope:
         return True
 
     def _cancel_on_loop(self) -> None:
+        # The hook runner (started with the first hook) is inside this cancel scope:
+        # cancelling it is what runs the async hooks now, rather than at the block's exit.
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
-        if self._tg is not None and self._tg_open and self._hooks:
-            try:
-                self._tg.start_soon(self._run_async_hooks)
-            except RuntimeError:  # the task group is closing: the exit path runs the hooks
-                pass
+        if self._hook_runner is None and self._hooks:
+            self._spawn_hooks()
 
     def check(self) -> None:
         """Raise ``ScopeCancelled`` if the scope was cancelled or has ended."""
@@ -226,19 +313,62 @@ class RequestScope:
         an error in one is logged and never stops the others.  Sync hooks run inline
         and must not block.  A hook registered after the cancel runs right away.
         """
+        if inspect.iscoroutine(hook):
+            hook.close()
+            raise TypeError(
+                "on_cancel() takes the function to call, not a coroutine object: "
+                "write scope.on_cancel(cleanup), not scope.on_cancel(cleanup())"
+            )
         if not callable(hook):
-            raise TypeError(f"on_cancel() takes a callable, not {type(hook).__name__}")
+            raise TypeError(f"on_cancel() takes a callable (sync or async), not {type(hook).__name__}: {hook!r}")
         with self._lock:
             if self._state is _State.ENDED:
                 raise ScopeStateError(f"{self!r} has ended; register on_cancel() hooks inside its block")
+            if self._state is _State.ACTIVE and not self._is_async and inspect.iscoroutinefunction(hook):
+                raise TypeError(
+                    f"on_cancel({hook!r}) is async but {self!r} was entered with plain `with`, which cannot "
+                    f"await it: register a sync hook, or use `async with`"
+                )
             self._hooks.append(hook)
             run_now = self._cancel_reason is not None
-        if run_now:
-            if self._is_async and self._loop is not None:
-                self._loop.run(self._cancel_on_loop)
-            else:
-                self._run_sync_hooks()
+        if self._is_async and self._loop is not None:
+            self._loop.run(self._spawn_hooks if run_now else self._start_hook_runner)
+        elif run_now:
+            self._run_sync_hooks()
         return hook
+
+    def _start_hook_runner(self) -> None:
+        """On the loop: start the task that runs the async hooks the moment the scope is cancelled.
+
+        The cancel arrives as a loop callback (from any thread), and a task started then,
+        inside the cancelled scope, may never run on asyncio: the runner is started before,
+        with the first hook (scopes without hooks pay nothing).
+        """
+        if self._hook_runner is not None or self._tg is None or not self._tg_open or self.cancelled:
+            return
+        runner = anyio.CancelScope()
+        try:
+            self._tg.start_soon(self._hooks_on_cancel, runner, name=f"on_cancel hooks of {self!r}")
+        except RuntimeError:  # the task group is closing: the exit path runs the hooks
+            return
+        self._hook_runner = runner
+
+    def _spawn_hooks(self) -> None:
+        """On the loop: run hooks registered after the cancel (best effort; the exit path runs the rest)."""
+        if self._tg is not None and self._tg_open:
+            try:
+                self._tg.start_soon(self._run_async_hooks, name=f"on_cancel hooks of {self!r}")
+            except RuntimeError:  # the task group is closing: the exit path runs the hooks
+                pass
+
+    async def _hooks_on_cancel(self, idle: anyio.CancelScope) -> None:
+        try:
+            with idle:  # cancelled by the exit path when the block ends without a cancel
+                await anyio.sleep_forever()
+        finally:
+            if self.cancelled:
+                with anyio.CancelScope(shield=True):
+                    await self._run_async_hooks()
 
     def _take_hooks(self) -> list[Hook]:
         with self._lock:
@@ -279,6 +409,16 @@ class RequestScope:
         The child is cancelled with the scope and the block does not exit before it
         settles.  Only inside ``async with``.
         """
+        if inspect.iscoroutine(fn):
+            fn.close()
+            raise TypeError(
+                "spawn() takes an async function and its arguments, not a coroutine object: "
+                "write scope.spawn(work, arg), not scope.spawn(work(arg))"
+            )
+        if not callable(fn):
+            raise TypeError(f"spawn() takes an async function, not {type(fn).__name__}: {fn!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"spawn(name=...) must be a str or None, not {type(name).__name__}")
         with self._lock:
             state = self._state
         if state is _State.NEW:
@@ -357,8 +497,7 @@ class RequestScope:
                     f"{self!r} has already been entered; a RequestScope is single-use: create a new one per request"
                 )
             parent = _current.get() if self._parent_arg is _AMBIENT else self._parent_arg
-            if parent is not None and not isinstance(parent, RequestScope):
-                raise TypeError(f"parent must be a RequestScope or None, not {type(parent).__name__}")
+            assert parent is None or isinstance(parent, RequestScope)
             self._is_async = is_async
             self._state = _State.ACTIVE
         if parent is not None:
@@ -424,6 +563,8 @@ class RequestScope:
             # the watcher task has not started yet.
             self._deadline_scope = anyio.CancelScope()
             self._tg.start_soon(self._watch_deadline, self._deadline, self._deadline_scope)
+        if self._hooks:
+            self._start_hook_runner()
         if self.cancelled:
             self._cancel_on_loop()
         return self
@@ -439,26 +580,8 @@ class RequestScope:
         assert self._tg is not None and self._cancel_scope is not None
         outer = exc
         try:
-            if self._deadline_scope is not None:
-                self._deadline_scope.cancel()
-            if exc is not None:  # like a task group: a body that fails or is cancelled cancels its children
-                self._tg.cancel_scope.cancel()
-            # The body's exception is not handed to the task group, which would wrap it in
-            # an ExceptionGroup: a user's `except ValueError` around the block keeps working.
-            try:
-                await self._tg.__aexit__(None, None, None)
-            except BaseException as children:
-                outer = (
-                    children if exc is None else BaseExceptionGroup("scope body and children failed", [exc, children])
-                )
-            finally:
-                self._tg_open = False
-            try:
-                tb_out = outer.__traceback__ if outer else None
-                if self._cancel_scope.__exit__(type(outer) if outer else None, outer, tb_out):
-                    outer = None
-            except BaseException as left:
-                outer = left
+            outer = await self._settle_children(exc)
+            outer = self._exit_cancel_scope(outer)
             with anyio.CancelScope(shield=True):
                 orphans = self._close_registry()
                 for call in orphans:
@@ -470,11 +593,51 @@ class RequestScope:
         finally:
             _current.reset(self._token)
             self._end(outer)
-        if outer is None or self._absorbs(outer):
+        if outer is None:
             return True
         if outer is exc:
             return False
         raise outer
+
+    async def _settle_children(self, exc: BaseException | None) -> BaseException | None:
+        """Wait for the children; returns what is left to raise (the body's and the children's errors)."""
+        assert self._tg is not None and self._cancel_scope is not None
+        for idle in (self._deadline_scope, self._hook_runner):
+            if idle is not None:
+                idle.cancel()
+        if self.cancelled:  # a cancel whose loop callback has not run yet takes effect now
+            self._cancel_scope.cancel()
+        if exc is not None:  # like a task group: a body that fails or is cancelled cancels its children
+            self._tg.cancel_scope.cancel()
+        # A cancellation of the body is handed to the task group, which knows whether it was its
+        # own (a child failed) or an enclosing scope's; any other exception is not (the group
+        # would wrap it in an ExceptionGroup): a user's `except ValueError` keeps working.
+        handed = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+        try:
+            swallowed = await self._tg.__aexit__(type(handed) if handed else None, handed, _tb(handed))
+        except BaseException as children:
+            if exc is None or handed is not None:
+                return children
+            return BaseExceptionGroup("scope body and children failed", [exc, children])
+        finally:
+            self._tg_open = False
+        return None if handed is not None and swallowed else exc
+
+    def _exit_cancel_scope(self, outer: BaseException | None) -> BaseException | None:
+        """Leave the body's cancel scope; returns what is left to raise once our own cancel is absorbed."""
+        assert self._cancel_scope is not None
+        if outer is not None and self.cancelled:
+            # Our ScopeCancelled (a child's aborted call) goes first, so that the cancel scope
+            # sees what is left: its own cancellations, which it absorbs, and anything else.
+            outer = _without(outer, self._absorbs)
+        try:
+            if self._cancel_scope.__exit__(type(outer) if outer else None, outer, _tb(outer)):
+                outer = None
+        except BaseException as left:
+            outer = left
+        if outer is not None and self._absorbs(outer):
+            outer = None
+        return outer
 
     # ------------------------------------------------------------------ end
 
@@ -542,3 +705,15 @@ class RequestScope:
         if isinstance(exc, BaseExceptionGroup):
             return all(self._absorbs(e) for e in exc.exceptions)
         return False
+
+
+def _tb(exc: BaseException | None) -> TracebackType | None:
+    return exc.__traceback__ if exc is not None else None
+
+
+def _without(exc: BaseException, drop: Callable[[BaseException], bool]) -> BaseException | None:
+    """``exc`` without the leaves ``drop`` accepts (``None`` if nothing is left)."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(lambda leaf: not isinstance(leaf, BaseExceptionGroup) and drop(leaf))
+        return rest
+    return None if drop(exc) else exc

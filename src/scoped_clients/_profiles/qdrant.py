@@ -22,6 +22,8 @@ _POINTS = {
     ("POST", ""): "retrieve",
 }
 _COLLECTION = {"PUT": "create_collection", "DELETE": "delete_collection", "GET": "get_collection", "PATCH": "update"}
+#: the longest server-side timeout sent (seconds): 2**31 - 1, what any integer field takes
+_MAX_TIMEOUT = 2**31 - 1
 _PATH = re.compile(r"/collections/(?P<name>[^/]+)(?:/(?P<what>points|exists)(?:/(?P<op>[a-z/]+))?)?$")
 
 
@@ -48,6 +50,7 @@ class QdrantProfile:
     def prepare(self, request: Any, scope: RequestScope) -> None:
         """Pass the scope's remaining deadline as Qdrant's server-side ``timeout`` (whole seconds)."""
         remaining = scope.remaining()
-        if remaining is None or "timeout" in request.url.params:
-            return
-        request.url = request.url.copy_merge_params({"timeout": max(1, math.ceil(remaining))})
+        if remaining is None or not math.isfinite(remaining) or "timeout" in request.url.params:
+            return  # no deadline (a scope never has an infinite one; the check keeps this total)
+        # Qdrant takes whole seconds; a deadline years away is capped rather than sent as is.
+        request.url = request.url.copy_merge_params({"timeout": min(_MAX_TIMEOUT, max(1, math.ceil(remaining)))})
