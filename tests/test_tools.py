@@ -212,5 +212,177 @@ async def test_refused_tool_never_runs() -> None:
     assert ran == [] and [c.outcome for c in scope.report.calls] == ["refused"]  # type: ignore[union-attr]
 
 
+async def test_thread_that_stops_soon_after_the_cancel_is_not_leaked(release: threading.Event) -> None:
+    started, stopped = threading.Event(), threading.Event()
+
+    def crawl() -> None:
+        from scoped_clients import current_scope
+
+        scope = current_scope()
+        assert scope is not None
+        started.set()
+        try:
+            while not release.wait(0.001):
+                scope.check()  # raises within a few ms of the cancel
+        finally:
+            stopped.set()
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope:
+            scope.spawn(run_tool, crawl)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel("client_disconnected")
+            with scope.shield():  # the caller was released at once; the thread stops a moment later
+                await anyio.to_thread.run_sync(stopped.wait)
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted" and record.detail["thread_leaked"] is False
+    assert isinstance(record.detail["ran_after_cancel_s"], float)
+
+
+async def test_thread_still_stopping_when_the_scope_ends_gets_its_grace(
+    release: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scope ends right after the cancel: a thread that checks its scope is waited for, not called leaked."""
+    import scoped_clients.tools
+
+    monkeypatch.setattr(scoped_clients.tools, "THREAD_GRACE", 30.0)  # bounded; generous for a loaded machine
+    started = threading.Event()
+
+    def crawl() -> None:
+        from scoped_clients import current_scope
+
+        scope = current_scope()
+        assert scope is not None
+        started.set()
+        while not release.wait(0.002):
+            scope.check()
+
+    with anyio.fail_after(20):
+        async with RequestScope() as scope:
+            scope.spawn(run_tool, crawl)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel("client_disconnected")
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted" and record.detail["thread_leaked"] is False
+
+
 def test_pid_of_this_process_is_not_a_group_leader_we_kill() -> None:
     assert os.getpgid(0) != 0
+
+
+# ------------------------------------------------- run_command under every cancel path
+
+# A leader that notes SIGTERM and ignores it, a child that ignores it, and a grandchild
+# (of that child) that ignores it too.  Ready once every pid is printed.
+FAMILY_STUBBORN = (
+    "trap 'touch \"$MARKER.term\"' TERM; "
+    'sh -c \'trap "" TERM; sleep 60 & echo grandchild $!; touch "$MARKER.child"; wait\' & echo child $!; '
+    'while [ ! -e "$MARKER.child" ]; do sleep 0.01; done; '
+    'echo ready; touch "$MARKER"; while :; do sleep 0.05; done'
+)
+
+
+def _family(record: Any) -> list[int]:
+    lines = str(record.detail["stdout_tail"]).splitlines()
+    pids = [int(line.split()[1]) for line in lines if line.startswith(("child", "grandchild"))]
+    assert len(pids) == 2, lines
+    return [int(record.detail["pid"]), *pids]
+
+
+def _assert_stopped(scope: RequestScope) -> None:
+    """At the OS: the leader, its child and grandchild are gone; the record says aborted, by SIGKILL."""
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert survivors(_family(record)) == []
+    assert record.outcome == "aborted", record
+    assert record.detail["stopped_by"] == "SIGKILL" and "ready" in str(record.detail["stdout_tail"])
+
+
+def _stubborn(marker: str) -> Any:
+    return run_command(["sh", "-c", FAMILY_STUBBORN], grace=0.2, env={**os.environ, "MARKER": marker})
+
+
+async def _run_ignoring(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except ScopeCancelled:
+        pass
+
+
+@pytest.mark.parametrize("how", ["scope", "thread", "parent"])
+async def test_command_stopped_whoever_cancels(marker: str, how: str) -> None:
+    # hook_timeout far above the guard: the scope's exit must not wait on it
+    with anyio.fail_after(30):
+        async with (
+            anyio.create_task_group() as tg,
+            RequestScope(name="outer", hook_timeout=60) as outer,
+            RequestScope(name="inner", hook_timeout=60) as scope,
+        ):
+            tg.start_soon(_run_ignoring, _stubborn(marker))
+            await anyio.to_thread.run_sync(_wait_for_file, marker)
+            if how == "thread":
+                await anyio.to_thread.run_sync(scope.cancel, "client_disconnected")
+            else:
+                (outer if how == "parent" else scope).cancel("client_disconnected")
+            with scope.shield():  # the body waits here until the group got its SIGTERM
+                await anyio.to_thread.run_sync(_wait_for_file, marker + ".term")
+    _assert_stopped(scope)
+    assert scope.report.calls[0].cancel_reason == "client_disconnected"  # type: ignore[union-attr]
+
+
+async def test_command_stopped_by_the_deadline(marker: str) -> None:
+    with anyio.fail_after(30):
+        async with RequestScope(timeout=0.5, hook_timeout=60) as scope:
+            await _stubborn(marker)
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "aborted" and record.cancel_reason == "timeout"
+    pids = [int(record.detail["pid"])]
+    if "ready" in str(record.detail["stdout_tail"]):  # ready before the deadline (the usual case): its family too
+        pids = _family(record)
+    assert survivors(pids) == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_command_in_a_plain_asyncio_task_cancelled_twice(marker: str, anyio_backend: str) -> None:
+    """openai-agents, LangGraph and LlamaIndex cancel a tool's task again while it cleans up."""
+    import asyncio
+
+    with anyio.fail_after(30):
+        async with RequestScope(hook_timeout=60) as scope:
+            task = asyncio.create_task(_stubborn(marker))
+            await anyio.to_thread.run_sync(_wait_for_file, marker)
+            task.cancel()
+            await anyio.to_thread.run_sync(_wait_for_file, marker + ".term")  # the cleanup is under way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    _assert_stopped(scope)
+
+
+async def test_cancel_during_the_spawn_stops_the_group_and_records_aborted(tmp_path: Any) -> None:
+    """The cancel lands at every point of the spawn in turn (each loop turn after the call starts)."""
+    tag = str(tmp_path)
+    env = {**os.environ, "SC_TEST_TAG": tag, "MARKER": str(tmp_path / "ready")}
+    outcomes = set()
+    with anyio.fail_after(60):
+        for turns in range(16):
+            async with RequestScope(hook_timeout=60) as scope:
+                scope.spawn(_run_ignoring, run_command(["sh", "-c", FAMILY], grace=0.2, env=env))
+                for _ in range(turns):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel("client_disconnected")
+            (record,) = scope.report.calls  # type: ignore[union-attr]
+            outcomes.add(record.outcome)
+            assert record.outcome in ("refused", "aborted"), (turns, record)
+    assert "aborted" in outcomes
+    assert survivors(_tagged(tag)) == []
+
+
+def _tagged(tag: str) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SC_TEST_TAG") == tag:
+                pids.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return pids

@@ -30,16 +30,17 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.abc
+import sniffio
 
 from ._exceptions import ScopeCancelled
 from ._loop import LoopHandle
-from ._reasons import CancelReason
+from ._reasons import CancelReason, ReasonCode
 from ._report import CallRecord, Outcome
 from ._scope import RequestScope, current_scope
 
@@ -49,6 +50,10 @@ logger = logging.getLogger("scoped_clients")
 P = ParamSpec("P")
 R = TypeVar("R")
 _TAIL = 4096
+#: seconds a sync tool's thread still running after the cancel gets to stop, once its
+#: scope ends, before it is reported ``thread_leaked`` (a thread that checks its scope
+#: every few ms stops 2-8 ms after the cancel; the wait does not block the event loop)
+THREAD_GRACE = 0.05
 
 
 class _ToolCall:
@@ -69,9 +74,13 @@ class _ToolCall:
         self.record: CallRecord | None = None
         self.done = False
         self.settled = anyio.Event()
+        #: the caller was released (cancelled) while the tool's thread still ran: the
+        #: verdict (stopped or leaked) waits for the thread, at most until the scope ends
+        self.thread_running: threading.Event | None = None
+        self.released_at = 0.0
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
-        if self.done or self.aborted is not None:
+        if self.done or self.aborted is not None or self.thread_running is not None:
             return
         self.aborted, self.orphan = reason, orphan
         self.loop.run(self._cancel)
@@ -110,13 +119,50 @@ class _ToolCall:
         self.aborted, self.outcome, self.done = reason, "refused", True
         self.scope._refused(self.final_record())
 
+    # ------------------------------------------------- a sync tool's thread
+
+    def release_thread(self, running: threading.Event) -> None:
+        """The caller was released while the tool's thread still runs: settle when it stops, or leaked."""
+        self.released_at = time.monotonic()
+        self.thread_running = running
+
+    def thread_stopped(self) -> None:
+        """On the loop, posted by the tool's thread as it ends."""
+        if self.thread_running is None or self.done:
+            return
+        self.detail["thread_leaked"] = False
+        self.detail["ran_after_cancel_s"] = round(time.monotonic() - self.released_at, 6)
+        self.finish("aborted")
+
+    def _thread_verdict(self) -> None:
+        if self.done or self.thread_running is None:
+            return
+        if self.thread_running.is_set():  # stopped; its posted callback has not run yet
+            self.thread_stopped()
+            return
+        self.detail["thread_leaked"] = True
+        logger.warning("tool %s: its thread is still running after the cancel (Python cannot stop it)", self.name)
+        self.finish("aborted")
+
+    # --------------------------------------------------------- scope exit
+
     async def aclose_on_exit(self) -> None:
-        """The scope is ending: let the aborted tool settle (a command's group being stopped)."""
-        if threading.get_ident() == self.loop.thread_id:
-            await self.settled.wait()
+        """The scope is ending: let the aborted tool settle (a command's group being stopped).
+
+        A sync tool's thread gets ``THREAD_GRACE`` seconds to stop (awaited, the loop runs
+        on) before it is reported ``thread_leaked``.
+        """
+        if threading.get_ident() != self.loop.thread_id:
+            return
+        if self.thread_running is not None:
+            with anyio.move_on_after(THREAD_GRACE):
+                await self.settled.wait()
+            self._thread_verdict()
+            return
+        await self.settled.wait()
 
     def close_on_exit(self) -> None:
-        return None
+        self._thread_verdict()
 
 
 def _admit(name: str, kind: str) -> _ToolCall | None:
@@ -158,7 +204,8 @@ async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = No
         _settle_failure(call, exc)
         raise
     if cancel_scope.cancelled_caught:
-        call.finish("aborted")
+        if call.thread_running is None:  # else the thread's end (or the scope's) settles the call
+            call.finish("aborted")
         assert call.aborted is not None
         raise ScopeCancelled(call.aborted, call.scope.name)
     call.finish("completed")
@@ -166,6 +213,8 @@ async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = No
 
 
 def _settle_failure(call: _ToolCall, exc: BaseException) -> None:
+    if call.thread_running is not None:  # released from a running thread: settled when it stops
+        return
     if call.aborted is not None or isinstance(exc, (ScopeCancelled, anyio.get_cancelled_exc_class())):
         call.finish("aborted")
     else:
@@ -173,28 +222,31 @@ def _settle_failure(call: _ToolCall, exc: BaseException) -> None:
 
 
 async def _in_thread(call: _ToolCall, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """Run a sync tool in a worker thread; on cancel, release the caller and report a thread still running."""
+    """Run a sync tool in a worker thread; on cancel, release the caller at once.
+
+    The call settles when the thread stops (not leaked, with how long it ran on), or
+    when the scope ends with the thread still running (``thread_leaked``).
+    """
     context = contextvars.copy_context()
     finished = threading.Event()
-    cancelled_at: list[float] = []
 
     def runner() -> Any:
         try:
             return context.run(fn, *args, **kwargs)
         finally:
             finished.set()
-            if cancelled_at:
-                ran_on = time.monotonic() - cancelled_at[0]
-                call.detail["ran_after_cancel_s"] = round(ran_on, 6)
+            if call.thread_running is not None:
+                ran_on = time.monotonic() - call.released_at
                 logger.warning("tool %s kept running %.3fs after its scope was cancelled", call.name, ran_on)
+                call.loop.run(call.thread_stopped)
 
     try:
         return await anyio.to_thread.run_sync(runner, abandon_on_cancel=True)
     finally:
         if not finished.is_set():
-            cancelled_at.append(time.monotonic())
-            call.detail["thread_leaked"] = True
-            logger.warning("tool %s: its thread is still running after the cancel (Python cannot stop it)", call.name)
+            call.release_thread(finished)
+            if finished.is_set():  # it stopped in between: its runner may not have seen the release
+                call.loop.run(call.thread_stopped)
 
 
 @overload
@@ -255,81 +307,156 @@ async def run_command(
 ) -> CommandResult:
     """Run a command in its own process group, owned by the ambient scope.
 
-    On cancel: SIGTERM to the whole group, SIGKILL after ``grace`` seconds, then the
-    process is reaped; raises ``CommandCancelled`` carrying the output so far.  A
-    missing program raises the OS's ``FileNotFoundError``; with ``check=True`` a
-    non-zero exit raises ``subprocess.CalledProcessError``.
+    On cancel (the scope's, a deadline's, a parent's, or the calling task's own, even
+    repeated): SIGTERM to the whole group, SIGKILL to the group once the command has
+    exited or after ``grace`` seconds, then the process is reaped and the call settles
+    ``aborted`` with the output so far.  A cancel by the scope raises ``CommandCancelled``
+    carrying that output; a cancel of the calling task re-raises the task's own
+    cancellation.  A missing program raises the OS's ``FileNotFoundError``; with
+    ``check=True`` a non-zero exit raises ``subprocess.CalledProcessError``.
     """
     argv = tuple(str(a) for a in argv)
     call = _admit(os.path.basename(argv[0]) if argv else "command", "command")
+    command = _Command(argv, grace, call)
+    spawn = functools.partial(
+        anyio.open_process,
+        list(argv),
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+    if sniffio.current_async_library() == "asyncio":
+        return await _in_own_task(command, command.run(spawn, input, check))
+    # trio cancels only through cancel scopes, which the cleanup's shield holds off
+    return await command.run(spawn, input, check)
+
+
+_running: set[Any] = set()  # the commands' own asyncio tasks, referenced until they end
+
+
+async def _in_own_task(command: _Command, run: Coroutine[Any, Any, CommandResult]) -> CommandResult:
+    """asyncio: run the command in a task of its own and wait for it.
+
+    ``Task.cancel()`` ignores anyio's shields, and agent frameworks (openai-agents,
+    LangGraph, LlamaIndex) cancel a tool's task again after the first cancel: cleanup in
+    the caller's task would be cut short after SIGTERM, leaving a group that ignores it
+    running and the call unsettled.  No one cancels this task but the command itself.
+    """
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(run)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
     try:
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-    except BaseException as exc:
-        if call is not None:
-            call.finish("failed", exc)
-        raise
-    out, err = bytearray(), bytearray()
-
-    def result() -> CommandResult:
-        return CommandResult(argv, process.returncode, bytes(out), bytes(err), process.pid)
-
-    async def pump(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
-        if stream is None:
-            return
-        async for data in stream:
-            sink += data
-
-    cancel_scope = anyio.CancelScope()
-    if call is not None:
-        call.cancel_scope = cancel_scope
-        call.detail["pid"] = process.pid
-        if call.aborted is not None:
-            cancel_scope.cancel()
-    try:
-        with cancel_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump, process.stdout, out)
-                tg.start_soon(pump, process.stderr, err)
-                if input is not None and process.stdin is not None:
-                    await process.stdin.send(input)
-                    await process.stdin.aclose()
-                await process.wait()
-    except BaseException as exc:  # cancelled from outside (the body's cancel scope) or failed
-        failure: BaseException | None = exc
-        raise
-    else:
-        failure = None
-    finally:
-        if process.returncode is None:
-            with anyio.CancelScope(shield=True):
-                how = await _stop_group(process, grace)
-            if call is not None:
-                call.detail["stopped_by"] = how
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        command.stop()
         with anyio.CancelScope(shield=True):
-            await process.aclose()  # close the pipes (the process has exited by now)
-        if call is not None:  # kept on every path, a cancellation from outside included
-            call.detail["returncode"] = process.returncode
-            call.detail["stdout_tail"] = bytes(out[-_TAIL:]).decode(errors="replace")
-            if failure is not None:
-                _settle_failure(call, failure)
-    final = result()
-    if cancel_scope.cancelled_caught and call is not None and call.aborted is not None:
-        call.finish("aborted")
-        raise CommandCancelled(call.aborted, call.scope.name, final)
-    if check and final.returncode:
-        error = subprocess.CalledProcessError(final.returncode, list(argv), final.stdout, final.stderr)
+            await asyncio.wait([task])  # a second cancel ends only this wait; the group is stopped anyway
+        raise
+
+
+async def _pump(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
+    if stream is None:
+        return
+    async for data in stream:
+        sink += data
+
+
+class _Command:
+    """One ``run_command``: spawn, read, wait; stop the group on cancel; settle the call, always."""
+
+    def __init__(self, argv: tuple[str, ...], grace: float, call: _ToolCall | None) -> None:
+        self.argv = argv
+        self.grace = grace
+        self.call = call
+        self.cancel_scope = anyio.CancelScope()
+        self.stopping = False  # the calling task was cancelled
+        self.process: anyio.abc.Process | None = None
+        self.out, self.err = bytearray(), bytearray()
         if call is not None:
-            call.finish("failed", error)
-        raise error
-    if call is not None:
-        call.finish("completed")
-    return final
+            call.cancel_scope = self.cancel_scope
+            if call.aborted is not None:
+                self.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.cancel_scope.cancel()
+
+    def result(self) -> CommandResult:
+        process = self.process
+        assert process is not None
+        return CommandResult(self.argv, process.returncode, bytes(self.out), bytes(self.err), process.pid)
+
+    async def run(
+        self, spawn: Callable[[], Awaitable[anyio.abc.Process]], input: bytes | None, check: bool
+    ) -> CommandResult:
+        try:
+            # Shielded: a cancel landing mid-spawn would lose the child (asyncio then kills
+            # only the direct child, never its group).  It is honoured right after.
+            with anyio.CancelScope(shield=True):
+                self.process = process = await spawn()
+        except BaseException as exc:
+            self._settle(exc, check)
+            raise
+        if self.call is not None:
+            self.call.detail["pid"] = process.pid
+        failure: BaseException | None = None
+        try:
+            with self.cancel_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_pump, process.stdout, self.out)
+                    tg.start_soon(_pump, process.stderr, self.err)
+                    if input is not None and process.stdin is not None:
+                        await process.stdin.send(input)
+                        await process.stdin.aclose()
+                    await process.wait()
+        except BaseException as exc:  # cancelled from outside (trio: the caller's scopes) or failed
+            failure = exc
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close(process)
+            error = self._settle(failure, check)
+        if error is not None:
+            raise error
+        return self.result()
+
+    async def _close(self, process: anyio.abc.Process) -> None:
+        if process.returncode is None:
+            how = await _stop_group(process, self.grace)
+            if self.call is not None:
+                self.call.detail["stopped_by"] = how
+        await process.aclose()  # close the pipes (the process has exited by now)
+
+    def _settle(self, failure: BaseException | None, check: bool) -> BaseException | None:
+        """Record the call's outcome; returns the error to raise when the command itself did not fail."""
+        call, process = self.call, self.process
+        if call is not None and process is not None:  # kept on every path, a cancellation included
+            call.detail["returncode"] = process.returncode
+            call.detail["stdout_tail"] = bytes(self.out[-_TAIL:]).decode(errors="replace")
+        if failure is not None:
+            if call is not None:
+                if self.stopping and not call.done:
+                    call.finish("aborted")
+                _settle_failure(call, failure)
+            return None
+        if self.cancel_scope.cancelled_caught:
+            if call is not None:
+                call.finish("aborted")
+            reason = (call.aborted if call is not None else None) or CancelReason(
+                ReasonCode.CANCELLED, "the task running the command was cancelled"
+            )
+            return CommandCancelled(reason, call.scope.name if call is not None else None, self.result())
+        if check and process is not None and process.returncode:
+            error = subprocess.CalledProcessError(process.returncode, list(self.argv), bytes(self.out), bytes(self.err))
+            if call is not None:
+                call.finish("failed", error)
+            return error
+        if call is not None:
+            call.finish("completed")
+        return None
 
 
 async def _stop_group(process: anyio.abc.Process, grace: float) -> str:
@@ -337,7 +464,7 @@ async def _stop_group(process: anyio.abc.Process, grace: float) -> str:
     pgid = process.pid  # start_new_session: the child leads its own group
     try:
         os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
     with anyio.move_on_after(grace):
         await process.wait()
