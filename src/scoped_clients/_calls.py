@@ -11,7 +11,7 @@ two small callables (style note 6).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 UsageSource = Literal["provider", "estimated"]
 
@@ -37,6 +37,10 @@ class Meter:
     """
 
     __slots__ = ("error", "finish_reason", "input_source", "output_source", "tokens_in", "tokens_out", "units")
+
+    #: the response is a stream of tokens (SSE, JSON lines), read as it is generated;
+    #: False for a body the provider sends only once it is done
+    streamed: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.tokens_in: int | None = None

@@ -469,6 +469,10 @@ class _ChatAssembler(_Assembler):
             message = choice["message"]
             message.setdefault("role", "assistant")
             message.setdefault("content", None)
+            if "refusal" in message:
+                # OpenAI's own deltas carry "refusal" and never "annotations", while its
+                # non-streamed messages always carry "annotations": [] (other servers send neither).
+                message.setdefault("annotations", [])
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict):
                     call.pop("index", None)  # the stream's merge key: no part of a non-streamed tool call

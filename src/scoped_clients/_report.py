@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from ._calls import UsageSource
+from ._savings import FigureSource
 
 logger = logging.getLogger("scoped_clients")
 
@@ -42,11 +43,19 @@ class CallRecord:
     #: where tokens_in / tokens_out come from: the provider's usage, or our count
     tokens_in_source: UsageSource = "estimated"
     tokens_out_source: UsageSource = "estimated"
-    #: aborted calls only: expected tokens the provider did not produce (estimate)
+    #: aborted calls only: expected tokens the provider did not produce
     tokens_saved: int | None = None
-    #: aborted calls only: the request's own bound minus what was received (exact)
+    #: aborted calls only: the request's own bound minus ``tokens_produced``
     tokens_saved_max: int | None = None
+    #: which history gave the expected output length behind ``tokens_saved``
     saved_method: str | None = None
+    #: how each savings figure was obtained: ``exact``, ``estimate`` or ``upper_bound``
+    tokens_saved_source: FigureSource | None = None
+    tokens_saved_max_source: FigureSource | None = None
+    #: aborted calls only: output tokens the provider produced before the abort, as far as we can tell
+    #: (what a stream delivered; for a non-streamed call, elapsed time times the model's learned rate)
+    tokens_produced: int | None = None
+    tokens_produced_source: FigureSource | None = None
     #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
     cost_saved: float | None = None
     cancel_reason: str | None = None
@@ -91,6 +100,26 @@ class ScopeReport:
         return self._sum("tokens_saved_max")
 
     @property
+    def tokens_produced(self) -> int:
+        return self._sum("tokens_produced")
+
+    def source_of(self, name: str) -> FigureSource | None:
+        """How the sum of a savings figure was obtained: the weakest of its parts.
+
+        A sum of exact figures is exact; exact and upper bounds sum to an upper
+        bound; anything with an estimate in it is an estimate.  None when no call
+        has the figure.
+        """
+        sources = {getattr(c, f"{name}_source") for c in self.calls if getattr(c, name) is not None}
+        if not sources:
+            return None
+        if sources <= {"exact"}:
+            return "exact"
+        if sources <= {"exact", "upper_bound"}:
+            return "upper_bound"
+        return "estimate"
+
+    @property
     def orphans(self) -> int:
         return sum(1 for c in self.calls if c.orphan)
 
@@ -115,6 +144,9 @@ class ScopeReport:
             "tokens_out": self.tokens_out,
             "tokens_saved": self.tokens_saved,
             "tokens_saved_max": self.tokens_saved_max,
+            "tokens_saved_source": self.source_of("tokens_saved"),
+            "tokens_saved_max_source": self.source_of("tokens_saved_max"),
+            "tokens_produced": self.tokens_produced,
         }
 
     def to_dict(self) -> dict[str, object]:

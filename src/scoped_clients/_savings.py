@@ -1,22 +1,44 @@
-"""How many tokens an aborted call saved.
+"""How many tokens an aborted call saved, and how each figure was obtained.
 
-Two figures, never mixed up:
+Every figure carries a *source*, one of:
 
+``exact``
+    Known, not inferred.  Only where nothing can be missing: the provider had
+    already said why it stopped (its finish reason arrived before the abort), so
+    nothing was saved and nothing more could have been produced.
+``upper_bound``
+    The provider cannot have saved more than this.
+``estimate``
+    Our best guess, which can be off either way.
+
+The figures of an aborted generative call:
+
+``tokens_produced``
+    Output tokens the provider produced before it stopped, as far as we can
+    tell.  For a stream the caller was reading when the abort came, what it
+    received (the provider may have written one or two more tokens the caller
+    never read: that is why even this is an estimate).  For a non-streamed call
+    (nothing is received before the end) or a stream nobody was reading, the
+    time from the call's start to the abort times the model's generation rate,
+    learned from completed calls (see ``RateModel``); without a rate, what was
+    received.
 ``tokens_saved_max``
-    Exact: the request's own bound (``max_tokens``, ``max_completion_tokens``,
-    ``max_output_tokens``) minus the output tokens received before the abort.
-    The provider could not have produced more.  ``None`` when the request set
-    no bound.
-
+    The request's own bound (``max_tokens``...) minus ``tokens_produced``:
+    an ``upper_bound`` (the provider can have produced more than we counted,
+    never less, as long as it does not generate faster than on the completed
+    calls we learned from).  ``None`` when the request set no bound.
 ``tokens_saved``
-    An estimate of the output the provider would still have produced, learned
-    from completed calls: the mean of ``L - received`` over the last ``history``
-    completed output lengths ``L`` of the same (provider, model) that are longer
-    than what was already received (0 if none was longer).  With no history for
-    the model we pool the provider's calls; with none at all we assume
-    ``default_expected_output`` tokens (512: a typical long chat answer).  Always
-    capped by ``tokens_saved_max`` and never negative.  ``method`` says which
-    rule gave the figure: ``model_history``, ``provider_history`` or ``default``.
+    The output the provider would still have produced: the expected output
+    length learned from completed calls of the same model, minus
+    ``tokens_produced``; an ``estimate``, capped by ``tokens_saved_max``.
+    ``method`` says which history gave the expected length: ``model_history``,
+    ``provider_history`` or ``default`` (``default_expected_output`` tokens).
+
+A provider that notices a client leaving late (llama.cpp's server checks a
+non-streamed client about once a second, and not at all while busy with
+another request) generates more after the abort than any client can see: the
+figures above count only what was produced *by* the abort.  Streaming the call
+(``always_stream=True``) makes the provider stop at its next token.
 """
 
 from __future__ import annotations
@@ -25,51 +47,162 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
+
+#: how a savings figure was obtained
+FigureSource = Literal["exact", "estimate", "upper_bound"]
 
 
 @dataclass(frozen=True, slots=True)
 class SavingsEstimate:
     tokens_saved: int | None
     tokens_saved_max: int | None
+    #: which history gave the expected output length (``model_history``, ``provider_history``, ``default``)
     method: str
+    tokens_produced: int = 0
+    tokens_saved_source: FigureSource = "estimate"
+    tokens_saved_max_source: FigureSource | None = None
+    tokens_produced_source: FigureSource = "estimate"
+
+
+class RateModel:
+    """Seconds a call takes as a function of the tokens it produced: ``overhead + tokens / rate``.
+
+    Fitted by least squares over the last completed calls, so that the time to
+    the first token (queueing, prompt processing) is not mistaken for generation.
+    With too few or too similar samples it falls back to ``sum(tokens) / sum(seconds)``
+    and no overhead, which underestimates the rate: the bound built on it stays
+    an upper bound.
+    """
+
+    __slots__ = ("_samples",)
+
+    def __init__(self, history: int) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=history)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self._samples.append((tokens, seconds))
+
+    def __bool__(self) -> bool:
+        return bool(self._samples)
+
+    def fit(self) -> tuple[float, float]:
+        """``(tokens per second, overhead seconds)``."""
+        samples = self._samples
+        total_tokens = sum(t for t, _ in samples)
+        total_seconds = sum(s for _, s in samples)
+        fallback = (total_tokens / total_seconds, 0.0)
+        if len(samples) < 3:
+            return fallback
+        mean_t = total_tokens / len(samples)
+        mean_s = total_seconds / len(samples)
+        var_t = sum((t - mean_t) ** 2 for t, _ in samples)
+        # Lengths must differ by a few tokens for a slope to mean anything.
+        if var_t < len(samples) * 4:
+            return fallback
+        slope = sum((t - mean_t) * (s - mean_s) for t, s in samples) / var_t
+        overhead = mean_s - slope * mean_t
+        if slope <= 0 or overhead < 0:
+            return fallback
+        return 1.0 / slope, min(overhead, min(s for _, s in samples))
+
+    def produced_by(self, elapsed: float) -> float:
+        rate, overhead = self.fit()
+        return rate * max(0.0, elapsed - overhead)
 
 
 class SavingsEstimator:
-    """Learns output lengths from completed calls; thread-safe."""
+    """Learns output lengths and generation rates from completed calls; thread-safe."""
 
     def __init__(self, *, history: int = 256, default_expected_output: int = 512) -> None:
         self._history = history
         self._default = default_expected_output
         self._by_model: dict[tuple[str, str | None], deque[int]] = {}
         self._by_provider: dict[str, deque[int]] = {}
+        self._rate_by_model: dict[tuple[str, str | None], RateModel] = {}
+        self._rate_by_provider: dict[str, RateModel] = {}
         self._lock = threading.Lock()
 
-    def observe(self, provider: str, model: str | None, output_tokens: int) -> None:
-        """Learn the output length of a completed call."""
+    def observe(self, provider: str, model: str | None, output_tokens: int, seconds: float | None = None) -> None:
+        """Learn a completed call: its output length and, given its duration, the model's rate."""
         if output_tokens < 0:
             return
         with self._lock:
             self._by_model.setdefault((provider, model), deque(maxlen=self._history)).append(output_tokens)
             self._by_provider.setdefault(provider, deque(maxlen=self._history)).append(output_tokens)
+            if seconds is not None and seconds > 0 and output_tokens > 0:
+                self._rate_by_model.setdefault((provider, model), RateModel(self._history)).add(output_tokens, seconds)
+                self._rate_by_provider.setdefault(provider, RateModel(self._history)).add(output_tokens, seconds)
 
-    def estimate(self, provider: str, model: str | None, received: int, max_tokens: int | None) -> SavingsEstimate:
-        saved_max = None if max_tokens is None else max(0, max_tokens - received)
+    def produced(self, provider: str, model: str | None, elapsed: float) -> int | None:
+        """Output tokens the model probably produced in ``elapsed`` seconds of a call (None: no rate known)."""
+        with self._lock:
+            rates = self._rate_by_model.get((provider, model)) or self._rate_by_provider.get(provider)
+            return None if not rates else round(rates.produced_by(elapsed))
+
+    def estimate(
+        self,
+        provider: str,
+        model: str | None,
+        received: int,
+        max_tokens: int | None,
+        *,
+        streamed: bool = True,
+        elapsed: float = 0.0,
+        finished: bool = False,
+    ) -> SavingsEstimate:
+        """The figures of an aborted call.
+
+        ``received``: output tokens the caller received; ``streamed``: the caller was
+        reading a stream when the abort came (so what it received is what the
+        provider produced, give or take the tokens in flight); ``elapsed``: seconds
+        from the call's start to the abort; ``finished``: the provider's finish
+        reason had arrived.
+        """
+        if finished:
+            return SavingsEstimate(
+                tokens_saved=0,
+                tokens_saved_max=0,
+                method="finished",
+                tokens_produced=received,
+                tokens_saved_source="exact",
+                tokens_saved_max_source="exact",
+                tokens_produced_source="exact",
+            )
+        produced = received
+        if not streamed:
+            rated = self.produced(provider, model, elapsed)
+            if rated is not None:
+                produced = max(received, rated)
+        if max_tokens is not None:
+            produced = min(produced, max(max_tokens, received))
+        saved_max = None if max_tokens is None else max(0, max_tokens - produced)
+        expected, method = self._expected_remaining(provider, model, produced)
+        saved = round(expected)
+        if saved_max is not None:
+            saved = min(saved, saved_max)
+        return SavingsEstimate(
+            tokens_saved=max(0, saved),
+            tokens_saved_max=saved_max,
+            method=method,
+            tokens_produced=produced,
+            tokens_saved_source="estimate",
+            tokens_saved_max_source=None if saved_max is None else "upper_bound",
+            tokens_produced_source="estimate",
+        )
+
+    def _expected_remaining(self, provider: str, model: str | None, produced: int) -> tuple[float, str]:
+        """Mean of ``L - produced`` over the learned lengths ``L`` longer than ``produced`` (0 if none)."""
         with self._lock:
             lengths = self._by_model.get((provider, model))
             method = "model_history"
             if not lengths:
                 lengths = self._by_provider.get(provider)
                 method = "provider_history"
-            longer = [length - received for length in lengths if length > received] if lengths else None
-        if lengths:
-            expected = sum(longer) / len(longer) if longer else 0.0
-        else:
-            method = "default"
-            expected = float(max(0, self._default - received))
-        saved = round(expected)
-        if saved_max is not None:
-            saved = min(saved, saved_max)
-        return SavingsEstimate(tokens_saved=max(0, saved), tokens_saved_max=saved_max, method=method)
+            longer = [length - produced for length in lengths if length > produced] if lengths else None
+        if not lengths:
+            return float(max(0, self._default - produced)), "default"
+        return (sum(longer) / len(longer) if longer else 0.0), method
 
 
 _default = SavingsEstimator()

@@ -43,6 +43,7 @@ from ._loop import LoopHandle
 from ._reasons import CancelReason
 from ._reassemble import StreamPlan, plan_stream
 from ._report import CallRecord, Outcome
+from ._savings import SavingsEstimate, default_estimator, get_prices
 from ._scope import RequestScope, current_scope
 
 FinishPolicy = Literal["abort", "finish_if_done"]
@@ -279,20 +280,13 @@ def _meter_for(call: HttpCall, content_type: str) -> Meter:
 
 
 def _build_record(call: HttpCall) -> CallRecord:
-    from ._savings import default_estimator, get_prices
-
     meter = call.meter
     info = call.info
     # A call still in flight when its record is taken (the scope is ending) was aborted.
     outcome: Outcome = call.outcome or "aborted"
-    saved = saved_max = None
-    method = None
-    estimator = default_estimator()
-    if outcome == "aborted" and (info.operation in GENERATIVE_OPERATIONS or meter.tokens_out):
-        estimate = estimator.estimate(info.provider, info.model, meter.tokens_out, info.max_tokens)
-        saved, saved_max, method = estimate.tokens_saved, estimate.tokens_saved_max, estimate.method
-    elif outcome == "completed" and meter.tokens_out > 0:
-        estimator.observe(info.provider, info.model, meter.tokens_out)
+    now = time.monotonic()
+    savings = _savings_of(call, outcome, now)
+    saved = None if savings is None else savings.tokens_saved
     cost = None if saved is None else get_prices().cost(info.model, 0, saved)
     detail = dict(call.detail)
     if call.status_code is not None:
@@ -303,14 +297,18 @@ def _build_record(call: HttpCall) -> CallRecord:
         model=info.model,
         outcome=outcome,
         started_at=call.started_at,
-        duration=time.monotonic() - call.started_at,
+        duration=now - call.started_at,
         tokens_in=meter.tokens_in,
         tokens_out=meter.tokens_out,
         tokens_in_source=meter.input_source,
         tokens_out_source=meter.output_source,
         tokens_saved=saved,
-        tokens_saved_max=saved_max,
-        saved_method=method,
+        tokens_saved_max=None if savings is None else savings.tokens_saved_max,
+        saved_method=None if savings is None else savings.method,
+        tokens_saved_source=None if savings is None else savings.tokens_saved_source,
+        tokens_saved_max_source=None if savings is None else savings.tokens_saved_max_source,
+        tokens_produced=None if savings is None else savings.tokens_produced,
+        tokens_produced_source=None if savings is None else savings.tokens_produced_source,
         cost_saved=cost,
         cancel_reason=call.aborted.code if call.aborted is not None else None,
         orphan=call.orphan,
@@ -318,6 +316,36 @@ def _build_record(call: HttpCall) -> CallRecord:
         finish_reason=meter.finish_reason,
         units=dict(meter.units),
         detail=detail,
+    )
+
+
+def _savings_of(call: HttpCall, outcome: Outcome, now: float) -> SavingsEstimate | None:
+    """An aborted generation's savings figures; a completed one teaches the estimator instead.
+
+    What the caller received is what the provider produced only for a stream it
+    was reading when the abort came (the meter reads the wire format, so a
+    non-streamed call sent as a stream counts too).  For anything else (a
+    non-streamed body, which arrives only at the end; a stream whose headers had
+    not arrived; an orphan nobody was reading) the estimator infers the output
+    produced from the time the call ran before the abort.
+    """
+    meter, info = call.meter, call.info
+    estimator = default_estimator()
+    if outcome == "completed":
+        if meter.tokens_out > 0:
+            estimator.observe(info.provider, info.model, meter.tokens_out, now - call.started_at)
+        return None
+    if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or meter.tokens_out):
+        return None
+    aborted_at = now if call.aborted is None else min(now, call.aborted.time)
+    return estimator.estimate(
+        info.provider,
+        info.model,
+        meter.tokens_out,
+        info.max_tokens,
+        streamed=meter.streamed and call.status_code is not None and not call.orphan,
+        elapsed=max(0.0, aborted_at - call.started_at),
+        finished=meter.finish_reason is not None,
     )
 
 

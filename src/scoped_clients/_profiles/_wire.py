@@ -73,6 +73,8 @@ class SSEMeter(Meter):
 
     __slots__ = ("_buffer", "_crlf")
 
+    streamed = True
+
     def __init__(self) -> None:
         super().__init__()
         self._buffer = b""

@@ -47,6 +47,8 @@ class ChatV1StreamMeter(Meter):
 
     __slots__ = ("_buffer",)
 
+    streamed = True
+
     def __init__(self) -> None:
         super().__init__()
         self._buffer = b""
