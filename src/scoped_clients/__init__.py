@@ -9,6 +9,7 @@ generating, and the scope's report says how many tokens that saved.
 from ._calls import CallInfo as CallInfo
 from ._calls import Meter as Meter
 from ._calls import Profile as Profile
+from ._dropin import scope_client as scope_client
 from ._exceptions import ScopeCancelled as ScopeCancelled
 from ._exceptions import ScopedClientsError as ScopedClientsError
 from ._exceptions import ScopeStateError as ScopeStateError
@@ -42,4 +43,5 @@ __all__ = [
     "add_report_sink",
     "current_scope",
     "detached",
+    "scope_client",
 ]

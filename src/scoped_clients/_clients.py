@@ -143,7 +143,15 @@ def scope_http_client(
     whose transports are the scoped ones.
     """
     if is_scoped(client):
-        return client
+        scoped = client._transport
+        if (scoped.finish_policy, scoped.always_stream) == (finish_policy, always_stream):
+            return client
+        # Other options (a copy asked for them): a sibling over the same inner transports.
+        target = copy.copy(client)
+        unwrap = {pattern: getattr(t, "transport", t) for pattern, t in client._mounts.items()}
+        target._transport, target._mounts = scoped.transport, unwrap
+        wrap_client(target, profile, finish_policy, always_stream)
+        return target
     target = client if owned else copy.copy(client)
     wrap_client(client, profile, finish_policy, always_stream, target=target)
     return target

@@ -27,9 +27,11 @@ client from a plain one.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ._calls import Profile
 from ._clients import check_options, is_scoped, scope_http_client
@@ -44,6 +46,8 @@ _EXTRA_OPTIONS = {
         annotation="Literal['abort', 'finish_if_done']",
     ),
 }
+
+T = TypeVar("T")
 
 #: vendor class -> drop-in name, for ``scope_client``
 _REGISTRY: dict[type, DropIn] = {}
@@ -81,15 +85,11 @@ class DropIn(type):
         options: tuple[str, ...] = ("always_stream", "finish_policy"),
         check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
     ) -> DropIn:
+        parent = next((base for base in bases if isinstance(base, DropIn)), None)
+        if parent is not None:
+            return parent.subclass(name, bases, namespace)  # type: ignore[return-value]
         if vendor is None or profile is None or not http_path:
-            vendor_name = next(
-                (f"{b.vendor.__module__}.{b.vendor.__qualname__}" for b in bases if isinstance(b, DropIn)), ""
-            )
-            raise TypeError(
-                f"{name}: scoped_clients' drop-in names build the vendor's own client and cannot be subclassed. "
-                f"Subclass {vendor_name or 'the vendor class'} instead and pass your instances to "
-                "scoped_clients.scope_client()"
-            )
+            raise TypeError(f"{name}: a drop-in name needs vendor=, profile= and http_path=")
         namespace.setdefault("__doc__", vendor.__doc__)
         cls = super().__new__(mcs, name, bases, namespace)
         cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
@@ -99,15 +99,45 @@ class DropIn(type):
         return cls
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        always_stream = kwargs.pop("always_stream", False) if "always_stream" in cls.options else False
-        finish_policy: FinishPolicy = kwargs.pop("finish_policy", "abort") if "finish_policy" in cls.options else "abort"
-        check_options(finish_policy, always_stream)
+        always_stream, finish_policy = cls.options_from(kwargs)
         if cls.check is not None:
             cls.check(args, kwargs)
         client = cls.vendor(*args, **kwargs)  # the SDK validates and builds everything its own way
         owned = cls.http_arg is None or kwargs.get(cls.http_arg) is None
         cls.scope(client, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
         return client
+
+    def subclass(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> type:
+        """A user's ``class Mine(AsyncOpenAI)``: a real subclass of the vendor's class, scoped at init.
+
+        Its instances are of the user's class, as they would be without us (and, like any
+        subclass of the vendor's, fail the vendor's exact-type checks); copies stay scoped.
+        """
+        real_bases = tuple(base.vendor if isinstance(base, DropIn) else base for base in bases)
+        real = type(cls.vendor)(name, real_bases, namespace)
+        init: Callable[..., None] = real.__init__  # type: ignore[misc]
+        dropin = cls
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            always_stream, finish_policy = dropin.options_from(kwargs)
+            init(self, *args, **kwargs)
+            owned = dropin.http_arg is None or kwargs.get(dropin.http_arg) is None
+            dropin.scope(self, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+
+        real.__init__ = __init__  # type: ignore[misc]
+        real.__scoped_dropin__ = cls  # type: ignore[attr-defined]
+        _REGISTRY[real] = cls
+        return real
+
+    def options_from(cls, kwargs: dict[str, Any]) -> tuple[bool, FinishPolicy]:
+        """Take our options out of a constructor's keyword arguments, validated."""
+        always_stream = kwargs.pop("always_stream", False) if "always_stream" in cls.options else False
+        finish_policy: FinishPolicy = (
+            kwargs.pop("finish_policy", "abort") if "finish_policy" in cls.options else "abort"
+        )
+        check_options(finish_policy, always_stream)
+        return always_stream, finish_policy
 
     def scope(
         cls, client: Any, *, owned: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
@@ -118,6 +148,11 @@ class DropIn(type):
             return
         http = getattr(holder, attribute)
         setattr(holder, attribute, scope_http_client(http, cls.profile(), finish_policy, always_stream, owned=owned))
+        vendor_copy = getattr(type(client), "copy", None)
+        if vendor_copy is not None:
+            # Copies stay scoped even when given another HTTP client, and take our options.
+            scoped_copy = types.MethodType(_copier(cls, vendor_copy), client)
+            client.copy = client.with_options = scoped_copy
 
     def __instancecheck__(cls, instance: Any) -> bool:
         if not isinstance(instance, cls.vendor):
@@ -126,10 +161,40 @@ class DropIn(type):
         return holder is None or is_scoped(getattr(holder, attribute))
 
     def __subclasscheck__(cls, subclass: type) -> bool:
-        return subclass is cls
+        return subclass is cls or (hasattr(subclass, "__scoped_dropin__") and issubclass(subclass, cls.vendor))
 
     def __repr__(cls) -> str:
         return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
+
+
+def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., Any]:
+    """``copy()`` / ``with_options()`` for a scoped vendor instance: the vendor's, then scoped."""
+
+    @functools.wraps(vendor_copy)
+    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in dropin.options if name in kwargs}
+        given_http = dropin.http_arg is not None and kwargs.get(dropin.http_arg) is not None
+        result = vendor_copy(self, *args, **kwargs)
+        current = _options_of(self, dropin)
+        merged = {**current, **options}
+        if given_http or merged != current:
+            dropin.scope(result, owned=False, **merged)
+        elif getattr(type(result), "copy", None) is not None:
+            dropin.scope(result, owned=True, **merged)  # already scoped: only the copy method
+        return result
+
+    return copy
+
+
+def _options_of(client: Any, dropin: DropIn) -> dict[str, Any]:
+    """The options a scoped vendor instance's HTTP client was scoped with."""
+    holder, attribute = _holder(client, dropin.http_path)
+    transport = getattr(getattr(holder, attribute, None), "_transport", None)
+    options = {
+        "always_stream": getattr(transport, "always_stream", False),
+        "finish_policy": getattr(transport, "finish_policy", "abort"),
+    }
+    return {name: options[name] for name in dropin.options}
 
 
 def _holder(client: Any, path: tuple[str, ...]) -> tuple[Any, str]:
@@ -154,7 +219,7 @@ def _signature(vendor: type, options: tuple[str, ...]) -> inspect.Signature:
     return signature.replace(parameters=[*plain, *extras, *var_keyword])
 
 
-def scope_client(client: Any, *, always_stream: bool = False, finish_policy: FinishPolicy = "abort") -> Any:
+def scope_client(client: T, *, always_stream: bool = False, finish_policy: FinishPolicy = "abort") -> T:
     """Scope a vendor client someone else built (a framework, a factory) and return it.
 
     The vendor instance itself is changed: from now on its calls, and those of its

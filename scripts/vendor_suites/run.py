@@ -1,0 +1,199 @@
+"""Run the vendors' own test-suites with their classes and with ours; print the new failures.
+
+The openai and anthropic sdists on PyPI ship their ``tests/``.  For the versions
+installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
+(``.cache/vendor-suites/venv``: the suites need pytest-asyncio, respx and more,
+which must not leak into our own test run) with scoped_clients and the same SDK
+versions, and runs each suite three times through ``swap_plugin.py``:
+
+* ``vendor``: the SDK's own classes (the baseline);
+* ``ours``: ``openai.AsyncOpenAI`` & co. replaced by our drop-ins;
+* ``scope``: ours, each test inside an open, never-cancelled ``RequestScope``.
+
+A test that passes with the vendor's classes and fails with ours is a new
+failure: the drop-in is not drop-in there.  Exit status 1 when there is any that
+is not listed in ``KNOWN`` below with its reason.
+
+Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic]``
+
+``tests/api_resources`` are left out in both subsets: every one of them calls
+Stainless' Prism mock server, which serves an OpenAPI spec downloaded from the
+vendor's storage (not reachable here), so they fail identically in all modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "vendor-suites"
+HERE = Path(__file__).resolve().parent
+
+#: what the suites import besides the SDK (from their dev dependency groups)
+SUITE_DEPS = [
+    "pytest>=9",
+    "pytest-asyncio>=1.2",
+    "pytest-xdist>=3.6",
+    "respx",
+    "dirty-equals>=0.6",
+    "inline-snapshot>=0.28",
+    "time-machine",
+    "hypothesis",
+    "http-snapshot[httpx]==0.1.9",
+    "rich>=13.7",
+    "nest_asyncio",
+    "trio>=0.22",
+    "griffe>=1",
+    "opentelemetry-sdk",
+    "websockets",
+    "standardwebhooks",
+    "Pillow",
+    "numpy",
+    "importlib-metadata",
+    "packaging",
+]
+
+#: test files run in CI (a few minutes): the clients' own behaviour, streaming, responses
+CI_SUBSET = {
+    "openai": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
+    "anthropic": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
+}
+
+#: new failures we accept, with the reason: (sdk, test id prefix) -> reason
+KNOWN: dict[tuple[str, str], str] = {}
+
+
+def log(message: str) -> None:
+    print(f"[vendor-suites] {message}", flush=True)
+
+
+def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], check=True, text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def sdist(sdk: str, version: str) -> Path:
+    """The vendor's sdist, unpacked under .cache (fetched once per version)."""
+    target = CACHE / f"{sdk}-{version}"
+    if (target / "tests").is_dir():
+        return target
+    download = CACHE / "downloads"
+    download.mkdir(parents=True, exist_ok=True)
+    sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", f"{sdk}=={version}", "-d", download)
+    archive = next(download.glob(f"{sdk}-{version}.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE, filter="data")
+    return target
+
+
+def venv(versions: dict[str, str]) -> Path:
+    """A virtualenv with scoped_clients (editable), the same SDK versions and the suites' dependencies."""
+    python = CACHE / "venv" / "bin" / "python"
+    stamp = CACHE / "venv" / "stamp"
+    wanted = repr(sorted(versions.items())) + repr(SUITE_DEPS)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    log("building the suites' virtualenv")
+    sh(sys.executable, "-m", "venv", "--clear", CACHE / "venv")
+    pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic]", *pins, *SUITE_DEPS)
+    stamp.write_text(wanted)
+    return python
+
+
+def suite_options(root: Path) -> list[str]:
+    """The suite's own pytest options, less parallelism and timing output (we choose those)."""
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    addopts = config["tool"]["pytest"]["ini_options"].get("addopts", "").split()
+    kept: list[str] = []
+    skip_next = False
+    for option in addopts:
+        if skip_next:
+            skip_next = False
+        elif option in ("-n", "--dist"):
+            skip_next = True
+        elif not option.startswith(("--durations", "-n")):
+            kept.append(option)
+    return kept
+
+
+def run_mode(python: Path, sdk: str, root: Path, paths: list[str], mode: str, workers: int) -> dict[str, str]:
+    """Run the suite in one mode; test id -> outcome (passed, failed, skipped)."""
+    report = CACHE / f"{sdk}-{mode}.xml"
+    env = {
+        **os.environ,
+        "SCOPED_VENDOR_MODE": mode,
+        "SCOPED_VENDOR_SDK": sdk,
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(root)]),
+    }
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        env.pop(variable, None)
+    argv = [python, "-m", "pytest", *paths, "-p", "swap_plugin", "-o", f"addopts={' '.join(suite_options(root))}"]
+    argv += ["-q", "--no-header", "-p", "no:cacheprovider", f"--junitxml={report}", "--ignore=tests/api_resources"]
+    if workers > 1:
+        argv += ["-n", str(workers)]
+    started = time.monotonic()
+    result = subprocess.run([str(a) for a in argv], cwd=root, env=env, text=True, capture_output=True)
+    tail = result.stdout.strip().splitlines()[-1:] or result.stderr.strip().splitlines()[-3:]
+    log(f"{sdk} {mode:6s} {time.monotonic() - started:6.1f} s  {' '.join(tail)}")
+    if not report.exists():
+        raise SystemExit(f"{sdk} {mode}: pytest wrote no report\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return outcomes(report)
+
+
+def outcomes(report: Path) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        test_id = f"{case.get('classname')}::{case.get('name')}"
+        if case.find("failure") is not None or case.find("error") is not None:
+            results[test_id] = "failed"
+        elif case.find("skipped") is not None:
+            results.setdefault(test_id, "skipped")
+        else:
+            results.setdefault(test_id, "passed")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subset", choices=["ci", "full"], default="ci")
+    parser.add_argument("--sdk", default="openai,anthropic")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--modes", default="ours,scope")
+    args = parser.parse_args()
+    sdks = args.sdk.split(",")
+    versions = {sdk: importlib.metadata.version(sdk) for sdk in sdks}
+    python = venv(versions)
+    unexplained = 0
+    rows: list[str] = []
+    for sdk in sdks:
+        root = sdist(sdk, versions[sdk])
+        paths = CI_SUBSET[sdk] if args.subset == "ci" else ["tests"]
+        baseline = run_mode(python, sdk, root, paths, "vendor", args.workers)
+        passed = {t for t, o in baseline.items() if o == "passed"}
+        for mode in args.modes.split(","):
+            results = run_mode(python, sdk, root, paths, mode, args.workers)
+            new = sorted(t for t in passed if results.get(t) == "failed")
+            known = [t for t in new if any(t.startswith(prefix) for (s, prefix) in KNOWN if s == sdk)]
+            unexplained += len(new) - len(known)
+            rows.append(f"| {sdk} {versions[sdk]} | {mode} | {len(passed)} | {len(new)} | {len(known)} |")
+            for test_id in new:
+                reason = next((r for (s, p), r in KNOWN.items() if s == sdk and test_id.startswith(p)), "")
+                log(f"NEW FAILURE ({mode}): {test_id}" + (f"  [known: {reason}]" if reason else ""))
+    print(f"\nVendor suites ({args.subset} subset): tests passing with the vendor's classes that fail with ours\n")
+    print("| suite | mode | passing with the vendor's classes | new failures with ours | of which known |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
