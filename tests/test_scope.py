@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from collections.abc import Iterator
 
@@ -287,3 +289,155 @@ async def test_a_scope_with_a_timeout_exits_as_soon_as_its_body_ends() -> None:
         async with RequestScope(timeout=60) as scope:
             pass
     assert not scope.cancelled
+
+
+# ------------------------------------------------- issue 13: cancel hardening
+
+
+@pytest.mark.parametrize("order", ["cancel_first", "abort_first", "from_thread"])
+async def test_a_child_reraising_scope_cancelled_never_escapes_the_block(order: str) -> None:
+    """A spawned child ends with ``ScopeCancelled`` (as a call aborted at its socket does) while the
+    body gets the plain cancellation: the block absorbs both (it used to raise a BaseExceptionGroup).
+
+    ``abort_first`` is the fuzzer's 3-5 % case, made deterministic: ``cancel()`` from another
+    thread aborts the calls at once and posts the body's cancel to the loop; here that post is
+    held back, so the child's ``ScopeCancelled`` (and the task group cancelling the body) comes
+    first and the block exits before the body's cancel callback ever runs.
+    """
+    ready = anyio.Event()
+    go = anyio.Event()
+    held: list[object] = []
+
+    async def child(scope: RequestScope) -> None:
+        ready.set()
+        with contextlib.suppress(anyio.get_cancelled_exc_class()):
+            await go.wait()  # woken by the "abort", or cancelled with the scope
+        assert scope.cancel_reason is not None
+        raise ScopeCancelled(scope.cancel_reason, scope.name)
+
+    with anyio.fail_after(10):
+        async with RequestScope("fanout") as scope:
+            scope.spawn(child, scope)
+            await ready.wait()
+            if order == "cancel_first":
+                scope.cancel("client_disconnected")
+            elif order == "abort_first":
+                assert scope._loop is not None
+                scope._loop.post = held.append  # the canceller thread has not posted yet
+                go.set()
+                scope.cancel("client_disconnected")
+            else:
+                await anyio.to_thread.run_sync(scope.cancel, "client_disconnected")
+            await anyio.sleep_forever()
+    assert scope.report is not None and scope.report.outcome == "cancelled"
+    assert len(held) == (1 if order == "abort_first" else 0)
+
+
+async def test_a_child_error_during_a_cancel_still_propagates() -> None:
+    """Absorbing our own cancellation must not swallow a real error of a child."""
+
+    async def child() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")
+
+    with anyio.fail_after(10), pytest.raises(BaseExceptionGroup) as caught:
+        async with RequestScope() as scope:
+            scope.spawn(child)
+            await anyio.lowlevel.checkpoint()
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert caught.group_contains(ValueError, match="cleanup failed")
+    assert not caught.group_contains(ScopeCancelled)
+
+
+async def test_outer_cancellation_is_not_absorbed_by_a_cancelled_scope() -> None:
+    """A cancel of an enclosing anyio scope travels through our block even when ours was cancelled too."""
+    reached_after = False
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as outer:
+            async with RequestScope() as scope:
+                scope.cancel()
+                outer.cancel()
+                await anyio.sleep_forever()
+            reached_after = True  # pragma: no cover
+    assert outer.cancelled_caught and not reached_after
+
+
+@pytest.mark.parametrize("where", ["loop", "thread"])
+async def test_async_hooks_run_at_cancel_time_not_at_exit(where: str) -> None:
+    """The hook runs while the block is still open: a shielded child waits for it, so the block
+    could not exit first (the hook used to run only once the children had settled)."""
+    hook_ran = anyio.Event()
+    order: list[str] = []
+
+    async def hook() -> None:
+        await anyio.lowlevel.checkpoint()
+        order.append("hook")
+        hook_ran.set()
+
+    async def child() -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await hook_ran.wait()
+        order.append("child settled")
+
+    with anyio.fail_after(10):
+        async with RequestScope(hook_timeout=5) as scope:
+            scope.on_cancel(hook)
+            scope.spawn(child)
+            await anyio.lowlevel.checkpoint()
+            if where == "loop":
+                scope.cancel()
+            else:
+                await anyio.to_thread.run_sync(scope.cancel)
+            await anyio.sleep_forever()
+    assert order == ["hook", "child settled"]
+
+
+async def test_hooks_registered_before_entering_and_after_the_cancel_run_once() -> None:
+    calls: list[str] = []
+
+    async def early() -> None:
+        calls.append("early")
+
+    async def late() -> None:
+        calls.append("late")
+        late_ran.set()
+
+    late_ran = anyio.Event()
+
+    with anyio.fail_after(10):
+        scope = RequestScope()
+        scope.on_cancel(early)
+        async with scope:
+            scope.cancel()
+            with scope.shield():
+                await anyio.lowlevel.checkpoint()
+                scope.on_cancel(late)  # after the cancel: runs right away, not at the exit
+                await late_ran.wait()
+    assert sorted(calls) == ["early", "late"]
+
+
+async def test_a_hook_runner_does_not_keep_a_normal_block_open() -> None:
+    calls: list[str] = []
+    with anyio.fail_after(5):
+        async with RequestScope() as scope:
+            scope.on_cancel(lambda: calls.append("x"))
+    assert calls == [] and not scope.cancelled
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"timeout": math.inf}, {"timeout": 1e12}, {"deadline": math.inf}], ids=["inf", "1e12", "deadline-inf"]
+)
+def test_far_deadlines_do_not_stop_every_later_sync_timeout(kwargs: dict[str, float]) -> None:
+    """The one timer thread used to die on a deadline beyond Condition.wait's limit, and from then
+    on no sync timeout in the process fired."""
+    with RequestScope("far", parent=None, **kwargs) as far:
+        for _ in range(3):
+            fired = threading.Event()
+            with RequestScope("short", parent=None, timeout=0.01) as short:
+                short.on_cancel(fired.set)
+                assert fired.wait(10), "the sync timeout did not fire: the timer thread is dead"
+    assert not far.cancelled
+    assert far.deadline is None if math.isinf(next(iter(kwargs.values()))) else far.deadline is not None
