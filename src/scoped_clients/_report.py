@@ -12,6 +12,7 @@ so that an operator can ``grep scoped_clients.report`` and sum ``tokens_saved``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -174,6 +175,13 @@ def add_report_sink(sink: ReportSink) -> Callable[[], None]:
     quick (queue the report if you ship it over the network).  A sink that raises
     is logged and never disturbs the request.
     """
+    if not callable(sink):
+        raise TypeError(f"add_report_sink() takes a function called with each ScopeReport, not {type(sink).__name__}")
+    if inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(getattr(sink, "__call__", None)):  # noqa: B004
+        raise TypeError(
+            f"add_report_sink({sink!r}): sinks are called synchronously, so an async sink would never be "
+            f"awaited; pass a sync function that queues the report (e.g. with loop.call_soon_threadsafe)"
+        )
     with _sinks_lock:
         _sinks.append(sink)
 
