@@ -15,7 +15,8 @@ import pytest
 
 from scoped_clients._calls import Meter
 from scoped_clients._profiles.anthropic import MessagesStreamMeter
-from scoped_clients._profiles.openai import ChatStreamMeter, ResponsesStreamMeter
+from scoped_clients._profiles.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
+from scoped_clients._profiles.openai import ChatBodyMeter, ChatStreamMeter, ResponsesStreamMeter
 
 
 def _sse(events: list[tuple[str | None, Any]]) -> bytes:
@@ -76,6 +77,81 @@ ANTHROPIC = _sse(
 )
 
 
+# Tool-calling turns, cut before the provider's final usage (an aborted call): the tool
+# call's deltas are the output.
+_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+CHAT_TOOLS = _sse(
+    [
+        _chunk({"role": "assistant", "content": None}),
+        _chunk({"tool_calls": [_CALL]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '": "content\\"'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"}'}}]}),
+        _chunk({}, finish="tool_calls"),
+    ]
+)
+_ARGS = {"item_id": "fc_1", "output_index": 0}
+RESPONSES_TOOLS = _sse(
+    [
+        ("response.created", {"type": "response.created", "response": {"status": "in_progress"}}),
+        (
+            "response.output_item.added",
+            {"type": "response.output_item.added", "item": {"type": "function_call", "arguments": ""}},
+        ),
+        ("response.function_call_arguments.delta", {"type": "response.function_call_arguments.delta", "delta": "{"}),
+        ("response.function_call_arguments.delta", {"type": "response.function_call_arguments.delta", "delta": "}"}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "a"}),
+    ]
+)
+RESPONSES_TOOLS_UNNAMED = RESPONSES_TOOLS.replace(b"event: ", b"x-ignored: ")
+ANTHROPIC_TOOLS = _sse(
+    [
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "input": {}}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": '{"a'}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": '": 1}'}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ]
+)
+COHERE_TOOLS = _sse(
+    [
+        ("message-start", {"type": "message-start", "delta": {"message": {"role": "assistant"}}}),
+        ("tool-plan-delta", {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will"}}}),
+        ("tool-call-start", {"type": "tool-call-start", "delta": {"message": {"tool_calls": {"id": "c1"}}}}),
+        ("tool-call-delta", {"type": "tool-call-delta", "delta": {"message": {"tool_calls": {"function": {}}}}}),
+        ("tool-call-delta", {"type": "tool-call-delta", "delta": {"message": {"tool_calls": {"function": {}}}}}),
+        ("content-delta", {"type": "content-delta", "delta": {"message": {"content": {"text": "x"}}}}),
+        ("broken", b"{not json"),  # the SDK skips it with a warning: no error
+        ("message-end", {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL"}}),
+    ]
+)
+
+
+def _respace(stream: bytes, style: str) -> bytes:
+    """The same events as another OpenAI-compatible server may write them: spaces, or one key per line."""
+    if style == "compact":
+        return stream
+    out = []
+    for line in stream.split(b"\n"):
+        if line.startswith(b"data: {") and line.endswith(b"}"):
+            value = json.loads(line[6:])
+            if style == "spaced":
+                line = b"data: " + json.dumps(value).encode()
+            else:
+                line = b"\n".join(b"data: " + part for part in json.dumps(value, indent=1).encode().split(b"\n"))
+        out.append(line)
+    return b"\n".join(out)
+
+
 def _figures(meter: Meter) -> tuple[object, ...]:
     return (
         meter.tokens_out,
@@ -101,13 +177,30 @@ def _splits(data: bytes) -> list[list[bytes]]:
         (ChatStreamMeter, CHAT_WITH_USAGE, (2, "provider", 7, "provider", "stop", None)),
         (ResponsesStreamMeter, RESPONSES, (3, "provider", 4, "provider", "completed", None)),
         (MessagesStreamMeter, ANTHROPIC, (2, "provider", 9, "provider", "end_turn", None)),
+        (ChatStreamMeter, CHAT_TOOLS, (4, "estimated", None, "estimated", "tool_calls", None)),
+        (ResponsesStreamMeter, RESPONSES_TOOLS, (3, "estimated", None, "estimated", None, None)),
+        (ResponsesStreamMeter, RESPONSES_TOOLS_UNNAMED, (3, "estimated", None, "estimated", None, None)),
+        (MessagesStreamMeter, ANTHROPIC_TOOLS, (2, "estimated", 9, "provider", None, None)),
+        (ChatV2StreamMeter, COHERE_TOOLS, (4, "estimated", None, "estimated", "TOOL_CALL", None)),
     ],
-    ids=["openai-chat", "openai-chat-usage", "openai-responses", "anthropic"],
+    ids=[
+        "openai-chat",
+        "openai-chat-usage",
+        "openai-responses",
+        "anthropic",
+        "openai-chat-tools",
+        "openai-responses-tools",
+        "openai-responses-tools-unnamed",
+        "anthropic-tools",
+        "cohere-tools",
+    ],
 )
 @pytest.mark.parametrize("line_end", ["lf", "crlf"])
+@pytest.mark.parametrize("style", ["compact", "spaced", "multiline"])
 def test_meter_figures_do_not_depend_on_chunking(
-    make: Callable[[], Meter], stream: bytes, expected: tuple[object, ...], line_end: str
+    make: Callable[[], Meter], stream: bytes, expected: tuple[object, ...], line_end: str, style: str
 ) -> None:
+    stream = _respace(stream, style)
     if line_end == "crlf":
         stream = stream.replace(b"\n", b"\r\n")
     for chunks in _splits(stream):
@@ -129,3 +222,39 @@ def test_a_malformed_event_is_recorded_as_an_error() -> None:
     meter.feed(b'data: {"choices": [\n\n')
     meter.close()
     assert meter.error == "malformed event in the response stream"
+
+
+def test_cohere_streams_skip_a_malformed_event_as_the_sdk_does() -> None:
+    v2 = ChatV2StreamMeter()
+    v2.feed(b"event: content-delta\ndata: {broken\n\n")
+    v1 = ChatV1StreamMeter()
+    v1.feed(b'{"event_type":"text-generation","text":"a"}\n{"event_type":"stream-end", broken\n')
+    v1.close()
+    assert v2.error is None and v1.error is None and v1.tokens_out == 1
+
+
+@pytest.mark.parametrize(
+    ("meter", "error"),
+    [
+        (ChatBodyMeter(strict=True), "the response body is not JSON"),  # a JSON content type: the SDK raises
+        (ChatBodyMeter(strict=False), None),  # text/plain: the OpenAI SDK hands back the text
+        (CohereBodyMeter(), "the response body is not JSON"),  # Cohere raises ApiError for any 2xx
+    ],
+)
+def test_a_body_that_is_not_json(meter: Meter, error: str | None) -> None:
+    meter.feed(b"<html>upstream proxy error</html>")
+    meter.close()
+    meter.close()  # idempotent
+    assert meter.error == error
+
+
+def test_a_spaced_json_body_is_read() -> None:
+    meter = ChatBodyMeter()
+    meter.feed(json.dumps({"choices": [{"finish_reason": "tool_calls"}], "usage": {"completion_tokens": 4}}).encode())
+    meter.close()
+    assert (meter.finish_reason, meter.tokens_out, meter.output_source, meter.error) == (
+        "tool_calls",
+        4,
+        "provider",
+        None,
+    )

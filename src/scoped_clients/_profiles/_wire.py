@@ -9,7 +9,7 @@ substring tests (``b'"type":"content_block_delta"' in event``) and call
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from .._calls import CallInfo, Meter
 
@@ -50,6 +50,61 @@ def event_data(event: bytes) -> Any:
         return None
 
 
+_JSON_WS = frozenset(b" \t\r\n")
+
+
+def value_at(event: bytes, key: bytes, start: int = 0) -> int:
+    """Where the value of the last ``key`` (a quoted JSON key, ``b'"content"'``) at or after
+    ``start`` begins, or -1; whatever whitespace the server puts around the colon
+    (OpenAI-compatible servers differ).
+
+    A quote inside a JSON string is escaped, so a quoted key found in the raw bytes is a
+    real string token of the document: content cannot forge it.
+    """
+    at = event.rfind(key, start)
+    if at < 0:
+        return -1
+    i = at + len(key)
+    try:
+        c = event[i]
+        while c in _JSON_WS:
+            i += 1
+            c = event[i]
+        if c != 58:  # ":" (else the string was a value, not a key)
+            return -1
+        i += 1
+        c = event[i]
+        while c in _JSON_WS:
+            i += 1
+            c = event[i]
+    except IndexError:
+        return -1
+    return i
+
+
+def has_text(event: bytes, key: bytes) -> bool:
+    """The last ``key`` holds a non-empty JSON string."""
+    i = value_at(event, key)
+    try:
+        return i >= 0 and event[i] == 34 and event[i + 1] != 34  # '"' and not '""'
+    except IndexError:
+        return False
+
+
+def has_items(event: bytes, key: bytes) -> bool:
+    """The last ``key`` holds a non-empty JSON array."""
+    i = value_at(event, key)
+    try:
+        if i < 0 or event[i] != 91:  # "["
+            return False
+        i += 1
+        while event[i] in _JSON_WS:
+            i += 1
+        return event[i] != 93  # "]"
+    except IndexError:
+        return False
+
+
 def as_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -74,6 +129,9 @@ class SSEMeter(Meter):
     __slots__ = ("_buffer", "_crlf")
 
     streamed = True
+    #: whether the SDK raises on an event that is not JSON (OpenAI, Anthropic); Cohere's
+    #: logs a warning and skips it, so its calls are not recorded failed for one
+    malformed_fails: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,7 +159,8 @@ class SSEMeter(Meter):
                 # JSON events end with "}" (or "[DONE]"): a cheap test, and a parse only
                 # for the rare event that fails it.
                 if (
-                    not (event.endswith(b"}") or event.endswith(b"]"))
+                    self.malformed_fails
+                    and not (event.endswith(b"}") or event.endswith(b"]"))
                     and b"data:" in event
                     and event_data(event) is None
                 ):
@@ -126,29 +185,35 @@ class SSEMeter(Meter):
 
 
 class JSONBodyMeter(Meter):
-    """Buffers a plain JSON response (bounded) and reads its usage once, at the end."""
+    """Buffers a plain JSON response (bounded) and reads its usage once, at the end.
 
-    __slots__ = ("_chunks", "_size")
+    ``strict``: the SDK raises when the body is not JSON (a JSON content type for
+    OpenAI and Anthropic, any 2xx for Cohere), so the call is recorded failed then.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_chunks", "_size", "_strict")
+
+    def __init__(self, *, strict: bool = True) -> None:
         super().__init__()
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] | None = []
         self._size = 0
+        self._strict = strict
 
     def feed(self, data: bytes) -> None:
-        if self._size <= MAX_BUFFERED_BODY:
+        if self._chunks is not None and self._size <= MAX_BUFFERED_BODY:
             self._chunks.append(data)
             self._size += len(data)
 
     def close(self) -> None:
-        if not self._chunks or self._size > MAX_BUFFERED_BODY:
+        chunks, self._chunks = self._chunks, None
+        if chunks is None or self._size > MAX_BUFFERED_BODY:
             return
         try:
-            body = json.loads(b"".join(self._chunks))
+            body = json.loads(b"".join(chunks))
         except ValueError:
+            if self._strict:
+                self.error = "the response body is not JSON"
             return
-        finally:
-            self._chunks = []
         if isinstance(body, dict):
             try:
                 self.on_body(body)
@@ -157,3 +222,8 @@ class JSONBodyMeter(Meter):
 
     def on_body(self, body: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def json_content_type(content_type: str) -> bool:
+    """The rule the OpenAI and Anthropic SDKs use to decide a body must be JSON."""
+    return content_type.split(";", 1)[0].strip().lower().endswith("json")

@@ -6,15 +6,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
+from ._wire import (
+    JSONBodyMeter,
+    SSEMeter,
+    call_info,
+    event_data,
+    json_content_type,
+    provider_usage,
+    request_json,
+)
 
 
 class MessagesStreamMeter(SSEMeter):
+    """One token per ``content_block_delta`` of text, tool input (``input_json_delta``) or thinking."""
+
     __slots__ = ()
 
     def on_event(self, event: bytes) -> None:
         if b"content_block_delta" in event:
-            if b'"text_delta"' in event and self.output_source == "estimated":
+            if self.output_source == "estimated" and (
+                b'"text_delta"' in event or b'"input_json_delta"' in event or b'"thinking_delta"' in event
+            ):
                 self.tokens_out += 1
         elif b"message_start" in event:
             data = event_data(event)
@@ -61,4 +73,4 @@ class AnthropicProfile:
             return Meter()
         if content_type.startswith("text/event-stream"):
             return MessagesStreamMeter()
-        return MessagesBodyMeter()
+        return MessagesBodyMeter(strict=json_content_type(content_type))

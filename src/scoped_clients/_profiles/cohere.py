@@ -25,10 +25,13 @@ def _billed(meter: Meter, billed: Any, tokens: Any = None) -> None:
 
 
 class ChatV2StreamMeter(SSEMeter):
+    """One token per ``content-delta``, ``tool-plan-delta`` or ``tool-call-delta`` event."""
+
     __slots__ = ()
+    malformed_fails = False  # the SDK logs a warning and skips the event: the caller sees no error
 
     def on_event(self, event: bytes) -> None:
-        if b"content-delta" in event:
+        if b"content-delta" in event or b"tool-call-delta" in event or b"tool-plan-delta" in event:
             if self.output_source == "estimated":
                 self.tokens_out += 1
         elif b"message-end" in event:
@@ -57,7 +60,7 @@ class ChatV1StreamMeter(Meter):
         buffer = self._buffer + data if self._buffer else data
         *lines, self._buffer = buffer.split(b"\n")
         for line in lines:
-            if b'"text-generation"' in line:
+            if b'"text-generation"' in line or b'"tool-calls-chunk"' in line:
                 self.tokens_out += 1 if self.output_source == "estimated" else 0
             elif b'"stream-end"' in line:
                 self._end(line)
@@ -70,8 +73,7 @@ class ChatV1StreamMeter(Meter):
     def _end(self, line: bytes) -> None:
         try:
             data = json.loads(line)
-        except ValueError:
-            self.error = "malformed line in the response stream"
+        except ValueError:  # the SDK skips a line it cannot parse: the caller sees no error
             return
         if not isinstance(data, dict):
             return

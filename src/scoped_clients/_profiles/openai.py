@@ -6,25 +6,44 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
+from ._wire import (
+    JSONBodyMeter,
+    SSEMeter,
+    call_info,
+    event_data,
+    has_items,
+    has_text,
+    json_content_type,
+    provider_usage,
+    request_json,
+    value_at,
+)
 
 
 class ChatStreamMeter(SSEMeter):
-    """``chat.completion.chunk`` events: one token per non-empty content delta."""
+    """``chat.completion.chunk`` events: one token per chunk that carries generated output.
+
+    Output is a non-empty ``content`` (or ``refusal``, or the ``reasoning_content`` some
+    OpenAI-compatible servers stream) or a non-empty ``tool_calls`` delta (a call's name,
+    then its arguments piece by piece).  Keys are found whatever the server's whitespace.
+    """
 
     __slots__ = ()
 
     def on_event(self, event: bytes) -> None:
-        # Searched from the end, where a chunk keeps its delta, finish reason and usage;
-        # a quote inside a JSON string is escaped, so these keys cannot be forged by content.
-        content = event.rfind(b'"content":"')
-        if content >= 0 and event[content + 11 : content + 12] != b'"' and self.output_source == "estimated":
+        if self.output_source == "estimated" and (
+            has_text(event, b'"content"')
+            or has_items(event, b'"tool_calls"')
+            or has_text(event, b'"refusal"')
+            or has_text(event, b'"reasoning_content"')
+        ):
             self.tokens_out += 1
-        finish = event.rfind(b'"finish_reason":')
-        if finish >= 0:
-            parse = event[finish + 16 : finish + 17] == b'"' or event.find(b'"usage":{', finish) >= 0
-        else:  # the usage-only chunk has no choices
-            parse = b'"usage":{' in event
+        finish = value_at(event, b'"finish_reason"')
+        if finish >= 0 and event[finish] == 34:  # a finish reason (a string, not null)
+            parse = True
+        else:  # usage: in the last chunk (with or without choices), wherever the server puts the key
+            usage = value_at(event, b'"usage"')
+            parse = usage >= 0 and event[usage] == 123  # "{", not null
         if parse:
             data = event_data(event)
             if not isinstance(data, dict):
@@ -32,9 +51,9 @@ class ChatStreamMeter(SSEMeter):
             for choice in data.get("choices") or []:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self.finish_reason = str(choice["finish_reason"])
-            usage = data.get("usage")
-            if isinstance(usage, dict):
-                _chat_usage(self, usage)
+            usage_data = data.get("usage")
+            if isinstance(usage_data, dict):
+                _chat_usage(self, usage_data)
 
 
 class ChatBodyMeter(JSONBodyMeter):
@@ -52,18 +71,41 @@ def _chat_usage(meter: Meter, usage: dict[str, Any]) -> None:
     provider_usage(meter, usage, "completion_tokens", "prompt_tokens")
 
 
+#: Responses events that carry generated output: one token each
+_RESPONSES_OUTPUT = (
+    b"response.output_text.delta",
+    b"response.function_call_arguments.delta",
+    b"response.custom_tool_call_input.delta",
+    b"response.refusal.delta",
+)
+_RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
 class ResponsesStreamMeter(SSEMeter):
-    """Responses API events: one token per ``response.output_text.delta``."""
+    """Responses API events: one token per output delta (text, refusal, a tool call's arguments)."""
 
     __slots__ = ()
 
     def on_event(self, event: bytes) -> None:
-        if b"response.output_text.delta" in event:
+        if event.startswith(b"event:"):  # OpenAI names each event: classify by its name alone
+            end = event.find(b"\n")
+            kind = event[6:end].strip() if end > 0 else b""
+            if kind in _RESPONSES_OUTPUT:
+                self.tokens_out += 1
+            elif kind in _RESPONSES_FINAL:
+                self._final(event)
+            return
+        # servers that send no event names: the type is in the data (a delta is tested
+        # first, so that text quoting a final event's name cannot pass for one)
+        if any(name in event for name in _RESPONSES_OUTPUT):
             self.tokens_out += 1
-        elif b"response.completed" in event or b"response.incomplete" in event or b"response.failed" in event:
-            data = event_data(event)
-            if isinstance(data, dict) and isinstance(data.get("response"), dict):
-                _responses_final(self, data["response"])
+        elif any(name in event for name in _RESPONSES_FINAL):
+            self._final(event)
+
+    def _final(self, event: bytes) -> None:
+        data = event_data(event)
+        if isinstance(data, dict) and isinstance(data.get("response"), dict):
+            _responses_final(self, data["response"])
 
 
 class ResponsesBodyMeter(JSONBodyMeter):
@@ -99,8 +141,9 @@ class OpenAIProfile:
         if status_code >= 400:
             return Meter()
         streamed = content_type.startswith("text/event-stream")
+        strict = json_content_type(content_type)
         if info.operation == "chat.completions":
-            return ChatStreamMeter() if streamed else ChatBodyMeter()
+            return ChatStreamMeter() if streamed else ChatBodyMeter(strict=strict)
         if info.operation == "responses":
-            return ResponsesStreamMeter() if streamed else ResponsesBodyMeter()
+            return ResponsesStreamMeter() if streamed else ResponsesBodyMeter(strict=strict)
         return Meter()
