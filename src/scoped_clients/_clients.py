@@ -158,11 +158,31 @@ def scope_http_client(
 
 
 class ClientMixin:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, profile: Profile | None = None, **kwargs: Any) -> None:
+        """The library's own arguments; ``profile`` names and meters the calls (default: generic HTTP)."""
         if kwargs.get("http2"):
             raise UnsupportedError(HTTP2_UNSUPPORTED)
         super().__init__(*args, **kwargs)
-        wrap_client(self, None)
+        wrap_client(self, profile)
+
+
+def vendor_http_client(
+    factory: Any,
+    profile: Profile,
+    kwargs: dict[str, Any],
+    *,
+    finish_policy: FinishPolicy = "abort",
+    always_stream: bool = False,
+) -> Any:
+    """An HTTP client built by the vendor's own ``factory`` (its timeouts, limits, socket
+    options and class), scoped with the vendor's ``profile``: for frameworks that accept
+    only an HTTP client, so that reports still carry the vendor's model and tokens."""
+    if kwargs.get("http2"):
+        raise UnsupportedError(HTTP2_UNSUPPORTED)
+    check_options(finish_policy, always_stream)
+    client = factory(**kwargs)
+    wrap_client(client, profile, finish_policy, always_stream)
+    return client
 
 
 def scoped_transport_for(client: Any) -> Any:
