@@ -12,21 +12,42 @@ client go, so that tests assert what the *upstream* observed::
         assert log.units_after(t_cancel) <= 1
 
 See ``_vendors.py`` for the model-name conventions (``"local-80"``, ``"error-500"``,
-``"malformed"``).  A request header ``x-local-delay: SECONDS`` delays the response
-headers (interruptibly).
+``"malformed"``, ``"not-json"``).  A request header ``x-local-delay: SECONDS`` delays
+the response headers (interruptibly).
+
+Scripted answers, for agent flows: text and tool calls in each vendor's real wire
+format (OpenAI chat ``tool_calls``, Responses ``function_call`` items, Anthropic
+``tool_use`` blocks), streamed or not, parsed by the real SDKs::
+
+    provider.script(
+        Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),  # the next request
+        Reply(text="It is sunny in Paris."),  # the one after
+        model="agent",  # only requests for this model (default: any model)
+    )
+    provider.script([Reply(text="a"), Reply(text="b")])  # a list: several choices (OpenAI chat)
+
+Each text token and each streamed piece of a tool call's arguments (``ToolCall``'s
+``arguments``: a dict, a JSON string cut every 4 characters, or the list of pieces
+itself) is one unit of the request's log.  The request's ``max_tokens`` cuts them;
+usage reports the units produced; ``Reply(stop_reason=...)`` replaces the vendor's
+stop reason.  Unscripted requests are answered as before.  ``reset()`` drops what is
+still queued.
 """
 
 from __future__ import annotations
 
 import ssl
+import threading
+from collections import deque
 from types import TracebackType
 from typing import Self
 
 from ._log import RequestLog
+from ._script import Answer, Reply, ToolCall
 from ._server import Server
 from ._vendors import Vendors, embed
 
-__all__ = ["LocalProvider", "RequestLog", "embed"]
+__all__ = ["LocalProvider", "Reply", "RequestLog", "ToolCall", "embed"]
 
 
 class LocalProvider:
@@ -50,6 +71,8 @@ class LocalProvider:
         self.search_delay = search_delay
         self._host = host
         self._scheme = "https" if ssl_context is not None else "http"
+        self._scripts: dict[str | None, deque[list[Reply]]] = {}
+        self._scripts_lock = threading.Lock()
         self._vendors = Vendors(self)
         self._server = Server(self._vendors.route, host, port, ssl_context)
         self._started = False
@@ -92,5 +115,31 @@ class LocalProvider:
         return self._server.wait_for_requests(n, timeout)
 
     def reset(self) -> None:
-        """Forget the request logs (collections and settings are kept)."""
+        """Forget the request logs and the scripted answers still queued (collections and settings are kept)."""
         self._server.reset()
+        with self._scripts_lock:
+            self._scripts.clear()
+
+    def script(self, *answers: Answer, model: str | None = None) -> None:
+        """Queue answers for the next generation requests (for ``model`` only, or any model).
+
+        An answer is a ``Reply`` (text, tool calls, stop reason) or a list of them:
+        several choices of one answer (OpenAI chat only).
+        """
+        batch = []
+        for answer in answers:
+            choices = [answer] if isinstance(answer, Reply) else list(answer)
+            if not choices or not all(isinstance(c, Reply) for c in choices):
+                raise TypeError(f"script() takes Reply objects or non-empty lists of them, not {answer!r}")
+            batch.append(choices)
+        with self._scripts_lock:
+            self._scripts.setdefault(model, deque()).extend(batch)
+
+    def _take_script(self, model: object) -> list[Reply] | None:
+        """The next scripted answer for a request naming ``model``, if any (the server's side)."""
+        with self._scripts_lock:
+            for key in (model if isinstance(model, str) else None, None):
+                queue = self._scripts.get(key)
+                if queue:
+                    return queue.popleft()
+        return None

@@ -4,7 +4,9 @@ Conventions: model ``"local-80"`` produces 80 tokens (others: ``default_tokens``
 capped by the request's ``max_tokens``-like field; models ``"error-400"``,
 ``"error-401"``, ``"error-429"``, ``"error-500"`` answer with that status in the
 vendor's error shape; model ``"malformed"`` streams three events and then one
+that is not JSON; model ``"not-json"`` answers 200 with a JSON content type and a body
 that is not JSON.  Tokens are ``"tok0 "``, ``"tok1 "``... one per stream event.
+Scripted answers (text and tool calls, several choices) take precedence: ``_script.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _scripted
+from ._script import sse, words
 from ._server import ClientGone, Exchange
 
 if TYPE_CHECKING:
@@ -25,21 +29,8 @@ if TYPE_CHECKING:
 Handler = Callable[[Exchange], Awaitable[None]]
 
 
-def _sse(data: Any, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
-
-
-def _words(value: Any) -> int:
-    """Input tokens: whitespace-separated words in every string of the request's messages."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        return sum(_words(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_words(v) for k, v in value.items() if k in ("content", "text", "messages", "input", "message"))
-    return 0
+_sse = sse
+_words = words
 
 
 class Vendors:
@@ -93,6 +84,9 @@ class Vendors:
     async def _error(self, exchange: Exchange, shape: str) -> bool:
         body = exchange.json or {}
         model = str(body.get("model", ""))
+        if model == "not-json":  # a proxy's error page with a 200 and a JSON content type
+            await exchange.respond(200, b"<html>upstream proxy error</html>")
+            return True
         match = re.fullmatch(r"error-(\d{3})", model)
         if not match:
             return False
@@ -168,6 +162,10 @@ class Vendors:
         if await self._error(exchange, "openai"):
             return
         body = exchange.json or {}
+        answer = self.p._take_script(body.get("model"))
+        if answer is not None:
+            await _scripted.openai_chat(exchange, body, answer, self.p.token_interval)
+            return
         n, cut = self._plan(body, "max_tokens", "max_completion_tokens")
         model = body.get("model", "local")
         usage_in = _words(body.get("messages", []))
@@ -206,6 +204,10 @@ class Vendors:
         if await self._error(exchange, "openai"):
             return
         body = exchange.json or {}
+        answer = self.p._take_script(body.get("model"))
+        if answer is not None:
+            await _scripted.openai_responses(exchange, body, answer, self.p.token_interval)
+            return
         n, cut = self._plan(body, "max_output_tokens")
         usage_in = _words(body.get("input", []))
         created = int(time.time())
@@ -286,6 +288,10 @@ class Vendors:
         if await self._error(exchange, "anthropic"):
             return
         body = exchange.json or {}
+        answer = self.p._take_script(body.get("model"))
+        if answer is not None:
+            await _scripted.anthropic_messages(exchange, body, answer, self.p.token_interval)
+            return
         n, cut = self._plan(body, "max_tokens")
         usage_in = _words(body.get("messages", []))
         stop = "max_tokens" if cut else "end_turn"
