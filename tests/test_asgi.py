@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from scoped_clients import ScopeReport, add_report_sink, current_scope
-from scoped_clients.asgi import SCOPE_KEY, ScopeMiddleware
+from scoped_clients.asgi import BUFFER_LIMIT, SCOPE_KEY, ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider, RequestLog
 from scoped_clients.testing import serve
@@ -34,7 +34,7 @@ SERVERS = ["uvicorn", "hypercorn"]
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 
 
-def build_app(provider: LocalProvider, middleware: list[Middleware] | None = None) -> ScopeMiddleware:
+def build_app(provider: LocalProvider, middleware: list[Middleware] | None = None, **options: Any) -> ScopeMiddleware:
     llm = AsyncOpenAI(base_url=provider.url + "/v1", api_key="x")
 
     async def stream(request: Request) -> Response:
@@ -63,11 +63,15 @@ def build_app(provider: LocalProvider, middleware: list[Middleware] | None = Non
         await llm.close()
 
     app = Starlette(
-        routes=[Route("/stream", stream), Route("/complete", complete), Route("/upload", upload, methods=["POST"])],
+        routes=[
+            Route("/stream", stream),
+            Route("/complete", complete, methods=["GET", "POST"]),  # never reads a request body
+            Route("/upload", upload, methods=["POST"]),
+        ],
         middleware=middleware or [],
         lifespan=lifespan,
     )
-    return ScopeMiddleware(app)
+    return ScopeMiddleware(app, **options)
 
 
 class Reports:
@@ -252,3 +256,113 @@ def test_websocket_scope_is_cancelled_when_the_client_leaves(provider: LocalProv
         log, t_drop, _, report = drop_when_busy(sock, provider, reports)
     assert log.units_after(t_drop) <= 1
     assert report.scope == "WS /ws" and report.cancel_reason == "client_disconnected"
+
+
+# ------------------------------------------- issue 13: request bodies, bounded
+
+
+class CountingServer:
+    """Sits between the server and ScopeMiddleware: counts the body bytes the server handed out."""
+
+    def __init__(self, app: ScopeMiddleware) -> None:
+        self.app = app
+        self.pulled = 0
+        self._cond = threading.Condition()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting_receive() -> Any:
+            message = await receive()
+            if message.get("type") == "http.request":
+                with self._cond:
+                    self.pulled += len(message.get("body", b""))
+                    self._cond.notify_all()
+            return message
+
+        await self.app(scope, counting_receive if scope["type"] == "http" else receive, send)
+
+    def wait_pulled(self, n: int, timeout: float = 10) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.pulled >= n, timeout), f"the server handed out {self.pulled} bytes"
+
+
+def push_body(sock: socket.socket, size: int, stall: float = 2.0) -> int:
+    """Send ``size`` body bytes; returns how many went out before the socket stalled for ``stall`` s."""
+    chunk = b"x" * 65536
+    sent = 0
+    sock.settimeout(stall)
+    try:
+        while sent < size:
+            sent += sock.send(chunk[: size - sent])
+    except TimeoutError:
+        pass
+    return sent
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_upload_the_app_does_not_read_is_held_back_by_the_server(server: str, provider: LocalProvider) -> None:
+    """The middleware used to read the whole body into memory (a 50 MB upload was accepted in
+    0.1 s, +50 MiB RSS). Now it reads at most BUFFER_LIMIT ahead of the app: the server's flow
+    control stalls the client, as it does without the middleware."""
+    size = 50 * 1024 * 1024
+    head = b"POST /complete HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % size
+    counting = CountingServer(build_app(provider))
+    with serve(counting, server) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head)
+        provider.wait_for_requests(1)  # the handler runs without reading its body
+        sent = push_body(sock, size)
+        counting.wait_pulled(BUFFER_LIMIT)  # the middleware reads ahead (to see a disconnect)...
+        pulled = counting.pulled
+    assert sent < size  # the client stalled: backpressure reached it
+    assert pulled <= BUFFER_LIMIT + 1024 * 1024  # ...but no further than its limit plus one server message
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_client_leaving_mid_upload_cancels_the_scope(server: str, provider: LocalProvider, reports: Reports) -> None:
+    """The client declared 50 MB, sent 100 KB and left: the handler, which does not read its body,
+    is cancelled and the upstream sees the disconnect."""
+    head = b"POST /complete HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % (50 * 1024 * 1024)
+    counting = CountingServer(build_app(provider))
+    with serve(counting, server) as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(head + b"x" * 100_000)
+        counting.wait_pulled(100_000)
+        log, t_drop, seen, report = drop_when_busy(sock, provider, reports)
+    assert seen >= t_drop and log.units_after(t_drop) <= 1
+    assert report.outcome == "cancelled" and report.cancel_reason == "client_disconnected"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_declared_body_over_max_body_size_is_refused_before_the_app_runs(
+    server: str, provider: LocalProvider, reports: Reports
+) -> None:
+    app = build_app(provider, max_body_size=1024 * 1024)
+    with serve(app, server) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes("/complete", "POST", b"x" * (1024 * 1024 + 1)))
+        status, answer = read_response(sock)
+    assert status == 413 and b"the limit is 1048576 bytes" in answer
+    assert provider.requests == [] and reports.items == []  # the app never ran
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_chunked_body_over_max_body_size_is_refused_as_it_is_read(
+    server: str, provider: LocalProvider, reports: Reports
+) -> None:
+    app = build_app(provider, max_body_size=1024 * 1024)
+    with serve(app, server) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes("/upload", "POST", os.urandom(2 * 1024 * 1024), chunked=True))
+        status, answer = read_response(sock)
+        report = reports.wait()
+    assert status == 413 and b"the limit is 1048576 bytes" in answer
+    assert report.outcome == "cancelled" and report.cancel_reason == "body_too_large"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_within_max_body_size_arrives_whole(chunked: bool, provider: LocalProvider, reports: Reports) -> None:
+    body = os.urandom(3 * 1024 * 1024)
+    app = build_app(provider, max_body_size=len(body))
+    with serve(app, "uvicorn") as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes("/upload", "POST", body, chunked=chunked))
+        status, answer = read_response(sock)
+        assert reports.wait().outcome == "completed"
+    assert status == 200
+    assert json.loads(answer) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}

@@ -18,6 +18,17 @@ lost), and cancels the scope with reason ``client_disconnected`` when it reads
 leaving.  A ``send()`` that raises (the server found the socket closed) counts
 as a disconnect too.
 
+The buffer is bounded (``BUFFER_LIMIT`` bytes of body the app has not read
+yet): past it the watcher stops reading until the app reads, so the server's
+own flow control holds a large upload back (the client stalls) instead of the
+middleware holding it in memory.  While it is stopped, a client leaving can be
+seen by nobody (the server itself reads nothing more from the socket): it is
+noticed when the app reads on, or when its response fails to send.  Requests
+whose body fits in the buffer (every GET, JSON bodies) are watched throughout.
+``max_body_size`` refuses larger bodies with ``413``: at once when the request
+declares its ``Content-Length``, else as the body is read (by the app, or
+ahead of it within the buffer).
+
 The request's scope is ambient for the handler (``current_scope()``) and is
 also at ``scope["scoped_clients.scope"]`` for frameworks that pass the ASGI
 scope around.  ``websocket`` connections get one scope each, cancelled on
@@ -27,7 +38,6 @@ cancelled with reason ``shutdown``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -35,9 +45,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._reasons import CancelReason, ReasonCode
-from ._scope import RequestScope
+from ._scope import RequestScope, check_timeout
 
-__all__ = ["SCOPE_KEY", "ScopeMiddleware"]
+__all__ = ["BUFFER_LIMIT", "SCOPE_KEY", "ScopeMiddleware"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -46,11 +56,25 @@ ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 #: where the request's RequestScope is put in the ASGI scope
 SCOPE_KEY = "scoped_clients.scope"
+#: request body bytes read ahead of the app, at most (plus one server message).  Big enough
+#: for every JSON body, so that their requests are watched for a disconnect throughout; small
+#: next to the kernel's socket buffers, so that a large upload the app does not read stalls
+#: its client (the server's flow control) instead of filling our memory.
+BUFFER_LIMIT = 256 * 1024
 _DISCONNECTS = {"http": "http.disconnect", "websocket": "websocket.disconnect"}
 
 
 class ScopeMiddleware:
-    """Opens a ``RequestScope`` per HTTP request / websocket and cancels it when the client leaves."""
+    """Opens a ``RequestScope`` per HTTP request / websocket and cancels it when the client leaves.
+
+    ``name``: the scopes' name: a str, a function of the ASGI scope returning one, or
+    ``None`` for ``"<METHOD> <path>"``.  ``timeout``: seconds per request (``None`` or
+    ``inf``: none).  ``max_body_size``: the largest request body accepted, in bytes;
+    a larger one is answered ``413 Content Too Large`` (before the app runs when the
+    request declares its ``Content-Length``; otherwise the request's scope is cancelled
+    with reason ``body_too_large`` and, if the app has not started its response, the
+    middleware sends the 413).  ``None`` (the default): no limit, the server's own applies.
+    """
 
     def __init__(
         self,
@@ -58,16 +82,37 @@ class ScopeMiddleware:
         *,
         name: str | Callable[[MutableMapping[str, Any]], str] | None = None,
         timeout: float | None = None,
+        max_body_size: int | None = None,
     ) -> None:
+        if not callable(app):
+            raise TypeError(
+                f"ScopeMiddleware(app): app must be an ASGI application (an async callable taking scope, "
+                f"receive, send), not {type(app).__name__}: {app!r}"
+            )
+        if name is not None and not isinstance(name, str) and not callable(name):
+            raise TypeError(
+                f"ScopeMiddleware(name=...) takes a str, a function of the ASGI scope returning a str, or None; "
+                f"not {type(name).__name__}: {name!r}"
+            )
+        if max_body_size is not None and (
+            isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 0
+        ):
+            raise ValueError(
+                f"ScopeMiddleware(max_body_size=...) is a number of bytes (an int >= 0) or None for no limit, "
+                f"got {max_body_size!r}"
+            )
         self.app = app
         self.name = name
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout, "ScopeMiddleware(timeout=...)")
+        self.max_body_size = max_body_size
         #: scopes of requests in flight (cancelled on lifespan shutdown)
         self.live: set[RequestScope] = set()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind in _DISCONNECTS:
+        if kind == "http" and self.max_body_size is not None and _declared_length(scope) > self.max_body_size:
+            await _send_too_large(send, self.max_body_size)
+        elif kind in _DISCONNECTS:
             await _Connection(self, scope, receive, send).run()
         elif kind == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
@@ -76,7 +121,12 @@ class ScopeMiddleware:
 
     def _scope_name(self, scope: MutableMapping[str, Any]) -> str:
         if callable(self.name):
-            return self.name(scope)
+            name = self.name(scope)
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"ScopeMiddleware(name={self.name!r}) returned {type(name).__name__}; it must return a str"
+                )
+            return name
         if self.name is not None:
             return self.name
         return f"{scope.get('method', 'WS')} {scope.get('path', '')}"
@@ -93,6 +143,28 @@ class ScopeMiddleware:
         return lifespan_receive
 
 
+def _declared_length(scope: MutableMapping[str, Any]) -> int:
+    """The request's ``Content-Length`` (-1 if absent or malformed: the server deals with those)."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
+async def _send_too_large(send: Send, limit: int) -> None:
+    body = f"Request body too large: the limit is {limit} bytes.\n".encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _Connection:
     """One request (or websocket) under the middleware."""
 
@@ -102,16 +174,21 @@ class _Connection:
         self.server_receive = receive
         self.server_send = send
         self.disconnect_type = _DISCONNECTS[scope["type"]]
+        self.started = False  # the app has sent http.response.start
         self.complete = False  # the response (or the websocket close) has been sent in full
         self.disconnect: Message | None = None
         self.app_done = False
+        self.too_large = False
         self.watching: anyio.CancelScope | None = None
         self.request_scope = RequestScope(owner._scope_name(scope), timeout=owner.timeout)
+        # Counted in messages the stream is unbounded; the watcher bounds it in bytes
+        # (BUFFER_LIMIT) by waiting for `room` before it reads the next message.
+        self.buffered = 0  # body bytes read from the server and not yet by the app
+        self.received = 0  # body bytes read from the server in all
+        self.room = anyio.Event()
         self.inbox: MemoryObjectSendStream[Message]
         self.outbox: MemoryObjectReceiveStream[Message]
-        # Unbounded on purpose: the watcher must keep reading to see a disconnect even
-        # while the app has not read the body yet; the server bounds the body size.
-        self.inbox, self.outbox = anyio.create_memory_object_stream[Message](math.inf)
+        self.inbox, self.outbox = anyio.create_memory_object_stream[Message](float("inf"))
 
     async def run(self) -> None:
         scope = self.request_scope
@@ -126,6 +203,8 @@ class _Connection:
                     self.app_done = True
                     if self.watching is not None:
                         self.watching.cancel()
+            if self.too_large and not self.started and self.owner.max_body_size is not None:
+                await _send_too_large(self.server_send, self.owner.max_body_size)
         finally:
             self.owner.live.discard(scope)
             self.inbox.close()
@@ -136,29 +215,62 @@ class _Connection:
             return
         with anyio.CancelScope() as self.watching:
             while True:
+                while self.buffered >= BUFFER_LIMIT:  # backpressure: the app reads first
+                    self.room = anyio.Event()
+                    await self.room.wait()
                 message = await self.server_receive()
                 if message.get("type") == self.disconnect_type:
-                    self.disconnect = message
-                    if not self.complete:
-                        self.request_scope.cancel(
-                            CancelReason(ReasonCode.CLIENT_DISCONNECTED, "the client closed the connection")
-                        )
-                    self.inbox.send_nowait(message)
+                    self._disconnected(message)
                     return
+                if message.get("type") == "http.request":
+                    size = len(message.get("body", b""))
+                    self.received += size
+                    limit = self.owner.max_body_size
+                    if limit is not None and self.received > limit:
+                        self._too_large(limit)
+                        return
+                    self.buffered += size
                 self.inbox.send_nowait(message)
+
+    def _disconnected(self, message: Message) -> None:
+        self.disconnect = message
+        if not self.complete:
+            self.request_scope.cancel(CancelReason(ReasonCode.CLIENT_DISCONNECTED, "the client closed the connection"))
+        self.inbox.send_nowait(message)
+
+    def _too_large(self, limit: int) -> None:
+        """A body without a Content-Length grew past ``max_body_size``: stop the request.
+
+        The app's next ``receive()`` raises ``ScopeCancelled``, which unwinds it (a
+        ``BaseException``: the frameworks' ``except Exception`` error pages do not answer
+        500 first), and the middleware answers 413 if the response has not started.
+        """
+        self.too_large = True
+        self.request_scope.cancel(
+            CancelReason(ReasonCode.BODY_TOO_LARGE, f"the request body exceeded max_body_size={limit} bytes")
+        )
 
     async def receive(self) -> Message:
         """The app's ``receive()``: the buffered messages, then the disconnect, forever."""
+        if self.too_large:
+            self.request_scope.check()
         if self.disconnect is not None and self.outbox.statistics().current_buffer_used == 0:
             return dict(self.disconnect)
         try:
-            return await self.outbox.receive()
+            message = await self.outbox.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             return {"type": self.disconnect_type}
+        if message.get("type") == "http.request":
+            self.buffered -= len(message.get("body", b""))
+            if self.buffered < BUFFER_LIMIT:
+                self.room.set()
+        return message
 
     async def send(self, message: Message) -> None:
         kind = message.get("type")
-        if (kind == "http.response.body" and not message.get("more_body", False)) or kind == "websocket.close":
+        if kind == "http.response.start":
+            self.started = True
+        elif (kind == "http.response.body" and not message.get("more_body", False)) or kind == "websocket.close":
             self.complete = True
         try:
             await self.server_send(message)
