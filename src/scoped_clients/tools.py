@@ -347,7 +347,7 @@ async def _in_own_task(command: _Command, run: Coroutine[Any, Any, CommandResult
 
     task = asyncio.get_running_loop().create_task(run)
     _running.add(task)
-    task.add_done_callback(_running.discard)
+    task.add_done_callback(_forget)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -355,6 +355,12 @@ async def _in_own_task(command: _Command, run: Coroutine[Any, Any, CommandResult
         with anyio.CancelScope(shield=True):
             await asyncio.wait([task])  # a second cancel ends only this wait; the group is stopped anyway
         raise
+
+
+def _forget(task: Any) -> None:
+    _running.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a caller cancelled again no longer awaits it (see the call's record)
 
 
 async def _pump(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
@@ -381,7 +387,10 @@ class _Command:
                 self.cancel_scope.cancel()
 
     def stop(self) -> None:
+        """The calling task was cancelled: stop the command (and say why in its record)."""
         self.stopping = True
+        if self.call is not None and self.call.aborted is None:
+            self.call.aborted = CancelReason(ReasonCode.CANCELLED, "the task running the command was cancelled")
         self.cancel_scope.cancel()
 
     def result(self) -> CommandResult:
