@@ -441,3 +441,22 @@ def test_far_deadlines_do_not_stop_every_later_sync_timeout(kwargs: dict[str, fl
                 assert fired.wait(10), "the sync timeout did not fire: the timer thread is dead"
     assert not far.cancelled
     assert far.deadline is None if math.isinf(next(iter(kwargs.values()))) else far.deadline is not None
+
+
+async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> None:
+    """The same mix one level down: the body's own task group ends with a child's ScopeCancelled
+    (and, on trio, the body's Cancelled) in one exception group."""
+
+    async def call(scope: RequestScope) -> None:
+        with contextlib.suppress(anyio.get_cancelled_exc_class()):
+            await anyio.sleep_forever()
+        assert scope.cancel_reason is not None
+        raise ScopeCancelled(scope.cancel_reason, scope.name)
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope, anyio.create_task_group() as tg:
+            tg.start_soon(call, scope)
+            await anyio.lowlevel.checkpoint()
+            await anyio.to_thread.run_sync(scope.cancel, "client_disconnected")
+            await anyio.sleep_forever()
+    assert scope.cancelled
