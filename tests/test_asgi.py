@@ -16,8 +16,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -366,3 +368,31 @@ def test_a_body_within_max_body_size_arrives_whole(chunked: bool, provider: Loca
         assert reports.wait().outcome == "completed"
     assert status == 200
     assert json.loads(answer) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_a_client_leaving_during_a_held_back_upload_is_seen_when_the_app_reads_on(reports: Reports) -> None:
+    """While the read-ahead is full nobody reads the socket (not even the server), so the client's
+    leaving is queued behind its body; the moment the app reads on, the scope is cancelled."""
+    release = threading.Event()
+
+    async def read_later(request: Request) -> Response:
+        await anyio.to_thread.run_sync(release.wait, 10)
+        try:
+            await request.body()
+        except Exception as exc:  # Starlette's ClientDisconnect
+            raise HTTPException(499) from exc
+        return Response("read")  # pragma: no cover
+
+    counting = CountingServer(ScopeMiddleware(Starlette(routes=[Route("/", read_later, methods=["POST"])])))
+    with serve(counting, "uvicorn") as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % (50 * 1024 * 1024))
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # until the socket buffers on both sides are full
+                sock.send(b"x" * 65536)
+        counting.wait_pulled(BUFFER_LIMIT)  # the middleware's read-ahead is full: it has stopped reading
+        sock.close()
+        release.set()
+        report = reports.wait()
+    assert report.outcome == "cancelled" and report.cancel_reason == "client_disconnected"
