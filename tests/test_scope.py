@@ -460,3 +460,32 @@ async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> No
             await anyio.to_thread.run_sync(scope.cancel, "client_disconnected")
             await anyio.sleep_forever()
     assert scope.cancelled
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_native_task_cancel_still_travels_when_a_child_raised_scope_cancelled() -> None:
+    """asyncio's task.cancel() (asyncio.timeout, frameworks) is edge-triggered: absorbing our own
+    cancel and the child's ScopeCancelled must not swallow it."""
+    import asyncio
+
+    ready = anyio.Event()
+
+    async def child(scope: RequestScope) -> None:
+        ready.set()
+        with contextlib.suppress(anyio.get_cancelled_exc_class()):
+            await anyio.sleep_forever()
+        assert scope.cancel_reason is not None
+        raise ScopeCancelled(scope.cancel_reason, scope.name)
+
+    task = asyncio.current_task()
+    assert task is not None
+    with anyio.fail_after(10):
+        with pytest.raises(asyncio.CancelledError):
+            async with RequestScope() as scope:
+                scope.spawn(child, scope)
+                await ready.wait()
+                scope.cancel()
+                task.cancel()
+                await anyio.sleep_forever()
+        task.uncancel()
+    assert scope.cancelled

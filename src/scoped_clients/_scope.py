@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
+import sniffio
 
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._loop import LoopHandle
@@ -582,6 +583,8 @@ class RequestScope:
         try:
             outer = await self._settle_children(exc)
             outer = self._exit_cancel_scope(outer)
+            if outer is None and isinstance(exc, anyio.get_cancelled_exc_class()) and _native_cancel_pending():
+                outer = exc  # a task.cancel() (asyncio.timeout, a framework) is not ours to absorb
             with anyio.CancelScope(shield=True):
                 orphans = self._close_registry()
                 for call in orphans:
@@ -717,3 +720,18 @@ def _without(exc: BaseException, drop: Callable[[BaseException], bool]) -> BaseE
         _, rest = exc.split(lambda leaf: not isinstance(leaf, BaseExceptionGroup) and drop(leaf))
         return rest
     return None if drop(exc) else exc
+
+
+def _native_cancel_pending() -> bool:
+    """asyncio: is a native ``task.cancel()`` still pending on this task once our cancel scopes have left?
+
+    anyio's task group drops the body's ``CancelledError`` when a child failed (here: raised
+    our ``ScopeCancelled``, which we absorb), so an edge-triggered cancel from outside anyio
+    would be lost; ``Task.cancelling()`` still counts it (anyio uncancels its own on exit).
+    """
+    if sniffio.current_async_library() != "asyncio":
+        return False  # trio's cancellation is level-triggered: it is delivered again
+    import asyncio
+
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
