@@ -23,10 +23,11 @@ The figures of an aborted generative call:
     learned from completed calls (see ``RateModel``); without a rate, what was
     received.
 ``tokens_saved_max``
-    The request's own bound (``max_tokens``...) minus ``tokens_produced``:
-    an ``upper_bound`` (the provider can have produced more than we counted,
-    never less, as long as it does not generate faster than on the completed
-    calls we learned from).  ``None`` when the request set no bound.
+    The request's own bound (``max_tokens``...) minus what the provider
+    produced at least: what a stream delivered, or for a non-streamed call the
+    elapsed time times a *slow* rate (the 10th percentile of the completed
+    calls' rates).  An ``upper_bound``: the provider can have produced more than
+    that, hardly less.  ``None`` when the request set no bound.
 ``tokens_saved``
     The output the provider would still have produced: the expected output
     length learned from completed calls of the same model, minus
@@ -106,9 +107,18 @@ class RateModel:
             return fallback
         return 1.0 / slope, min(overhead, min(s for _, s in samples))
 
-    def produced_by(self, elapsed: float) -> float:
+    def produced_by(self, elapsed: float) -> tuple[float, float]:
+        """Tokens produced in the first ``elapsed`` seconds of a call: ``(estimate, low)``.
+
+        ``low`` uses a slow rate (the 10th percentile of the completed calls' own
+        rates): the provider has probably produced at least that much, so a bound
+        built on it stays a bound when one call runs slower than the fit says.
+        """
         rate, overhead = self.fit()
-        return rate * max(0.0, elapsed - overhead)
+        running = max(0.0, elapsed - overhead)
+        rates = sorted(t / max(s - overhead, 1e-9) for t, s in self._samples)
+        slow = min(rate, rates[(len(rates) - 1) // 10])
+        return rate * running, slow * running
 
 
 class SavingsEstimator:
@@ -134,11 +144,15 @@ class SavingsEstimator:
                 self._rate_by_model.setdefault((provider, model), RateModel(self._history)).add(output_tokens, seconds)
                 self._rate_by_provider.setdefault(provider, RateModel(self._history)).add(output_tokens, seconds)
 
-    def produced(self, provider: str, model: str | None, elapsed: float) -> int | None:
-        """Output tokens the model probably produced in ``elapsed`` seconds of a call (None: no rate known)."""
+    def produced(self, provider: str, model: str | None, elapsed: float) -> tuple[int, int] | None:
+        """Output tokens the model produced in ``elapsed`` seconds of a call, ``(estimate, at least)``;
+        None without a rate learned for the model or the provider."""
         with self._lock:
             rates = self._rate_by_model.get((provider, model)) or self._rate_by_provider.get(provider)
-            return None if not rates else round(rates.produced_by(elapsed))
+            if not rates:
+                return None
+            estimate, low = rates.produced_by(elapsed)
+        return round(estimate), int(low)
 
     def estimate(
         self,
@@ -169,14 +183,14 @@ class SavingsEstimator:
                 tokens_saved_max_source="exact",
                 tokens_produced_source="exact",
             )
-        produced = received
+        produced = at_least = received
         if not streamed:
             rated = self.produced(provider, model, elapsed)
             if rated is not None:
-                produced = max(received, rated)
+                produced, at_least = max(received, rated[0]), max(received, rated[1])
         if max_tokens is not None:
             produced = min(produced, max(max_tokens, received))
-        saved_max = None if max_tokens is None else max(0, max_tokens - produced)
+        saved_max = None if max_tokens is None else max(0, max_tokens - at_least)
         expected, method = self._expected_remaining(provider, model, produced)
         saved = round(expected)
         if saved_max is not None:
