@@ -39,7 +39,7 @@ from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._reassemble import plan_stream
 from scoped_clients.httpx2 import AsyncScopedTransport
-from scoped_clients.provider import LocalProvider
+from scoped_clients.provider import LocalProvider, Reply, ToolCall
 from scoped_clients.testing import serve
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -807,7 +807,7 @@ async def call_async(url: str, model: str, always_stream: bool) -> Any:
 async def _create_async(client: Any, model: str) -> Any:
     kind = _kind(model)
     if kind == "chat":
-        n = 2 if model == "chat-n2" else 1
+        n = 2 if model in ("chat-n2", "chat-scripted") else 1
         return await client.chat.completions.create(model=model, messages=MESSAGES, n=n)
     if kind == "resp":
         return await client.responses.create(model=model, input="What is the weather in Paris?")
@@ -979,6 +979,47 @@ async def test_transport_level_option(shapes: tuple[ShapeServer, str]) -> None:
     assert response.headers["content-length"] == str(len(response.content))
     assert "transfer-encoding" not in response.headers
     assert server.seen[0].json["stream"] is True
+
+
+# ------------------------------------------- against the provider's scripts
+
+WEATHER = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"}, id="call_w1")
+TIME = ToolCall("get_time", {"tz": "Europe/Paris"}, id="call_t2")
+PROVIDER_SCRIPTS = {
+    "chat": [Reply(text="Let me check.", tool_calls=[WEATHER, TIME]), Reply(text="Sunny today.")],
+    "resp": Reply(text="Checking.", tool_calls=[WEATHER]),
+    "msg": Reply(text="Let me look.", tool_calls=[WEATHER, TIME]),
+}
+
+
+def _without_clock(dump: dict[str, Any]) -> dict[str, Any]:
+    """The provider stamps each answer with the current second: not something to compare."""
+    return {k: v for k, v in dump.items() if k not in ("created", "created_at")}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", PROVIDER_SCRIPTS)
+async def test_provider_scripted_tool_calls(kind: str, provider: LocalProvider) -> None:
+    """The provider's own wire formats (written independently of the assembler) give equal objects too."""
+    provider.token_interval = 0.0
+    provider.script(PROVIDER_SCRIPTS[kind], PROVIDER_SCRIPTS[kind])
+    results = []
+    for always_stream in (False, True):
+        if kind == "msg":
+            client: Any = scoped_anthropic.AsyncAnthropic(
+                base_url=provider.url, api_key="k", max_retries=0, always_stream=always_stream
+            )
+        else:
+            client = scoped_openai.AsyncOpenAI(
+                base_url=provider.url + "/v1", api_key="k", max_retries=0, always_stream=always_stream
+            )
+        async with client, RequestScope() as scope:
+            results.append(await _create_async(client, f"{kind}-scripted"))
+        (record,) = scope.report.calls  # type: ignore[union-attr]
+        assert record.outcome == "completed" and record.tokens_out_source == "provider"
+    plain, streamed = results
+    assert _without_clock(streamed.model_dump()) == _without_clock(plain.model_dump())
+    assert [log.json.get("stream") for log in provider.requests] == [None, True]
 
 
 # ----------------------------------------------------------- cancellation
