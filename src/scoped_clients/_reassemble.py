@@ -31,6 +31,8 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
+
 __all__ = ["StreamPlan", "plan_stream"]
 
 #: how the OpenAI error ``type`` / ``code`` of a mid-stream error maps to the HTTP status
@@ -77,10 +79,9 @@ _STREAM_HEADERS = frozenset({b"content-type", b"content-length", b"transfer-enco
 class StreamPlan:
     """One request rewritten to stream, and the assembler that will rebuild its answer."""
 
-    __slots__ = ("assembler", "original", "request")
+    __slots__ = ("assembler", "request")
 
-    def __init__(self, original: Any, request: Any, assembler: _Assembler) -> None:
-        self.original = original
+    def __init__(self, request: Any, assembler: _Assembler) -> None:
         self.request = request
         self.assembler = assembler
 
@@ -97,8 +98,6 @@ class StreamPlan:
 
     async def read_async(self, response: Any) -> Any:
         """Read the (scoped, tapped) stream to its end; return the non-streamed response."""
-        import anyio
-
         stream = response.stream
         try:
             async for _ in stream:
@@ -167,7 +166,7 @@ def plan_stream(request: Any) -> StreamPlan | None:
         # Without it a chat stream carries no usage, which the non-streamed body always has.
         options = body.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return StreamPlan(request, _rewrite(request, _dumps(body)), assembler)
+    return StreamPlan(_rewrite(request, _dumps(body)), assembler)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
