@@ -208,7 +208,9 @@ async def test_plain_completion_cancelled_while_generating(shape: Any, provider:
     assert len(errors) == 1
     (record,) = scope.report.calls  # type: ignore[union-attr]
     assert record.outcome == "aborted" and record.tokens_out == 0
-    assert record.tokens_saved_max == MAX_TOKENS  # nothing was received before the abort
+    # Nothing was received: the bound subtracts what the provider probably produced (test_savings.py).
+    assert record.tokens_saved_max is not None and record.tokens_saved_max <= MAX_TOKENS
+    assert record.tokens_saved_max_source == "upper_bound"
     assert record.tokens_saved is not None and record.tokens_saved > 0
 
 
@@ -393,7 +395,10 @@ def test_sync_clients_cancelled_from_another_thread(
     assert len(result.errors) == 1
     (record,) = result.scope.report.calls  # type: ignore[union-attr]
     assert record.outcome == "aborted"
-    assert record.tokens_saved_max == MAX_TOKENS - record.tokens_out
+    if name.endswith("stream"):
+        assert record.tokens_saved_max == MAX_TOKENS - record.tokens_out
+    else:  # nothing received: the bound subtracts what the provider probably produced (test_savings.py)
+        assert record.tokens_saved_max is not None and record.tokens_saved_max <= MAX_TOKENS
 
 
 @pytest.mark.anyio
