@@ -31,6 +31,8 @@ from scoped_clients import RequestScope, scope_client
 from scoped_clients.provider import LocalProvider
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+#: openai 2.x is built on httpx, 3.x on httpx2 (both are supported)
+OPENAI_HTTP: Any = httpx if openai.__version__.startswith("2.") else httpx2
 
 
 def _scoped(http_client: Any) -> bool:
@@ -78,7 +80,7 @@ def test_copy_keeps_the_vendor_signature_and_takes_our_options() -> None:
     assert copied.max_retries == 0 and isinstance(copied, scoped_openai.AsyncOpenAI)
     assert copied._client._transport.finish_policy == "finish_if_done"
     assert client._client._transport.finish_policy == "abort"  # the original is unchanged
-    mine = httpx2.AsyncClient()
+    mine = OPENAI_HTTP.AsyncClient()
     transport = mine._transport
     again = copied.with_options(http_client=mine)
     assert isinstance(again, scoped_openai.AsyncOpenAI) and mine._transport is transport
@@ -87,7 +89,7 @@ def test_copy_keeps_the_vendor_signature_and_takes_our_options() -> None:
 
 def test_subclass_of_a_dropin_is_a_vendor_subclass_and_scoped() -> None:
     class Prepared(scoped_openai.OpenAI):
-        def _prepare_request(self, request: httpx2.Request) -> None:
+        def _prepare_request(self, request: Any) -> None:
             request.headers["x-prepared"] = "1"
 
     client = Prepared(api_key="x", always_stream=True)
@@ -119,12 +121,13 @@ def test_scope_client_scopes_a_client_built_elsewhere() -> None:
 
 @pytest.mark.parametrize("make", [scoped_openai.OpenAI, scoped_anthropic.Anthropic])
 def test_callers_http_client_is_left_as_given(make: Any, provider: LocalProvider) -> None:
-    mine = httpx2.Client(headers={"x-team": "search"}, mounts={"http://example.test": httpx2.HTTPTransport()})
+    http = OPENAI_HTTP if make is scoped_openai.OpenAI else httpx2
+    mine = http.Client(headers={"x-team": "search"}, mounts={"http://example.test": http.HTTPTransport()})
     transport, mounts = mine._transport, dict(mine._mounts)
     base = provider.url + ("/v1" if make is scoped_openai.OpenAI else "")
     client = make(base_url=base, api_key="x", http_client=mine)
     assert mine._transport is transport and mine._mounts == mounts
-    assert type(client._client) is httpx2.Client and client._client.headers is mine.headers
+    assert type(client._client) is http.Client and client._client.headers is mine.headers
     with RequestScope() as scope:
         if make is scoped_openai.OpenAI:
             client.chat.completions.create(model="local-3", messages=MESSAGES)  # type: ignore[arg-type]
@@ -137,10 +140,10 @@ def test_callers_http_client_is_left_as_given(make: Any, provider: LocalProvider
 
 
 def test_wrong_http_client_type_gets_the_sdks_error() -> None:
-    mine = httpx2.AsyncClient()
+    mine = OPENAI_HTTP.AsyncClient()
     with pytest.raises(TypeError, match="Invalid `http_client` argument"):
-        scoped_openai.OpenAI(api_key="x", http_client=mine)  # type: ignore[arg-type]
-    assert type(mine._transport) is httpx2.AsyncHTTPTransport
+        scoped_openai.OpenAI(api_key="x", http_client=mine)
+    assert type(mine._transport) is OPENAI_HTTP.AsyncHTTPTransport
 
 
 def test_sdk_default_client_is_kept_and_closes_when_collected(provider: LocalProvider) -> None:
@@ -155,10 +158,11 @@ def test_sdk_default_client_is_kept_and_closes_when_collected(provider: LocalPro
 
 
 def test_mocked_responses_are_recorded_completed() -> None:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, json=_chat_completion())
+    def handler(request: Any) -> Any:
+        return OPENAI_HTTP.Response(200, json=_chat_completion())
 
-    client = scoped_openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    mock = OPENAI_HTTP.Client(transport=OPENAI_HTTP.MockTransport(handler))
+    client = scoped_openai.OpenAI(api_key="x", http_client=mock)
     with RequestScope() as scope:
         client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
     (record,) = scope.report.calls  # type: ignore[union-attr]

@@ -344,7 +344,8 @@ def test_drop_in_identity(provider: LocalProvider) -> None:
 
 @pytest.mark.anyio
 async def test_user_supplied_http_client_is_left_as_given(provider: LocalProvider) -> None:
-    mine = httpx2.AsyncClient(headers={"x-team": "search"}, timeout=7.0)
+    http: Any = httpx2 if not openai.__version__.startswith("2.") else __import__("httpx")  # openai 2.x: httpx
+    mine = http.AsyncClient(headers={"x-team": "search"}, timeout=7.0)
     transport, mounts = mine._transport, dict(mine._mounts)
     client = scoped_openai.AsyncOpenAI(base_url=provider.url + "/v1", api_key="x", http_client=mine)
     _open.append(client)

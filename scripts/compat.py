@@ -1,0 +1,58 @@
+"""Run the client tests against the OLDEST release of every supported vendor range.
+
+``scripts/test.sh`` installs the newest releases the ranges in ``pyproject.toml``
+allow; this builds a second virtualenv (``.cache/compat/oldest``) pinned to the
+lower bound of each range and runs the tests that touch the vendor SDKs and the
+HTTP libraries there.  We rely on private attributes of httpcore, openai, cohere
+and qdrant-client (pin-tested by these tests), so an upgrade or a downgrade
+inside a range that breaks us fails CI, not a user.
+
+The lower bounds are read from ``pyproject.toml``: a range's floor that is not
+an installable release fails here, so the two cannot drift apart.
+
+Usage: ``python scripts/compat.py [pytest args]``
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".cache" / "compat" / "oldest"
+#: the extras whose vendor packages are pinned to their floor
+EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2")
+TESTS = ["tests/test_dropin.py", "tests/test_llm_clients.py", "tests/test_transport.py", "tests/test_rag.py"]
+
+
+def floors() -> dict[str, str]:
+    """package -> the lowest version its range in pyproject.toml admits."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins: dict[str, str] = {}
+    for extra in EXTRAS:
+        for requirement in extras[extra]:
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
+            if match:
+                pins[match[1]] = match[2]
+    return pins
+
+
+def main() -> int:
+    pins = floors()
+    python = VENV / "bin" / "python"
+    stamp = VENV / "stamp"
+    wanted = repr(sorted(pins.items()))
+    if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+        argv = [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"]
+        subprocess.run(argv + [f"{name}=={version}" for name, version in pins.items()], check=True)
+        stamp.write_text(wanted)
+    print("compat: oldest releases of the supported ranges: " + ", ".join(f"{n}=={v}" for n, v in pins.items()))
+    return subprocess.run([str(python), "-m", "pytest", *TESTS, "-q", *sys.argv[1:]], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
