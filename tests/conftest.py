@@ -16,6 +16,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_savings_estimator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with an estimator that has learned nothing: calls completed in one test must
+    not change the savings figures another test asserts."""
+    from scoped_clients import _savings
+
+    monkeypatch.setattr(_savings, "_default", _savings.SavingsEstimator())
+
+
 @pytest.fixture(scope="session")
 def _session_provider() -> Iterator[LocalProvider]:
     from scoped_clients.provider import LocalProvider

@@ -36,19 +36,13 @@ from starlette.routing import Route
 import scoped_clients.anthropic as scoped_anthropic
 import scoped_clients.openai as scoped_openai
 from _helpers import cancel_sync_call, wait
-from scoped_clients import RequestScope, ScopeCancelled, _savings
+from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._reassemble import plan_stream
 from scoped_clients.httpx2 import AsyncScopedTransport
 from scoped_clients.provider import LocalProvider, Reply, ToolCall
 from scoped_clients.testing import serve
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(autouse=True)
-def _own_estimator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calls completed here must not teach the process-wide savings estimator other test files rely on."""
-    monkeypatch.setattr(_savings, "_default", _savings.SavingsEstimator())
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
