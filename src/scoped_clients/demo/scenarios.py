@@ -8,13 +8,14 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .._report import ScopeReport, add_report_sink
-from ..provider import LocalProvider, embed
+from ..provider import LocalProvider, Reply, ToolCall, embed
 from ..testing import serve
+from . import agents
 from .app import COLLECTION, DIM, TICKS, Mode, TaskProbe, build_app
 
 
@@ -26,9 +27,15 @@ class Scenario:
     busy_requests: int
     busy_units: int
     tool: bool = False
+    #: an agent loop (``demo.agents``): LLM turn calling the tool, the tool, a final LLM turn;
+    #: dropped while the tool runs
+    agent: agents.Framework | None = None
+
+    def available(self) -> bool:
+        return self.agent is None or self.agent.installed()
 
 
-SCENARIOS: tuple[Scenario, ...] = (
+BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("streaming chat", "/stream", 1, 5),
     Scenario("non-streaming chat", "/complete", 1, 5),
     Scenario("non-streaming chat (Anthropic)", "/complete-anthropic", 1, 5),
@@ -36,6 +43,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("fire-and-forget task", "/fire", 1, 5),
     Scenario("tool subprocess", "/tool", 0, 5, tool=True),
 )
+#: one per framework, whether or not it is installed (``Scenario.available()``)
+AGENT_SCENARIOS: tuple[Scenario, ...] = tuple(
+    Scenario(f"agent: {f.name} (LLM -> tool -> LLM)", f.path, 1, 5, tool=True, agent=f) for f in agents.FRAMEWORKS
+)
+#: the demo's default set: the agent scenarios of the frameworks that are installed
+SCENARIOS: tuple[Scenario, ...] = BASE_SCENARIOS + tuple(s for s in AGENT_SCENARIOS if s.available())
 
 
 @dataclass
@@ -47,6 +60,7 @@ class Outcome:
     tokens_saved_max: int | None = None
     reason: str | None = None
     tasks_left: int | None = None  # app tasks beyond the idle baseline, 100 ms after the drop (with a probe)
+    tools_left: int | None = None  # tool processes still running 100 ms after the drop (tool scenarios)
     notes: list[str] = field(default_factory=list)
 
 
@@ -69,7 +83,7 @@ def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][:1] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # ESRCH: it exited between open and read
         return False
 
 
@@ -84,14 +98,14 @@ def _wait_ticks(path: str, n: int, timeout: float = 10.0) -> int:
         time.sleep(0.001)
 
 
-def _observe_tool(outcome: Outcome, path: str, pid: int, t_drop: float, window: float) -> None:
+def _observe_tool(outcome: Outcome, path: str, pid: int, t_drop: float, window: float, ticks: int = TICKS) -> None:
     deadline = time.monotonic() + window
     while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.0005)
     gone_at = time.monotonic()
     _, stamps = _read_ticks(path)
     outcome.units_after_drop = sum(1 for s in stamps if s > t_drop)
-    if len(stamps) >= TICKS:
+    if len(stamps) >= ticks:
         outcome.notes.append("ran to the end")
     elif not _running(pid):
         outcome.latency_ms = (gone_at - t_drop) * 1000
@@ -117,6 +131,25 @@ def _observe_upstream(outcome: Outcome, provider: LocalProvider, t_drop: float, 
     finished = any(log.completed_at is not None and log.completed_at > t_drop for log in logs)
     outcome.latency_ms = max(seen) * 1000 if seen and not finished else None
     outcome.calls_after_drop = sum(1 for log in logs if log.started_at > t_drop)
+
+
+def _observe_agent(
+    outcome: Outcome, provider: LocalProvider, tick_file: str, pid: int, t_drop: float, window: float
+) -> None:
+    """Dropped while the agent's tool runs: the tool's ticks and the LLM's units after the drop both count;
+    the disconnect is seen when the tool's process is gone (no LLM call is in flight at the drop)."""
+    _observe_tool(outcome, tick_file, pid, t_drop, window, agents.TICKS)
+    ticks, latency = outcome.units_after_drop, outcome.latency_ms
+    _observe_upstream(outcome, provider, t_drop, window)
+    outcome.units_after_drop += ticks
+    outcome.latency_ms = latency
+
+
+def _sample(outcome: Outcome, probe: TaskProbe | None, baseline: int, pid: int | None) -> None:
+    if probe is not None:
+        outcome.tasks_left = probe.count() - baseline
+    if pid is not None:
+        outcome.tools_left = int(_running(pid))
 
 
 @contextmanager
@@ -153,6 +186,8 @@ def run_scenario(
     provider: LocalProvider, port: int, scenario: Scenario, tick_file: str, mode: Mode, probe: TaskProbe | None = None
 ) -> Outcome:
     provider.reset()
+    if scenario.agent is not None:  # the first LLM turn calls the tool; the final one is answered as usual
+        provider.script(Reply(tool_calls=[ToolCall(agents.TOOL, {})]))
     if os.path.exists(tick_file):
         os.remove(tick_file)
     outcome = Outcome()
@@ -162,23 +197,25 @@ def run_scenario(
         sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
         pid = None
         if scenario.tool:
+            if scenario.busy_requests:
+                provider.wait_for_requests(scenario.busy_requests, timeout=10)
             pid = _wait_ticks(tick_file, scenario.busy_units)
         else:
             logs = provider.wait_for_requests(scenario.busy_requests, timeout=10)
             logs[-1].wait_units(scenario.busy_units, timeout=10)
         t_drop = time.monotonic()
         sock.close()  # the tab is closed
-        sampler = None
-        if probe is not None:  # sampled from a timer so that the observation below keeps its own timing
-            sampler = threading.Timer(0.1, lambda: setattr(outcome, "tasks_left", probe.count() - baseline))
-            sampler.start()
+        # sampled from a timer so that the observation below keeps its own timing
+        sampler = threading.Timer(0.1, _sample, (outcome, probe, baseline, pid))
+        sampler.start()
         window = 1.0 if mode == "scoped" else 8.0
-        if pid is not None:
+        if scenario.agent is not None and pid is not None:
+            _observe_agent(outcome, provider, tick_file, pid, t_drop, window)
+        elif pid is not None:
             _observe_tool(outcome, tick_file, pid, t_drop, window)
         else:
             _observe_upstream(outcome, provider, t_drop, window)
-        if sampler is not None:
-            sampler.join()
+        sampler.join()
         if mode == "scoped" and arrived.wait(5):
             report = reports[-1]
             outcome.tokens_saved = report.tokens_saved
@@ -192,13 +229,23 @@ def _fmt_latency(o: Outcome) -> str:
 
 
 def run_scenarios(
-    reps: int = 1, *, count_tasks: bool = False, progress: Callable[[str], object] | None = None
+    reps: int = 1,
+    *,
+    count_tasks: bool = False,
+    progress: Callable[[str], object] | None = None,
+    scenarios: Sequence[Scenario] = SCENARIOS,
 ) -> dict[str, dict[Mode, list[Outcome]]]:
     """Run every scenario ``reps`` times on the raw app, then on the scoped app.
 
     ``count_tasks``: also count the app's tasks left 100 ms after each drop (``Outcome.tasks_left``).
+    ``scenarios``: default, the demo's set; a scenario whose framework is not installed is refused.
     """
-    results: dict[str, dict[Mode, list[Outcome]]] = {s.name: {"raw": [], "scoped": []} for s in SCENARIOS}
+    missing = [s.agent.install for s in scenarios if s.agent is not None and not s.available()]
+    if missing:
+        raise RuntimeError(f"these scenarios need frameworks that are not installed: {'; '.join(missing)}")
+    base = [s for s in scenarios if s.agent is None]
+    agent = [s for s in scenarios if s.agent is not None]
+    results: dict[str, dict[Mode, list[Outcome]]] = {s.name: {"raw": [], "scoped": []} for s in scenarios}
     with LocalProvider(token_interval=0.01, default_tokens=300) as provider, tempfile.TemporaryDirectory() as tmp:
         _seed(provider)
         provider.search_delay = 1.0
@@ -207,12 +254,15 @@ def run_scenarios(
         for mode in modes:
             if progress is not None:
                 progress(f"running the {mode} app ...")
-            probe = TaskProbe() if count_tasks else None
-            with serve(build_app(mode, provider.url, tick_file, probe), log_level="critical") as port:
-                for scenario in SCENARIOS:
-                    for _ in range(reps):
-                        outcome = run_scenario(provider, port, scenario, tick_file, mode, probe)
-                        results[scenario.name][mode].append(outcome)
+            for build, group in ((build_app, base), (agents.build_agent_app, agent)):
+                if not group:
+                    continue
+                probe = TaskProbe() if count_tasks else None
+                with serve(build(mode, provider.url, tick_file, probe), log_level="critical") as port:
+                    for scenario in group:
+                        for _ in range(reps):
+                            outcome = run_scenario(provider, port, scenario, tick_file, mode, probe)
+                            results[scenario.name][mode].append(outcome)
     return results
 
 
