@@ -1,0 +1,103 @@
+"""A LangGraph agent under a RequestScope: the user leaves while the agent writes its answer.
+
+Run:  python examples/agent_langgraph/agent.py
+
+A tool-calling graph (model node, ``ToolNode``, back to the model): the first turn
+calls a tool (a subprocess, run with ``run_command``), the second writes a long
+answer; the user leaves (the scope is cancelled) as that answer starts to stream
+in.  The provider sees the disconnect within a few ms, LangGraph does not retry
+the node, no later turn is sent, and the report lists every call.  Needs
+``pip install scoped-clients[langchain] langgraph langchain-openai``: ``scope_model()``
+scopes the clients ChatOpenAI built and keeps a cancel a cancellation (not the
+``AttributeError`` langchain-core makes of it); ``retry_policy()`` never retries once
+the scope is cancelled.  Runs on the embedded provider (no API key), on asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from pydantic import SecretStr
+from scoped_clients_langchain import retry_policy, scope_model
+
+from scoped_clients import RequestScope
+from scoped_clients.provider import LocalProvider, Reply, ToolCall
+from scoped_clients.tools import run_command
+
+
+@tool
+async def list_pages(section: str) -> str:
+    """List the pages of a section of the documentation site."""
+    # the model chose ``section``: pass it as an argument, never inside the shell's script
+    result = await run_command(["sh", "-c", 'for p in intro install api; do echo "$1/$p"; done', "sh", section])
+    return result.stdout.decode()
+
+
+def build_graph(provider_url: str) -> Any:
+    chat = ChatOpenAI(model="local-300", base_url=provider_url + "/v1", api_key=SecretStr("local"), max_tokens=400)
+    llm = scope_model(chat).bind_tools([list_pages])
+
+    async def call_model(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", call_model, retry_policy=retry_policy(max_attempts=3))
+    graph.add_node("tools", ToolNode([list_pages]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+@dataclass
+class Run:
+    scope: RequestScope
+    t_cancel: float  # time.monotonic() of the cancel
+
+
+async def main(provider: LocalProvider | None = None) -> Run:
+    if provider is None:
+        with LocalProvider(token_interval=0.01) as local:
+            return await main(local)
+    # The embedded provider plays the model: the first turn calls the tool, the next one writes 300 tokens.
+    provider.script(Reply(tool_calls=[ToolCall("list_pages", {"section": "guide"})]))
+    graph = build_graph(provider.url)
+
+    async def answer() -> None:
+        state = await graph.ainvoke({"messages": [("user", "What is in the guide?")]})
+        print(f"answer: {state['messages'][-1].content}")  # not reached: the user left first
+
+    async with RequestScope("agent") as scope:
+        scope.spawn(answer)  # what a request handler under ScopeMiddleware does
+        # The user leaves once the final answer streams (watched on the embedded provider).
+        logs = await anyio.to_thread.run_sync(provider.wait_for_requests, 2)
+        await anyio.to_thread.run_sync(logs[1].wait_units, 10)
+        t_cancel = time.monotonic()
+        scope.cancel("client_disconnected")
+    await _print_report(scope, provider, t_cancel)
+    return Run(scope, t_cancel)
+
+
+async def _print_report(scope: RequestScope, provider: LocalProvider, t_cancel: float) -> None:
+    assert scope.report is not None
+    for call in scope.report.calls:
+        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
+    final = provider.requests[-1]
+    seen = await anyio.to_thread.run_sync(final.wait_disconnect)
+    print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
+    print(f"tokens saved: {scope.report.tokens_saved} (estimate), at most {scope.report.tokens_saved_max}")
+
+
+if __name__ == "__main__":
+    if sys.platform == "win32":  # process groups are POSIX
+        raise SystemExit("this example needs a POSIX system")
+    asyncio.run(main())

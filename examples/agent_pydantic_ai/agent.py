@@ -1,0 +1,84 @@
+"""A pydantic-ai run under a RequestScope: the user leaves while the agent writes its answer.
+
+Run:  python examples/agent_pydantic_ai/agent.py
+
+The agent's first turn calls a tool (a subprocess, run with ``run_command``), the
+second turn writes a long answer; the user leaves (the scope is cancelled) as that
+answer starts to stream in.  The provider sees the disconnect within a few ms, no
+later turn or retry is sent, and the report lists every call.  pydantic-ai needs
+no adapter: give its provider a scoped ``AsyncOpenAI``.  Runs on the embedded
+provider (no API key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+
+import anyio
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+from scoped_clients import RequestScope
+from scoped_clients.openai import AsyncOpenAI
+from scoped_clients.provider import LocalProvider, Reply, ToolCall
+from scoped_clients.tools import run_command
+
+
+async def list_pages(section: str) -> str:
+    """List the pages of a section of the documentation site."""
+    # the model chose ``section``: pass it as an argument, never inside the shell's script
+    result = await run_command(["sh", "-c", 'for p in intro install api; do echo "$1/$p"; done', "sh", section])
+    return result.stdout.decode()
+
+
+@dataclass
+class Run:
+    scope: RequestScope
+    t_cancel: float  # time.monotonic() of the cancel
+
+
+async def main(provider: LocalProvider | None = None) -> Run:
+    if provider is None:
+        with LocalProvider(token_interval=0.01) as local:
+            return await main(local)
+    # The embedded provider plays the model: the first turn calls the tool, the next one writes 300 tokens.
+    provider.script(Reply(tool_calls=[ToolCall("list_pages", {"section": "guide"})]))
+    llm = AsyncOpenAI(base_url=provider.url + "/v1", api_key="local")
+    model = OpenAIChatModel("local-300", provider=OpenAIProvider(openai_client=llm))
+    agent = Agent(model, instructions="List the pages, then summarise them.", model_settings={"max_tokens": 400})
+    agent.tool_plain(list_pages)
+
+    async def answer() -> None:
+        result = await agent.run("What is in the guide?")
+        print(f"answer: {result.output}")  # not reached: the user left first
+
+    async with RequestScope("agent") as scope:
+        scope.spawn(answer)  # what a request handler under ScopeMiddleware does
+        # The user leaves once the final answer streams (watched on the embedded provider).
+        logs = await anyio.to_thread.run_sync(provider.wait_for_requests, 2)
+        await anyio.to_thread.run_sync(logs[1].wait_units, 10)
+        t_cancel = time.monotonic()
+        scope.cancel("client_disconnected")
+    await llm.close()
+    await _print_report(scope, provider, t_cancel)
+    return Run(scope, t_cancel)
+
+
+async def _print_report(scope: RequestScope, provider: LocalProvider, t_cancel: float) -> None:
+    assert scope.report is not None
+    for call in scope.report.calls:
+        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
+    final = provider.requests[-1]
+    seen = await anyio.to_thread.run_sync(final.wait_disconnect)
+    print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
+    print(f"tokens saved: {scope.report.tokens_saved} (estimate), at most {scope.report.tokens_saved_max}")
+
+
+if __name__ == "__main__":
+    if sys.platform == "win32":  # process groups are POSIX
+        raise SystemExit("this example needs a POSIX system")
+    asyncio.run(main())

@@ -1,0 +1,72 @@
+"""The agent examples run as shipped, against the embedded provider; the provider's own log shows that
+the cancelled run stopped: it saw the answer's disconnect, nothing was produced after the cancel but a
+unit in flight, and no call started after it.  The frameworks run on asyncio only."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _helpers import wait
+from scoped_clients.provider import LocalProvider
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+#: example directory -> what it imports beyond the core
+AGENT_EXAMPLES = {
+    "agent_openai_agents": ("agents",),
+    "agent_pydantic_ai": ("pydantic_ai",),
+    "agent_langgraph": ("langgraph", "langchain_openai", "scoped_clients_langchain"),
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def provider() -> Iterator[LocalProvider]:
+    # One per test: langchain-openai shares one HTTP client per base URL (lru_cache), and a pooled
+    # connection from an earlier test's event loop would fail and be retried by the SDK.
+    with LocalProvider(token_interval=0.01) as p:
+        yield p
+
+
+def load(name: str) -> Any:
+    for module in AGENT_EXAMPLES[name]:
+        pytest.importorskip(module, reason=f"examples/{name} needs {module}")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / name / "agent.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(AGENT_EXAMPLES))
+async def test_agent_example_stops_when_cancelled(
+    name: str, provider: LocalProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = await load(name).main(provider)
+    first, answer = provider.requests  # the tool-calling turn and the answer: no call after the cancel
+    assert first.completed_at is not None and first.completed_at < run.t_cancel
+    assert answer.started_at < run.t_cancel
+    seen = await wait(answer.wait_disconnect)
+    assert seen >= run.t_cancel and answer.units_after(run.t_cancel) <= 1
+    assert answer.completed_at is None  # it never ran to the end
+    calls = [(c.provider, c.outcome) for c in run.scope.report.calls]
+    assert calls == [("openai", "completed"), ("tool", "completed"), ("openai", "aborted")]
+    assert run.scope.cancel_reason.code == "client_disconnected"
+    assert "provider saw the disconnect" in capsys.readouterr().out
+
+
+def test_every_example_directory_has_a_readme_with_its_command() -> None:
+    for name in AGENT_EXAMPLES:
+        readme = (EXAMPLES / name / "README.md").read_text()
+        assert f"python examples/{name}/agent.py" in readme
