@@ -4,12 +4,18 @@
 
 The scenarios and the sample app are the demo's (``scoped_clients.demo``):
 streaming chat, non-streaming chat, RAG (search -> rerank -> LLM),
-non-streaming Anthropic messages, fire-and-forget task, tool subprocess.
-Each request is dropped by a raw socket once the upstream is busy; the
-provider's log says what happened next.  "Tasks left" counts the app's asyncio
-tasks 100 ms after the drop, above its idle baseline.
+non-streaming Anthropic messages, fire-and-forget task, tool subprocess, and
+one agent loop per framework (openai-agents, pydantic-ai, LangGraph: an LLM
+turn that calls a subprocess tool, the tool, a final LLM turn), dropped while
+the tool runs.  A framework that is not installed gets an "n/a" row saying
+what to install.  Each request is dropped by a raw socket once the upstream
+is busy; the provider's log and the tool's own tick file say what happened
+next (agent rows: LLM units plus tool ticks after the drop; the disconnect is
+seen when the tool's process is gone).  "Tasks left" counts the app's asyncio
+tasks 100 ms after the drop, above its idle baseline; "tool processes left"
+the tool's process still running then.
 Targets: at most 1 unit after the drop, p99 latency < 5 ms, zero late calls,
-zero tasks left.
+zero tasks and tool processes left.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import argparse
 
 from _common import machine, median, percentile, table, verdict
 
-from scoped_clients.demo.scenarios import SCENARIOS, Outcome, run_scenarios
+from scoped_clients.demo.scenarios import AGENT_SCENARIOS, BASE_SCENARIOS, Outcome, run_scenarios
 
 
 def main() -> None:
@@ -26,17 +32,25 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     rows = []
-    results = run_scenarios(args.reps, count_tasks=True)
-    for scenario in SCENARIOS:
+    scenarios = [*BASE_SCENARIOS, *AGENT_SCENARIOS]
+    runnable = [s for s in scenarios if s.available()]
+    results = run_scenarios(args.reps, count_tasks=True, scenarios=runnable)
+    for scenario in scenarios:
+        if not scenario.available():
+            assert scenario.agent is not None
+            rows.append([scenario.name, f"n/a ({scenario.agent.install})", "", "", "", "", ""])
+            continue
         raw, scoped = results[scenario.name]["raw"], results[scenario.name]["scoped"]
         latencies = [o.latency_ms for o in scoped if o.latency_ms is not None]
         units = [o.units_after_drop for o in scoped]
         late = [o.calls_after_drop for o in scoped]
         tasks = [o.tasks_left if o.tasks_left is not None else 99 for o in scoped]
+        tools = [o.tools_left or 0 for o in scoped]
         ok = (
             max(units) <= 1
             and max(late) == 0
             and max(tasks) == 0
+            and max(tools) == 0
             and len(latencies) == len(scoped)
             and percentile(latencies, 99) < 5
         )
@@ -47,6 +61,7 @@ def main() -> None:
                 f"{_latency(raw)} -> {_latency(scoped)}",
                 f"{max(o.calls_after_drop for o in raw)} -> {max(late)}",
                 f"{max(o.tasks_left or 0 for o in raw)} -> {max(tasks)}",
+                f"{max(o.tools_left or 0 for o in raw)} -> {max(tools)}" if scenario.tool else "-",
                 verdict(ok),
             ]
         )
@@ -60,6 +75,7 @@ def main() -> None:
                 "drop -> upstream disconnect ms",
                 "max calls started after drop",
                 "max tasks left after 100 ms",
+                "max tool processes left after 100 ms",
                 "targets",
             ],
             rows,
