@@ -8,6 +8,7 @@ so ``M - len(log.units)`` tokens were really saved.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -15,8 +16,10 @@ import pytest
 
 from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled
+from scoped_clients._profiles.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients._report import CallRecord, ScopeReport
 from scoped_clients._savings import RateModel, SavingsEstimator, default_estimator
+from scoped_clients._transport import _savings_of
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider
 
@@ -113,6 +116,23 @@ def test_a_sum_is_as_weak_as_its_weakest_part() -> None:
     assert summary["tokens_saved_max"] == 20 and summary["tokens_saved_max_source"] == "upper_bound"
     assert summary["tokens_saved"] == 15 and summary["tokens_saved_source"] == "estimate"
     assert report().summary()["tokens_saved_source"] is None
+
+
+def test_one_finish_reason_of_several_choices_is_not_the_end() -> None:
+    """OpenAI's ``n``: ``max_tokens`` bounds each choice, and the first choice's finish
+    reason leaves the others generating: nothing exact then."""
+    info = OpenAIProfile().describe(
+        "POST", "https://api.openai.com/v1/chat/completions", b'{"model": "m-n", "n": 2, "max_tokens": 100}'
+    )
+    meter = ChatStreamMeter()
+    meter.tokens_out, meter.finish_reason = 30, "stop"
+    call: Any = SimpleNamespace(meter=meter, info=info, started_at=0.0, aborted=None, status_code=200, orphan=False)
+    several = _savings_of(call, "aborted", 1.0)
+    assert several is not None and several.tokens_saved_max == 2 * 100 - 30
+    assert several.tokens_saved_max_source == "upper_bound"
+    info.extra.clear()  # one choice: its finish reason is the end
+    single = _savings_of(call, "aborted", 1.0)
+    assert single is not None and (single.tokens_saved_max, single.tokens_saved_max_source) == (0, "exact")
 
 
 # ------------------------------------------------------------ against the provider's log

@@ -338,14 +338,17 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float) -> SavingsEstimate
     if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or meter.tokens_out):
         return None
     aborted_at = now if call.aborted is None else min(now, call.aborted.time)
+    # Several choices (OpenAI's n): the bound is per choice, and the first finish reason is not the end.
+    choices = info.extra.get("choices", 1)
+    choices = choices if isinstance(choices, int) and choices > 1 else 1
     return estimator.estimate(
         info.provider,
         info.model,
         meter.tokens_out,
-        info.max_tokens,
+        None if info.max_tokens is None else info.max_tokens * choices,
         streamed=meter.streamed and call.status_code is not None and not call.orphan,
         elapsed=max(0.0, aborted_at - call.started_at),
-        finished=meter.finish_reason is not None,
+        finished=meter.finish_reason is not None and choices == 1,
     )
 
 

@@ -30,12 +30,17 @@ def request_json(body: bytes) -> dict[str, Any]:
 def call_info(provider: str, operation: str, body: dict[str, Any], *bound_keys: str) -> CallInfo:
     bound = next((body[k] for k in bound_keys if isinstance(body.get(k), int)), None)
     model = body.get("model")
+    choices = body.get("n")
     return CallInfo(
         provider=provider,
         operation=operation,
         model=model if isinstance(model, str) else None,
         max_tokens=bound,
         streaming=bool(body.get("stream")),
+        # several choices (OpenAI's n): the bound is per choice, and one finish reason is not the end
+        extra={"choices": choices}
+        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1
+        else {},
     )
 
 
