@@ -127,6 +127,7 @@ def test_callers_http_client_is_left_as_given(make: Any, provider: LocalProvider
     base = provider.url + ("/v1" if make is scoped_openai.OpenAI else "")
     client = make(base_url=base, api_key="x", http_client=mine)
     assert mine._transport is transport and mine._mounts == mounts
+    # the SDK gets a scoped copy that shares the caller's settings and connection pool
     assert type(client._client) is http.Client and client._client.headers is mine.headers
     with RequestScope() as scope:
         if make is scoped_openai.OpenAI:
@@ -137,6 +138,7 @@ def test_callers_http_client_is_left_as_given(make: Any, provider: LocalProvider
     assert [c.outcome for c in scope.report.calls] == ["completed"]  # type: ignore[union-attr]
     mine.get(provider.url + "/health")  # the caller's own client is not scoped: no record, no refusal
     client.close()
+    assert mine.is_closed  # as the vendor's client does, closing it closes the client it was given
 
 
 def test_wrong_http_client_type_gets_the_sdks_error() -> None:

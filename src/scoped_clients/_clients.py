@@ -140,7 +140,8 @@ def scope_http_client(
     client, which closes its connections when collected) is kept.  Otherwise it is
     the caller's: it is left exactly as they gave it, and the SDK gets a shallow
     copy (same class, headers, auth, cookies, event hooks and connection pool)
-    whose transports are the scoped ones.
+    whose transports are the scoped ones; closing the copy closes the caller's client,
+    as the SDK closes the client it was given.
     """
     if is_scoped(client):
         scoped = client._transport
@@ -152,9 +153,31 @@ def scope_http_client(
         target._transport, target._mounts = scoped.transport, unwrap
         wrap_client(target, profile, finish_policy, always_stream)
         return target
-    target = client if owned else copy.copy(client)
-    wrap_client(client, profile, finish_policy, always_stream, target=target)
-    return target
+    if owned:
+        wrap_client(client, profile, finish_policy, always_stream)
+        return client
+    view = copy.copy(client)
+    wrap_client(client, profile, finish_policy, always_stream, target=view)
+    _close_together(view, client)
+    return view
+
+
+def _close_together(view: Any, client: Any) -> None:
+    """Closing the SDK's view closes the caller's client too, as the SDK closes the client it was given."""
+    if hasattr(client, "aclose"):
+
+        async def aclose() -> None:
+            await client.aclose()
+            await type(view).aclose(view)
+
+        view.aclose = aclose
+    else:
+
+        def close() -> None:
+            client.close()
+            type(view).close(view)
+
+        view.close = close
 
 
 class ClientMixin:

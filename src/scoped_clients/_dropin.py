@@ -147,7 +147,8 @@ class DropIn(type):
         if holder is None:
             return
         http = getattr(holder, attribute)
-        setattr(holder, attribute, scope_http_client(http, cls.profile(), finish_policy, always_stream, owned=owned))
+        scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, owned=owned)
+        setattr(holder, attribute, scoped)
         vendor_copy = getattr(type(client), "copy", None)
         if vendor_copy is not None:
             # Copies stay scoped even when given another HTTP client, and take our options.
@@ -163,6 +164,12 @@ class DropIn(type):
     def __subclasscheck__(cls, subclass: type) -> bool:
         return subclass is cls or (hasattr(subclass, "__scoped_dropin__") and issubclass(subclass, cls.vendor))
 
+    def __getattr__(cls, name: str) -> Any:
+        # Class-level attributes are the vendor's (``AsyncOpenAI.copy``, constants, nested types).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls.vendor, name)
+
     def __repr__(cls) -> str:
         return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
 
@@ -173,14 +180,10 @@ def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., An
     @functools.wraps(vendor_copy)
     def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
         options = {name: kwargs.pop(name) for name in dropin.options if name in kwargs}
-        given_http = dropin.http_arg is not None and kwargs.get(dropin.http_arg) is not None
         result = vendor_copy(self, *args, **kwargs)
         current = _options_of(self, dropin)
         merged = {**current, **options}
-        if given_http or merged != current:
-            dropin.scope(result, owned=False, **merged)
-        elif getattr(type(result), "copy", None) is not None:
-            dropin.scope(result, owned=True, **merged)  # already scoped: only the copy method
+        dropin.scope(result, owned=False, **merged)  # a scoped HTTP client passed on is kept as it is
         return result
 
     return copy
@@ -189,7 +192,8 @@ def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., An
 def _options_of(client: Any, dropin: DropIn) -> dict[str, Any]:
     """The options a scoped vendor instance's HTTP client was scoped with."""
     holder, attribute = _holder(client, dropin.http_path)
-    transport = getattr(getattr(holder, attribute, None), "_transport", None)
+    http = getattr(holder, attribute, None)
+    transport = getattr(http, "_transport", None)
     options = {
         "always_stream": getattr(transport, "always_stream", False),
         "finish_policy": getattr(transport, "finish_policy", "abort"),
