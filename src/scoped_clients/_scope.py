@@ -434,7 +434,17 @@ class RequestScope:
             )
         if not self._tg_open:
             raise ScopeStateError(f"{self!r} is exiting; spawn() children before its block ends")
-        self._tg.start_soon(fn, *args, name=name)
+        # Trio closes the nursery as the group's last child ends, a checkpoint before our exit path
+        # clears ``_tg_open``: a spawn in that window gets trio's RuntimeError, and the coroutine
+        # anyio made would be left unawaited.  We make the coroutine, so we can close it.
+        coro = fn(*args)
+        label = name if name is not None else f"{getattr(fn, '__module__', '')}.{_qualname(fn)}"
+        try:
+            self._tg.start_soon(lambda: coro, name=label)
+        except RuntimeError as exc:
+            if inspect.iscoroutine(coro):
+                coro.close()
+            raise ScopeStateError(f"{self!r} is exiting; spawn() children before its block ends") from exc
 
     @contextlib.contextmanager
     def shield(self) -> Iterator[None]:
@@ -708,6 +718,10 @@ class RequestScope:
         if isinstance(exc, BaseExceptionGroup):
             return all(self._absorbs(e) for e in exc.exceptions)
         return False
+
+
+def _qualname(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
 
 
 def _tb(exc: BaseException | None) -> TracebackType | None:
