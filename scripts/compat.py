@@ -44,10 +44,10 @@ def main() -> int:
     pins = floors()
     python = VENV / "bin" / "python"
     stamp = VENV / "stamp"
-    wanted = repr(sorted(pins.items()))
+    wanted = repr(sorted(pins.items())) + "[test]"
     if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        argv = [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"]
+        argv = [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"]
         subprocess.run(argv + [f"{name}=={version}" for name, version in pins.items()], check=True)
         stamp.write_text(wanted)
     print("compat: oldest releases of the supported ranges: " + ", ".join(f"{n}=={v}" for n, v in pins.items()))
