@@ -59,7 +59,7 @@ def async_http_client(
     return cast(
         "httpx2.AsyncClient",
         vendor_http_client(
-            openai.DefaultAsyncHttpx2Client,
+            _default_client("DefaultAsyncHttpx2Client", "DefaultAsyncHttpxClient"),
             OpenAIProfile(),
             kwargs,
             finish_policy=finish_policy,
@@ -76,13 +76,18 @@ def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = 
     return cast(
         "httpx2.Client",
         vendor_http_client(
-            openai.DefaultHttpx2Client,
+            _default_client("DefaultHttpx2Client", "DefaultHttpxClient"),
             OpenAIProfile(),
             kwargs,
             finish_policy=finish_policy,
             always_stream=always_stream,
         ),
     )
+
+
+def _default_client(name: str, name_before_3: str) -> Any:
+    """The SDK's default HTTP client class (openai 3.x: httpx2; openai 2.x: httpx)."""
+    return getattr(openai, name, None) or getattr(openai, name_before_3)
 
 
 __all__ += ["async_http_client", "http_client"]
