@@ -510,13 +510,15 @@ class Engine:
 
     async def run(self, cases: list[Case], *, checkpoint_every: int = 25, stop_on_violation: bool = True) -> None:
         """Run ``cases`` in order; a checkpoint every ``checkpoint_every`` cases and at the end."""
-        for n, case in enumerate(cases, 1):
-            result = await self.run_case(case)
-            if result.violations and stop_on_violation:
-                await self.close_clients()
-                raise Violation(self.explain(result))
-            if n % checkpoint_every == 0 or n == len(cases):
-                await self.checkpoint(case)
+        try:
+            for n, case in enumerate(cases, 1):
+                result = await self.run_case(case)
+                if n % checkpoint_every == 0 or n == len(cases):
+                    await self.checkpoint(result)
+                if result.violations and stop_on_violation:
+                    raise Violation(self.explain(result))
+        finally:
+            await self.close_clients()
 
     def explain(self, result: Result) -> str:
         lines = [
@@ -645,8 +647,11 @@ class Engine:
 
     # ------------------------------------------------------- checkpoints
 
-    async def checkpoint(self, case: Case) -> Checkpoint:
-        """Close the shared clients and measure; the first checkpoint is the baseline."""
+    async def checkpoint(self, result: Result) -> Checkpoint:
+        """Close the shared clients and measure; the first checkpoint is the baseline.
+
+        Growth since the baseline is a violation of ``result`` (the iteration just run).
+        """
         await self.close_clients()
         gc.collect()
         now = await self._measure(self.baseline)
@@ -667,9 +672,10 @@ class Engine:
         if now.children:
             grown.append(f"{now.children} child processes")
         if grown:
-            result = self.results[-1] if self.results else Result(case)
-            result.fail("resources grew since the first checkpoint: " + ", ".join(grown))
-            raise Violation(self.explain(result) + f"\n  (checkpoint after iteration {case.index})")
+            result.fail(
+                f"at the checkpoint after iteration {result.case.index}, resources grew since the first one: "
+                + ", ".join(grown)
+            )
         return now
 
     async def _measure(self, base: Checkpoint | None) -> Checkpoint:
