@@ -7,10 +7,13 @@ and no call started after it, while the raw app kept going.
 
 from __future__ import annotations
 
+import pytest
+
 from scoped_clients.cli import main
 from scoped_clients.demo import SCENARIOS, run_demo
 
 
+@pytest.mark.timeout(300)  # every scenario twice, the raw app's window included (agent scenarios when installed)
 def test_demo_stops_every_scenario_upstream() -> None:
     lines: list[str] = []
     results = run_demo(print_=lines.append)

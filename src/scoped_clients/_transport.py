@@ -285,7 +285,8 @@ def _build_record(call: HttpCall) -> CallRecord:
     # A call still in flight when its record is taken (the scope is ending) was aborted.
     outcome: Outcome = call.outcome or "aborted"
     now = time.monotonic()
-    savings = _savings_of(call, outcome, now)
+    received = meter.tokens_out  # read once: a reader in another thread may still feed the meter
+    savings = _savings_of(call, outcome, now, received)
     saved = None if savings is None else savings.tokens_saved
     cost = None if saved is None else get_prices().cost(info.model, 0, saved)
     detail = dict(call.detail)
@@ -299,7 +300,7 @@ def _build_record(call: HttpCall) -> CallRecord:
         started_at=call.started_at,
         duration=now - call.started_at,
         tokens_in=meter.tokens_in,
-        tokens_out=meter.tokens_out,
+        tokens_out=received,
         tokens_in_source=meter.input_source,
         tokens_out_source=meter.output_source,
         tokens_saved=saved,
@@ -319,7 +320,7 @@ def _build_record(call: HttpCall) -> CallRecord:
     )
 
 
-def _savings_of(call: HttpCall, outcome: Outcome, now: float) -> SavingsEstimate | None:
+def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> SavingsEstimate | None:
     """An aborted generation's savings figures; a completed one teaches the estimator instead.
 
     What the caller received is what the provider produced only for a stream it
@@ -332,10 +333,10 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float) -> SavingsEstimate
     meter, info = call.meter, call.info
     estimator = default_estimator()
     if outcome == "completed":
-        if meter.tokens_out > 0:
-            estimator.observe(info.provider, info.model, meter.tokens_out, now - call.started_at)
+        if received > 0:
+            estimator.observe(info.provider, info.model, received, now - call.started_at)
         return None
-    if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or meter.tokens_out):
+    if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or received):
         return None
     aborted_at = now if call.aborted is None else min(now, call.aborted.time)
     # Several choices (OpenAI's n): the bound is per choice, and the first finish reason is not the end.
@@ -344,7 +345,7 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float) -> SavingsEstimate
     return estimator.estimate(
         info.provider,
         info.model,
-        meter.tokens_out,
+        received,
         None if info.max_tokens is None else info.max_tokens * choices,
         streamed=meter.streamed and call.status_code is not None and not call.orphan,
         elapsed=max(0.0, aborted_at - call.started_at),

@@ -192,8 +192,10 @@ def run_scenario(
         os.remove(tick_file)
     outcome = Outcome()
     baseline = probe.count() if probe is not None else 0
-    with _collect_reports(f"GET {scenario.path}") as (reports, arrived):
-        sock = socket.create_connection(("127.0.0.1", port))
+    with (
+        _collect_reports(f"GET {scenario.path}") as (reports, arrived),
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
         pid = None
         if scenario.tool:
