@@ -76,6 +76,7 @@ class Ctx:
     """What one call needs: the provider, the shared clients, the request's tag and size."""
 
     env: Engine
+    result: Result
     tag: str
     long: bool
     hold_headers: bool  # ask the provider to hold the response headers (x-local-delay)
@@ -210,13 +211,13 @@ async def a_run_command(c: Any, ctx: Ctx) -> None:
 
 
 async def _async_fetch_tool(c: Any, ctx: Ctx) -> None:
-    ctx.env.current.attempts += 1  # the tool's own HTTP call is a call of the scope too
+    ctx.result.attempts += 1  # the tool's own HTTP call is a call of the scope too
     response = await c.get(ctx.units_url, headers=ctx.headers)
     response.raise_for_status()
 
 
 def _sync_fetch_tool(c: Any, ctx: Ctx) -> None:
-    ctx.env.current.attempts += 1
+    ctx.result.attempts += 1
     response = c.get(ctx.units_url, headers=ctx.headers)
     response.raise_for_status()
 
@@ -474,7 +475,7 @@ class Engine:
         self.provider = provider
         self.seed = seed
         self.clients: dict[tuple[Callable[[Engine, bool], Any], bool], Any] = {}
-        self.current = Result(draw_cases(0, 1)[0])
+        self.backend = "?"
         self.results: list[Result] = []
         self.tags: dict[str, int] = {}  # requests per tag, over the whole run (late arrivals included)
         self.baseline: Checkpoint | None = None
@@ -510,6 +511,7 @@ class Engine:
 
     async def run(self, cases: list[Case], *, checkpoint_every: int = 25, stop_on_violation: bool = True) -> None:
         """Run ``cases`` in order; a checkpoint every ``checkpoint_every`` cases and at the end."""
+        self.backend = sniffio.current_async_library()
         try:
             for n, case in enumerate(cases, 1):
                 result = await self.run_case(case)
@@ -522,8 +524,9 @@ class Engine:
 
     def explain(self, result: Result) -> str:
         lines = [
-            f"seed {self.seed}, iteration {result.case.index}: {result.case.describe()}",
-            f"  replay: FUZZ_SEED={self.seed} FUZZ_ITERATION={result.case.index} pytest tests/test_fuzz.py",
+            f"seed {self.seed}, iteration {result.case.index} on {self.backend}: {result.case.describe()}",
+            f"  replay: FUZZ_SEED={self.seed} FUZZ_ITERATION={result.case.index} "
+            f"pytest tests/test_fuzz.py -k {self.backend}",
             f"  main call: {result.main}; late call: {result.late}",
             *(f"  violation: {v}" for v in result.violations),
         ]
@@ -536,7 +539,6 @@ class Engine:
 
     async def run_case(self, case: Case) -> Result:
         result = Result(case)
-        self.current = result
         shape = SHAPE[case.shape]
         self.provider.reset()
         self.provider.search_delay = (30.0 if self._long(case) else 0.02) if shape.search else 0.0
@@ -777,7 +779,9 @@ class AsyncRun:
 
     def ctx(self, role: str) -> Ctx:
         hold = self.case.point == "headers" and self.shape.holds_headers
-        return Ctx(self.env, f"{self.case.index}.{role}", long=self.env._long(self.case), hold_headers=hold)
+        return Ctx(
+            self.env, self.result, f"{self.case.index}.{role}", long=self.env._long(self.case), hold_headers=hold
+        )
 
     async def caller(self) -> None:
         assert self.shape.acall is not None
@@ -934,7 +938,9 @@ class SyncRun:
 
     def ctx(self, role: str) -> Ctx:
         hold = self.case.point == "headers" and self.shape.holds_headers
-        return Ctx(self.env, f"{self.case.index}.{role}", long=self.env._long(self.case), hold_headers=hold)
+        return Ctx(
+            self.env, self.result, f"{self.case.index}.{role}", long=self.env._long(self.case), hold_headers=hold
+        )
 
     def on_cancel(self) -> None:
         self.result.hook_runs += 1
