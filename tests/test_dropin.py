@@ -247,7 +247,25 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
 
 @pytest.fixture
 def proxy() -> Iterator[_Proxy]:
+    yield from _serve(_Proxy())
+
+
+@pytest.fixture
+def tls_server() -> Iterator[_Proxy]:
+    """The same stand-in over TLS, with a certificate from a CA nobody trusts."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
     server = _Proxy()
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    yield from _serve(server)
+
+
+def _serve(server: _Proxy) -> Iterator[_Proxy]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -267,6 +285,18 @@ def test_qdrant_uses_proxies_from_the_environment(proxy: _Proxy, monkeypatch: py
     assert [(c.provider, c.outcome) for c in scope.report.calls] == [("qdrant", "completed")]  # type: ignore[union-attr]
     copy = scoped_qdrant.QdrantClient(**client.init_options)
     assert isinstance(copy, scoped_qdrant.QdrantClient)
+
+
+def test_qdrant_verify_false_is_honoured(tls_server: _Proxy) -> None:
+    url = f"https://127.0.0.1:{tls_server.server_address[1]}"
+    client = scoped_qdrant.QdrantClient(url=url, verify=False, check_compatibility=False)
+    with RequestScope() as scope:
+        client.get_collections()
+    assert tls_server.lines == ["GET /collections HTTP/1.1"]
+    assert [c.outcome for c in scope.report.calls] == ["completed"]  # type: ignore[union-attr]
+    strict = scoped_qdrant.QdrantClient(url=url, check_compatibility=False)
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        strict.get_collections()
 
 
 def test_qdrant_explicit_proxy_is_scoped(proxy: _Proxy) -> None:
