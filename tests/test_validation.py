@@ -283,3 +283,44 @@ async def test_qdrant_under_an_infinite_or_huge_timeout(
     (log,) = provider.requests
     assert log.query.get("timeout") == sent
     assert scope.report is not None and [c.outcome for c in scope.report.calls] == ["completed"]
+
+
+# ------------------------------------------------------------------ tools
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"argv": "echo hi"}, TypeError, r"shlex.split\('echo hi'\)"),
+        ({"argv": []}, TypeError, "non-empty list of strings"),
+        ({"argv": ["echo", 3]}, TypeError, "every argument must be a str"),
+        ({"argv": ["echo"], "grace": -1}, ValueError, "grace is the seconds between SIGTERM and SIGKILL"),
+        ({"argv": ["echo"], "grace": math.inf}, ValueError, "a finite number >= 0"),
+        ({"argv": ["cat"], "input": "text"}, TypeError, "input is the bytes"),
+    ],
+)
+async def test_run_command_arguments_are_checked_before_spawning(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    from scoped_clients.tools import run_command
+
+    async with RequestScope() as scope:
+        with pytest.raises(error, match=match):
+            await run_command(**kwargs)
+    assert scope.report is not None and scope.report.calls == ()  # nothing was admitted, nothing spawned
+
+
+@pytest.mark.anyio
+async def test_run_tool_takes_a_function() -> None:
+    from scoped_clients.tools import run_tool
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="takes the tool function itself"):
+        await run_tool(42)  # type: ignore[arg-type]
+    coroutine = fetch()
+    with pytest.raises(TypeError, match="not a coroutine"):
+        await run_tool(coroutine)  # type: ignore[arg-type]
+    coroutine.close()

@@ -25,6 +25,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -184,6 +185,10 @@ def _name_of(fn: Callable[..., Any]) -> str:
 
 async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = None, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` (async or sync) as a call owned by the ambient scope."""
+    if inspect.iscoroutine(fn):
+        raise TypeError("run_tool() takes the async function and its arguments, not a coroutine: run_tool(fn, *args)")
+    if not callable(fn):
+        raise TypeError(f"run_tool() takes the tool function itself, not {fn!r}")
     name = _name or _name_of(fn)
     is_async = inspect.iscoroutinefunction(fn)
     call = _admit(name, "async" if is_async else "thread")
@@ -296,6 +301,24 @@ class CommandCancelled(ScopeCancelled):
         self.result = result
 
 
+def _check_command(argv: object, grace: object, input: object) -> tuple[str, ...]:
+    """``run_command``'s arguments, checked before anything is spawned."""
+    if isinstance(argv, str | bytes):
+        raise TypeError(
+            f"run_command() takes the program and its arguments as a list, not one string: "
+            f"pass [{argv!r}] for a program without arguments, or shlex.split({argv!r})"
+        )
+    if not isinstance(argv, Sequence) or not argv:
+        raise TypeError(f"run_command() needs a non-empty list of strings: [program, *arguments], not {argv!r}")
+    if not all(isinstance(a, str | os.PathLike) for a in argv):
+        raise TypeError(f"run_command(): every argument must be a str (or a path), got {argv!r}")
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+        raise ValueError(f"grace is the seconds between SIGTERM and SIGKILL: a finite number >= 0, not {grace!r}")
+    if input is not None and not isinstance(input, bytes | bytearray | memoryview):
+        raise TypeError(f"input is the bytes to write to the command's stdin, not {type(input).__name__}")
+    return tuple(os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv)
+
+
 async def run_command(
     argv: Sequence[str],
     *,
@@ -315,8 +338,8 @@ async def run_command(
     cancellation.  A missing program raises the OS's ``FileNotFoundError``; with
     ``check=True`` a non-zero exit raises ``subprocess.CalledProcessError``.
     """
-    argv = tuple(str(a) for a in argv)
-    call = _admit(os.path.basename(argv[0]) if argv else "command", "command")
+    argv = _check_command(argv, grace, input)
+    call = _admit(os.path.basename(argv[0]), "command")
     command = _Command(argv, grace, call)
     spawn = functools.partial(
         anyio.open_process,
