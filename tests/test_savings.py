@@ -127,11 +127,11 @@ def test_one_finish_reason_of_several_choices_is_not_the_end() -> None:
     meter = ChatStreamMeter()
     meter.tokens_out, meter.finish_reason = 30, "stop"
     call: Any = SimpleNamespace(meter=meter, info=info, started_at=0.0, aborted=None, status_code=200, orphan=False)
-    several = _savings_of(call, "aborted", 1.0)
+    several = _savings_of(call, "aborted", 1.0, meter.tokens_out)
     assert several is not None and several.tokens_saved_max == 2 * 100 - 30
     assert several.tokens_saved_max_source == "upper_bound"
     info.extra.clear()  # one choice: its finish reason is the end
-    single = _savings_of(call, "aborted", 1.0)
+    single = _savings_of(call, "aborted", 1.0, meter.tokens_out)
     assert single is not None and (single.tokens_saved_max, single.tokens_saved_max_source) == (0, "exact")
 
 
