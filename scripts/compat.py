@@ -5,7 +5,8 @@ allow; this builds a second virtualenv (``.cache/compat/oldest``) pinned to the
 lower bound of each range and runs the tests that touch the vendor SDKs and the
 HTTP libraries there.  We rely on private attributes of httpcore, openai, cohere
 and qdrant-client (pin-tested by these tests), so an upgrade or a downgrade
-inside a range that breaks us fails CI, not a user.
+inside a range that breaks us fails CI, not a user.  Frameworks that need openai 2.x
+(``EXTRA_PACKAGES``: LlamaIndex) are installed and tested here too.
 
 The lower bounds are read from ``pyproject.toml``: a range's floor that is not
 an installable release fails here, so the two cannot drift apart.
@@ -25,7 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
 #: the extras whose vendor packages are pinned to their floor
 EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2")
-TESTS = ["tests/test_dropin.py", "tests/test_llm_clients.py", "tests/test_transport.py", "tests/test_rag.py"]
+#: installed after ``.[test]``, beside the floors: frameworks that need openai 2.x (LlamaIndex's
+#: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it)
+EXTRA_PACKAGES = ("llama-index-core", "llama-index-llms-openai")
+TESTS = [
+    "tests/test_dropin.py",
+    "tests/test_llm_clients.py",
+    "tests/test_transport.py",
+    "tests/test_rag.py",
+    "tests/test_agents_llamaindex.py",
+]
 
 
 def floors() -> dict[str, str]:
@@ -44,13 +54,17 @@ def main() -> int:
     pins = floors()
     python = VENV / "bin" / "python"
     stamp = VENV / "stamp"
-    wanted = repr(sorted(pins.items())) + "[test]"
+    wanted = repr(sorted(pins.items())) + "[test]" + repr(EXTRA_PACKAGES)
     if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
         argv = [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"]
-        subprocess.run(argv + [f"{name}=={version}" for name, version in pins.items()], check=True)
+        floor_pins = [f"{name}=={version}" for name, version in pins.items()]
+        subprocess.run(argv + floor_pins, check=True)
+        # the floors are named again so that no extra package moves them
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *EXTRA_PACKAGES, *floor_pins], check=True)
         stamp.write_text(wanted)
     print("compat: oldest releases of the supported ranges: " + ", ".join(f"{n}=={v}" for n, v in pins.items()))
+    print("compat: with " + ", ".join(EXTRA_PACKAGES))
     return subprocess.run([str(python), "-m", "pytest", *TESTS, "-q", *sys.argv[1:]], cwd=ROOT).returncode
 
 
