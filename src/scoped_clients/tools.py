@@ -210,6 +210,8 @@ async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = No
         raise
     if cancel_scope.cancelled_caught:
         if call.thread_running is None:  # else the thread's end (or the scope's) settles the call
+            if not is_async:  # its thread had already stopped when the caller was released
+                call.detail["thread_leaked"] = False
             call.finish("aborted")
         assert call.aborted is not None
         raise ScopeCancelled(call.aborted, call.scope.name)
@@ -386,6 +388,10 @@ def _forget(task: Any) -> None:
         task.exception()  # retrieved: a caller cancelled again no longer awaits it (see the call's record)
 
 
+#: how long a stopped command's pipes are read for what it wrote before it died
+_DRAIN_SECONDS = 1.0
+
+
 async def _pump(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
     if stream is None:
         return
@@ -460,6 +466,12 @@ class _Command:
             how = await _stop_group(process, self.grace)
             if self.call is not None:
                 self.call.detail["stopped_by"] = how
+            # What the group wrote before it was stopped may still sit in the pipes: keep it.
+            # Bounded, since a process outside the group may still hold them open.
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_pump, process.stdout, self.out)
+                    tg.start_soon(_pump, process.stderr, self.err)
         await process.aclose()  # close the pipes (the process has exited by now)
 
     def _settle(self, failure: BaseException | None, check: bool) -> BaseException | None:
