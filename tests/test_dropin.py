@@ -326,3 +326,25 @@ def test_cohere_keeps_its_defaults_and_leaves_the_callers_client() -> None:
     with_mine = scoped_cohere.ClientV2(api_key="x", httpx_client=mine)
     assert mine._transport is transport
     assert _scoped(with_mine._client_wrapper.httpx_client.httpx_client)
+
+
+class _SelfClosing(httpx2.Client):
+    """Like the frameworks' cached clients: closes itself when garbage-collected."""
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def test_a_shared_self_closing_client_outlives_the_sdk_copy() -> None:
+    shared = _SelfClosing()
+    client = scoped_openai.OpenAI(api_key="x", http_client=shared)
+    assert isinstance(client._client, _SelfClosing) and client._client is not shared
+    del client
+    gc.collect()
+    assert not shared.is_closed  # collecting the SDK's scoped copy did not close the caller's shared client
+    shared.close()
+
+
+def test_scope_client_imports_the_dropins_it_needs() -> None:
+    client = anthropic.Anthropic(api_key="x")
+    assert scope_client(client) is client and isinstance(client, scoped_anthropic.Anthropic)

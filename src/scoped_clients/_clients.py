@@ -157,9 +157,29 @@ def scope_http_client(
         wrap_client(client, profile, finish_policy, always_stream)
         return client
     view = copy.copy(client)
+    if getattr(type(client), "__del__", None) is not None:
+        # A class that closes itself when collected (the SDKs' and frameworks' cached clients):
+        # the copy must not close the caller's shared connections when *it* is collected.
+        view.__class__ = _collected_quietly(type(client))
     wrap_client(client, profile, finish_policy, always_stream, target=view)
     _close_together(view, client)
     return view
+
+
+_quiet_classes: dict[type, type] = {}
+
+
+def _collected_quietly(cls: type) -> type:
+    """A subclass of ``cls`` whose instances do nothing when garbage-collected."""
+    quiet = _quiet_classes.get(cls)
+    if quiet is None:
+
+        def __del__(self: Any) -> None:
+            pass
+
+        namespace = {"__del__": __del__, "__module__": cls.__module__, "__doc__": cls.__doc__}
+        quiet = _quiet_classes[cls] = type(cls.__name__, (cls,), namespace)
+    return quiet
 
 
 def _close_together(view: Any, client: Any) -> None:

@@ -28,6 +28,7 @@ client from a plain one.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import types
 from collections.abc import Callable
@@ -223,6 +224,14 @@ def _signature(vendor: type, options: tuple[str, ...]) -> inspect.Signature:
     return signature.replace(parameters=[*plain, *extras, *var_keyword])
 
 
+_DROPIN_MODULES = {
+    "openai": "scoped_clients.openai",
+    "anthropic": "scoped_clients.anthropic",
+    "cohere": "scoped_clients.cohere",
+    "qdrant_client": "scoped_clients.qdrant",
+}
+
+
 def scope_client(client: T, *, always_stream: bool = False, finish_policy: FinishPolicy = "abort") -> T:
     """Scope a vendor client someone else built (a framework, a factory) and return it.
 
@@ -232,6 +241,10 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     the vendor instance gets a scoped copy of it.
     """
     check_options(finish_policy, always_stream)
+    for base in type(client).__mro__:  # register the drop-ins of the client's SDK
+        module = _DROPIN_MODULES.get(base.__module__.split(".", 1)[0])
+        if module is not None:
+            importlib.import_module(module)
     for vendor_cls in type(client).__mro__:
         dropin = _REGISTRY.get(vendor_cls)
         if dropin is not None:
@@ -239,7 +252,7 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     else:
         known = ", ".join(sorted(f"{v.__module__.split('.')[0]}.{v.__qualname__}" for v in _REGISTRY))
         raise TypeError(
-            f"scope_client() takes a vendor SDK client ({known or 'import scoped_clients.<vendor> first'}), "
+            f"scope_client() takes a vendor SDK client ({known}), "
             f"not {type(client).__qualname__}"
         )
     holder, attribute = _holder(client, dropin.http_path)

@@ -233,6 +233,7 @@ def test_sync_invoke_cancelled_from_another_thread(provider: LocalProvider) -> N
     thread.join(10)
     assert not thread.is_alive() and len(errors) == 1 and len(provider.requests) == 1
     assert [r.outcome for r in scope.report.calls] == ["aborted"]  # type: ignore[union-attr]
+    llm.root_client.close()  # langchain caches this client per base URL and never closes it
 
 
 @pytest.mark.anyio
@@ -268,14 +269,15 @@ def _survivors(pids: list[int], timeout: float = 5.0) -> list[int]:
 
 def test_http_client_recipe_reports_the_vendor(provider: LocalProvider) -> None:
     """ChatOpenAI given only HTTP clients (no scope_model) still reports OpenAI calls."""
+    http_client = scoped_openai.http_client()
     llm = ChatOpenAI(
         model="local-7",
         base_url=provider.url + "/v1",
         api_key="x",
-        http_client=scoped_openai.http_client(),
+        http_client=http_client,
         http_async_client=scoped_openai.async_http_client(),
     )
-    with RequestScope() as scope:
+    with RequestScope() as scope, http_client:
         llm.invoke("hi")
     assert [(r.provider, r.model, r.outcome, r.tokens_out) for r in scope.report.calls] == [  # type: ignore[union-attr]
         ("openai", "local-7", "completed", 7)
