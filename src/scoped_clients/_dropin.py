@@ -251,10 +251,7 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
             break
     else:
         known = ", ".join(sorted(f"{v.__module__.split('.')[0]}.{v.__qualname__}" for v in _REGISTRY))
-        raise TypeError(
-            f"scope_client() takes a vendor SDK client ({known}), "
-            f"not {type(client).__qualname__}"
-        )
+        raise TypeError(f"scope_client() takes a vendor SDK client ({known}), not {type(client).__qualname__}")
     holder, attribute = _holder(client, dropin.http_path)
     if holder is None:
         return client
