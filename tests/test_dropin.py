@@ -328,7 +328,7 @@ def test_cohere_keeps_its_defaults_and_leaves_the_callers_client() -> None:
     assert _scoped(with_mine._client_wrapper.httpx_client.httpx_client)
 
 
-class _SelfClosing(httpx2.Client):
+class _SelfClosing(OPENAI_HTTP.Client):  # type: ignore[misc, name-defined]
     """Like the frameworks' cached clients: closes itself when garbage-collected."""
 
     def __del__(self) -> None:
