@@ -212,6 +212,7 @@ async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = No
         if call.thread_running is None:  # else the thread's end (or the scope's) settles the call
             if not is_async:  # its thread had already stopped when the caller was released
                 call.detail["thread_leaked"] = False
+                call.detail["ran_after_cancel_s"] = 0.0
             call.finish("aborted")
         assert call.aborted is not None
         raise ScopeCancelled(call.aborted, call.scope.name)
