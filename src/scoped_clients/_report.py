@@ -60,6 +60,9 @@ class CallRecord:
     #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
     cost_saved: float | None = None
     cancel_reason: str | None = None
+    #: aborted calls: ``time.monotonic()`` of the cancel that stopped the call (cancel latency:
+    #: ``started_at + duration - cancelled_at``)
+    cancelled_at: float | None = None
     #: aborted because the scope ended while nobody awaited the call
     orphan: bool = False
     error: str | None = None

@@ -312,6 +312,7 @@ def _build_record(call: HttpCall) -> CallRecord:
         tokens_produced_source=None if savings is None else savings.tokens_produced_source,
         cost_saved=cost,
         cancel_reason=call.aborted.code if call.aborted is not None else None,
+        cancelled_at=call.aborted.time if call.aborted is not None else None,
         orphan=call.orphan,
         error=call.error,
         finish_reason=meter.finish_reason,
