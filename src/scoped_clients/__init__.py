@@ -6,6 +6,8 @@ scope stops them at the socket, so the provider sees the disconnect and stops
 generating, and the scope's report says how many tokens that saved.
 """
 
+from ._bus import CancelBus as CancelBus
+from ._bus import LocalCancelBus as LocalCancelBus
 from ._calls import CallInfo as CallInfo
 from ._calls import Meter as Meter
 from ._calls import Profile as Profile
@@ -15,6 +17,7 @@ from ._exceptions import ScopedClientsError as ScopedClientsError
 from ._exceptions import ScopeStateError as ScopeStateError
 from ._exceptions import ScopeUsageError as ScopeUsageError
 from ._exceptions import UnsupportedError as UnsupportedError
+from ._hops import DEADLINE_HEADER as DEADLINE_HEADER
 from ._reasons import CancelReason as CancelReason
 from ._reasons import ReasonCode as ReasonCode
 from ._report import CallRecord as CallRecord
@@ -27,9 +30,12 @@ from ._scope import detached as detached
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEADLINE_HEADER",
     "CallInfo",
     "CallRecord",
+    "CancelBus",
     "CancelReason",
+    "LocalCancelBus",
     "Meter",
     "Profile",
     "ReasonCode",

@@ -76,7 +76,7 @@ class ScopeReport:
     """The final account of one scope, built once when its block exits."""
 
     scope: str | None
-    scope_id: int
+    scope_id: str
     outcome: ScopeOutcome
     cancel_reason: str | None
     cancel_message: str | None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import logging
 import math
 import numbers
@@ -30,6 +29,7 @@ import anyio
 import anyio.abc
 import sniffio
 
+from ._bus import CancelBus, check_scope_id, new_scope_id
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
@@ -40,7 +40,6 @@ logger = logging.getLogger("scoped_clients")
 
 _current: ContextVar[RequestScope | None] = ContextVar("scoped_clients.scope", default=None)
 _shielded: ContextVar[RequestScope | None] = ContextVar("scoped_clients.shielded", default=None)
-_ids = itertools.count(1)
 
 #: longest kept scope name (characters): names are free text, longer ones are truncated
 MAX_NAME_LENGTH = 200
@@ -173,6 +172,13 @@ class RequestScope:
     ``with RequestScope()`` in sync code.  ``scope.cancel(reason)`` is safe from
     any task or thread and idempotent.  Cancelling a parent cancels its children,
     never the reverse.
+
+    ``id``: who the scope is to the outside (a str of visible ASCII, at most 128
+    characters; default: 32 random hex digits, unguessable).  ``bus``: a cancel bus
+    (``LocalCancelBus``, ``scoped_clients.redis.RedisCancelBus``) the scope joins
+    while open, so that ``await bus.cancel(scope.id)`` reaches it from another
+    request, process or machine.  A child scope is cancelled with its parent: it
+    needs no bus of its own.
     """
 
     def __init__(
@@ -183,6 +189,8 @@ class RequestScope:
         deadline: float | None = None,
         parent: RequestScope | _Ambient | None = _AMBIENT,
         hook_timeout: float = 5.0,
+        id: str | None = None,
+        bus: CancelBus | None = None,
     ) -> None:
         if parent is not _AMBIENT and parent is not None and not isinstance(parent, RequestScope):
             raise TypeError(
@@ -197,7 +205,15 @@ class RequestScope:
             )
         #: free text; names longer than ``MAX_NAME_LENGTH`` characters are truncated
         self.name = _check_name(name)
-        self.id = next(_ids)
+        #: who the scope is to a cancel bus, a log line, a page that wants to stop it: unguessable by default
+        self.id: str = new_scope_id() if id is None else check_scope_id(id)
+        if bus is not None and not callable(getattr(bus, "join", None)):
+            raise TypeError(
+                f"bus must be a cancel bus (scoped_clients.LocalCancelBus, scoped_clients.redis.RedisCancelBus), "
+                f"not {type(bus).__name__}: {bus!r}"
+            )
+        self.bus = bus
+        self._leave_bus: Callable[[], None] | None = None
         self._timeout = check_timeout(timeout)
         self._own_deadline = _check_deadline(deadline)
         self._parent_arg = parent
@@ -258,7 +274,7 @@ class RequestScope:
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled else self._state.value
-        return f"<RequestScope {self.name!r} #{self.id} {state}>"
+        return f"<RequestScope {self.name!r} id={self.id!r} {state}>"
 
     # ---------------------------------------------------------------- cancel
 
@@ -534,6 +550,11 @@ class RequestScope:
         self._token = _current.set(self)
         if inherited is not None:
             self.cancel(inherited)
+        if self.bus is not None:
+            try:
+                self._leave_bus = self.bus.join(self)
+            except Exception:  # a bus is never allowed to break the request it serves
+                logger.exception("scoped_clients: %r could not join %r; local cancels still work", self, self.bus)
 
     def _timeout_reason(self) -> CancelReason:
         return CancelReason(ReasonCode.TIMEOUT, "the scope's deadline passed")
@@ -676,6 +697,12 @@ class RequestScope:
                     self._records.append(record)
 
     def _end(self, exc: BaseException | None) -> None:
+        if self._leave_bus is not None:
+            try:
+                self._leave_bus()
+            except Exception:
+                logger.exception("scoped_clients: %r could not leave %r", self, self.bus)
+            self._leave_bus = None
         with self._lock:
             self._state = _State.ENDED
             if self._closed_reason is None and self._cancel_reason is None:

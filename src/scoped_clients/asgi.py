@@ -44,10 +44,12 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._bus import CancelBus, valid_scope_id
+from ._hops import DEADLINE_HEADER, parse_timeout
 from ._reasons import CancelReason, ReasonCode
 from ._scope import RequestScope, check_timeout
 
-__all__ = ["BUFFER_LIMIT", "SCOPE_KEY", "ScopeMiddleware"]
+__all__ = ["BUFFER_LIMIT", "DEADLINE_HEADER", "SCOPE_KEY", "ScopeMiddleware"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -74,6 +76,16 @@ class ScopeMiddleware:
     request declares its ``Content-Length``; otherwise the request's scope is cancelled
     with reason ``body_too_large`` and, if the app has not started its response, the
     middleware sends the 413).  ``None`` (the default): no limit, the server's own applies.
+
+    ``id_header``: the request header a scope id is taken from (a page, a gateway or
+    an upstream service names the request; a value that is not a valid id is ignored
+    and a random one is used) and the response header it is returned in, so a page
+    can ask to stop exactly its request.  ``None``: random ids, no header.
+    ``bus``: a cancel bus every request scope joins (``LocalCancelBus``,
+    ``scoped_clients.redis.RedisCancelBus``): ``await bus.cancel(scope_id)`` from
+    anywhere stops that request.  ``deadline_header``: the header carrying a caller's
+    remaining time in milliseconds (what scoped ``httpx`` clients send); a request
+    that has one gets that timeout, or ``timeout`` if shorter.  ``None``: ignored.
     """
 
     def __init__(
@@ -83,6 +95,9 @@ class ScopeMiddleware:
         name: str | Callable[[MutableMapping[str, Any]], str] | None = None,
         timeout: float | None = None,
         max_body_size: int | None = None,
+        bus: CancelBus | None = None,
+        id_header: str | None = "x-request-id",
+        deadline_header: str | None = DEADLINE_HEADER,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -101,6 +116,14 @@ class ScopeMiddleware:
                 f"ScopeMiddleware(max_body_size=...) is a number of bytes (an int >= 0) or None for no limit, "
                 f"got {max_body_size!r}"
             )
+        if bus is not None and not callable(getattr(bus, "join", None)):
+            raise TypeError(
+                f"ScopeMiddleware(bus=...) takes a cancel bus (scoped_clients.LocalCancelBus, "
+                f"scoped_clients.redis.RedisCancelBus) or None, not {type(bus).__name__}: {bus!r}"
+            )
+        self.id_header = _header_name(id_header, "id_header")
+        self.deadline_header = _header_name(deadline_header, "deadline_header")
+        self.bus = bus
         self.app = app
         self.name = name
         self.timeout = check_timeout(timeout, "ScopeMiddleware(timeout=...)")
@@ -131,6 +154,20 @@ class ScopeMiddleware:
             return self.name
         return f"{scope.get('method', 'WS')} {scope.get('path', '')}"
 
+    def _request_scope(self, scope: MutableMapping[str, Any]) -> RequestScope:
+        timeout = self.timeout
+        raw_timeout = _header(scope, self.deadline_header)
+        if raw_timeout is not None and (incoming := parse_timeout(raw_timeout)) is not None:
+            timeout = incoming if timeout is None else min(timeout, incoming)
+        raw_id = _header(scope, self.id_header)
+        scope_id = raw_id.decode("latin-1") if raw_id is not None else None
+        return RequestScope(
+            self._scope_name(scope),
+            timeout=timeout,
+            id=scope_id if valid_scope_id(scope_id) else None,
+            bus=self.bus,
+        )
+
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def lifespan_receive() -> Message:
             message = await receive()
@@ -141,6 +178,23 @@ class ScopeMiddleware:
             return message
 
         return lifespan_receive
+
+
+def _header_name(value: object, what: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError(f"ScopeMiddleware({what}=...) is an HTTP header name (a str) or None, got {value!r}")
+    return value.lower().encode("ascii")
+
+
+def _header(scope: MutableMapping[str, Any], name: bytes | None) -> bytes | None:
+    if name is None:
+        return None
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value)
+    return None
 
 
 def _declared_length(scope: MutableMapping[str, Any]) -> int:
@@ -180,7 +234,7 @@ class _Connection:
         self.app_done = False
         self.too_large = False
         self.watching: anyio.CancelScope | None = None
-        self.request_scope = RequestScope(owner._scope_name(scope), timeout=owner.timeout)
+        self.request_scope = owner._request_scope(scope)
         # Counted in messages the stream is unbounded; the watcher bounds it in bytes
         # (BUFFER_LIMIT) by waiting for `room` before it reads the next message.
         self.buffered = 0  # body bytes read from the server and not yet by the app
@@ -266,10 +320,24 @@ class _Connection:
                 self.room.set()
         return message
 
+    def _with_id_header(self, message: Message) -> Message:
+        """The response start with the scope id in ``id_header``, unless the app set that header itself."""
+        name = self.owner.id_header
+        if name is None:
+            return message
+        headers = list(message.get("headers", ()))
+        if any(bytes(key).lower() == name for key, _ in headers):
+            return message
+        headers.append((name, self.request_scope.id.encode("ascii")))
+        return {**message, "headers": headers}
+
     async def send(self, message: Message) -> None:
         kind = message.get("type")
         if kind == "http.response.start":
             self.started = True
+            message = self._with_id_header(message)
+        elif kind == "websocket.accept":
+            message = self._with_id_header(message)
         elif (kind == "http.response.body" and not message.get("more_body", False)) or kind == "websocket.close":
             self.complete = True
         try:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
+from .._hops import DEADLINE_HEADER, format_timeout
+
+if TYPE_CHECKING:
+    from .._scope import RequestScope
 
 
 class GenericProfile:
@@ -16,3 +21,14 @@ class GenericProfile:
 
     def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
         return Meter()
+
+    def prepare(self, request: Any, scope: RequestScope) -> None:
+        """Send the scope's remaining time to the next service (``DEADLINE_HEADER``), if it has a deadline.
+
+        Only the generic clients (``scoped_clients.httpx`` / ``httpx2``: service-to-service
+        calls) send it; the vendor clients' requests stay byte for byte the vendor SDK's
+        (drop-in), and no LLM provider reads it.  A header the caller set is kept.
+        """
+        remaining = scope.remaining()
+        if remaining is not None and DEADLINE_HEADER not in request.headers:
+            request.headers[DEADLINE_HEADER] = format_timeout(remaining)
