@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from _redis import RedisServer
     from scoped_clients.provider import LocalProvider
 
 
@@ -40,3 +41,25 @@ def provider(_session_provider: LocalProvider) -> Iterator[LocalProvider]:
     _session_provider.search_delay = 0.0
     _session_provider.token_interval = 0.01
     yield _session_provider
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests that kill Redis start their own ``RedisServer``)."""
+    from _redis import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session's Redis, emptied for each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    yield redis_server.url
