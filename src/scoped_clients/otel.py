@@ -172,7 +172,7 @@ def _scope_attributes(report: ScopeReport) -> Attributes:
     attributes: Attributes = {
         "scoped_clients.scope.id": str(report.scope_id),
         "scoped_clients.scope.outcome": report.outcome,
-        "scoped_clients.calls": len(report.calls),
+        "scoped_clients.calls.count": len(report.calls),
         "scoped_clients.calls.aborted": report.count("aborted"),
         "scoped_clients.calls.refused": report.count("refused"),
         "scoped_clients.calls.orphans": report.orphans,
