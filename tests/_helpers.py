@@ -10,8 +10,39 @@ from typing import Any
 
 import anyio
 
-from scoped_clients import RequestScope, ScopeCancelled
+from scoped_clients import RequestScope, ScopeCancelled, ScopeReport
 from scoped_clients.provider import LocalProvider, RequestLog
+
+
+class Reports:
+    """A report sink that keeps every ``ScopeReport`` and lets a test wait for them (any thread)."""
+
+    def __init__(self) -> None:
+        self.items: list[ScopeReport] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, report: ScopeReport) -> None:
+        with self._cond:
+            self.items.append(report)
+            self._cond.notify_all()
+
+    def wait(self, n: int = 1, timeout: float = 10) -> ScopeReport:
+        """The ``n``-th report, once it has come."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.items) >= n, timeout), "no scope report"
+            return self.items[n - 1]
+
+    def wait_for(self, name: str, timeout: float = 10) -> ScopeReport:
+        """The first report of the scope named ``name``, once it has come."""
+
+        def found() -> ScopeReport | None:
+            return next((r for r in self.items if r.scope == name), None)
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: found() is not None, timeout), f"no report for scope {name!r}"
+            report = found()
+        assert report is not None
+        return report
 
 
 async def wait(fn: Callable[..., Any], *args: Any) -> Any:

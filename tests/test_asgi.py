@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from _helpers import Reports
 from scoped_clients import ScopeReport, add_report_sink, current_scope
 from scoped_clients.asgi import BUFFER_LIMIT, SCOPE_KEY, ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
@@ -74,22 +75,6 @@ def build_app(provider: LocalProvider, middleware: list[Middleware] | None = Non
         lifespan=lifespan,
     )
     return ScopeMiddleware(app, **options)
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.items: list[ScopeReport] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, report: ScopeReport) -> None:
-        with self._cond:
-            self.items.append(report)
-            self._cond.notify_all()
-
-    def wait(self, n: int = 1, timeout: float = 10) -> ScopeReport:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.items) >= n, timeout), "no scope report"
-            return self.items[n - 1]
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scoped_clients import DEADLINE_HEADER, LocalCancelBus, RequestScope, ScopeReport, add_report_sink, current_scope
+from _helpers import Reports
+from scoped_clients import DEADLINE_HEADER, LocalCancelBus, RequestScope, add_report_sink, current_scope
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider
@@ -29,29 +29,6 @@ from scoped_clients.testing import serve
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 HTTP_LIBRARIES = ["httpx", "httpx2"]
-
-
-class Reports:
-    """Scope reports by scope name, waited for on a condition."""
-
-    def __init__(self) -> None:
-        self.items: list[ScopeReport] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, report: ScopeReport) -> None:
-        with self._cond:
-            self.items.append(report)
-            self._cond.notify_all()
-
-    def wait(self, name: str, timeout: float = 10) -> ScopeReport:
-        def found() -> ScopeReport | None:
-            return next((r for r in self.items if r.scope == name), None)
-
-        with self._cond:
-            assert self._cond.wait_for(lambda: found() is not None, timeout), f"no report for scope {name!r}"
-            report = found()
-        assert report is not None
-        return report
 
 
 @pytest.fixture
@@ -123,7 +100,7 @@ def test_a_client_leaving_service_a_stops_the_llm_call_of_service_b(
         t_drop = time.monotonic()
         sock.close()
         seen = log.wait_disconnect()
-        report_a, report_b = reports.wait("A"), reports.wait("B")
+        report_a, report_b = reports.wait_for("A"), reports.wait_for("B")
     assert seen >= t_drop
     assert log.units_after(t_drop) <= 1  # the provider stopped at its next token
     assert len(provider.requests) == 1  # and nobody retried
@@ -163,7 +140,7 @@ def test_an_adopted_deadline_stops_the_llm_call_when_it_passes(provider: LocalPr
     with serve(service_b(provider)) as port:
         status, _, _ = get(port, "/complete", {DEADLINE_HEADER: "300"})
         (log,) = provider.requests
-        report = reports.wait("B")
+        report = reports.wait_for("B")
     assert log.disconnected_at is not None and log.completed_at is None  # the provider saw the abort
     assert report.cancel_reason == "timeout"
     assert status == 500  # B's handler was cancelled: nothing to answer with
@@ -202,7 +179,7 @@ def test_a_cancel_endpoint_in_the_same_process_stops_a_request_by_its_id(
         t_cancel = time.monotonic()
         assert bus.cancel_sync("chat-7", "user_stopped") == 1
         seen = log.wait_disconnect()
-        report = reports.wait("B")
+        report = reports.wait_for("B")
         sock.close()
     assert seen >= t_cancel and log.units_after(t_cancel) <= 1
     assert report.scope_id == "chat-7" and report.cancel_reason == "user_stopped"
