@@ -49,7 +49,7 @@ import scoped_clients.httpx as sc_httpx
 import scoped_clients.httpx2 as sc_httpx2
 import scoped_clients.openai as sc_openai
 import scoped_clients.qdrant as sc_qdrant
-from scoped_clients import RequestScope, ScopeCancelled, ScopeStateError
+from scoped_clients import LocalCancelBus, RequestScope, ScopeCancelled, ScopeStateError
 from scoped_clients.provider import LocalProvider, RequestLog, embed
 from scoped_clients.tools import run_command, run_tool
 
@@ -64,7 +64,8 @@ MAX_TOKENS = 400
 #: a bound on every wait for the provider: a wait that times out is a violation (a hang), not a flake
 WAIT = 10.0
 
-SOURCES = ("owner", "task", "thread", "deadline", "parent", "twice")
+#: "bus": by the scope's id through a ``LocalCancelBus``, from another thread (a cancel endpoint)
+SOURCES = ("owner", "task", "thread", "deadline", "parent", "twice", "bus")
 POINTS = ("before", "connect", "headers", "body", "after")
 
 
@@ -481,6 +482,11 @@ class Engine:
         self.baseline: Checkpoint | None = None
         self.checkpoints: list[Checkpoint] = []
         self.process = psutil.Process()
+        self.bus = LocalCancelBus()
+
+    def scope_for(self, case: Case) -> RequestScope:
+        """The case's scope (joined to the engine's bus when the case cancels through it)."""
+        return RequestScope("fuzz", timeout=case.timeout, bus=self.bus if case.source == "bus" else None)
 
     # ------------------------------------------------------------- set-up
 
@@ -739,10 +745,15 @@ class Cancel:
         target = self.parent if self.case.source == "parent" else self.scope
         assert target is not None
         t = time.monotonic()
-        done = target.cancel(REASON)
+        done = self.case_bus_cancel(target) if self.case.source == "bus" else target.cancel(REASON)
         if done:
             self.result.t_cancel = t
         return done
+
+    @staticmethod
+    def case_bus_cancel(target: RequestScope) -> bool:
+        assert target.bus is not None, "a bus case's scope joins the engine's bus"
+        return target.bus.cancel_sync(target.id, REASON) == 1
 
     def fire_here(self) -> None:
         """Cancel from the calling task or thread ("owner", "task", "parent")."""
@@ -841,7 +852,7 @@ class AsyncRun:
         if self.case.source == "deadline":  # the caller of point "before" starts once the deadline passed
             await self.cancelled.wait()
             return
-        if self.case.source in ("thread", "twice"):
+        if self.case.source in ("thread", "twice", "bus"):
             await anyio.to_thread.run_sync(fire.fire_in_threads)
         else:
             fire.fire_here()
@@ -858,7 +869,7 @@ class AsyncRun:
     async def run(self) -> None:
         case = self.case
         parent = RequestScope("fuzz-parent") if case.source == "parent" else None
-        self.scope = scope = RequestScope("fuzz", timeout=case.timeout)
+        self.scope = scope = self.env.scope_for(case)
         fire = Cancel(case, self.result, scope, parent)
         try:
             async with anyio.create_task_group() as outer, _maybe(parent), scope:
@@ -968,7 +979,7 @@ class SyncRun:
             with contextlib.ExitStack() as stack:
                 if case.source == "parent":
                     self.parent = stack.enter_context(RequestScope("fuzz-parent"))
-                self.scope = scope = RequestScope("fuzz", timeout=case.timeout)
+                self.scope = scope = self.env.scope_for(case)
                 fire = Cancel(case, self.result, scope, self.parent)
                 with scope:
                     scope.on_cancel(self.on_cancel)
@@ -1016,7 +1027,7 @@ class SyncRun:
                 fire = Cancel(case, self.result, self.scope, self.parent)
                 if case.point != "before":
                     await anyio.to_thread.run_sync(self.reach_point)
-                if case.source in ("thread", "twice"):
+                if case.source in ("thread", "twice", "bus"):
                     await anyio.to_thread.run_sync(fire.fire_in_threads)
                 else:  # "task", "parent": from the event loop's task
                     fire.fire_here()
