@@ -268,8 +268,11 @@ def test_instrument_twice_counts_once_and_uninstrument_stops(provider: LocalProv
     assert len(provider.requests) == 3
 
 
-def test_without_opentelemetry_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    monkeypatch.delitem(sys.modules, "scoped_clients.otel")
-    with pytest.raises(ImportError, match=r'pip install "scoped-clients\[otel\]"'):
-        importlib.import_module("scoped_clients.otel")
+@pytest.mark.parametrize(("extra", "package"), [("otel", "opentelemetry"), ("prometheus", "prometheus_client")])
+def test_without_the_extra_the_error_says_what_to_install(
+    extra: str, package: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, f"scoped_clients.{extra}", raising=False)
+    with pytest.raises(ImportError, match=rf'pip install "scoped-clients\[{extra}\]"'):
+        importlib.import_module(f"scoped_clients.{extra}")
