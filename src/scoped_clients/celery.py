@@ -52,12 +52,15 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from celery import Celery, bootsteps
-from celery.contrib.abortable import ABORTED, AbortableTask
-from celery.exceptions import Ignore
-from celery.signals import worker_process_init
-from celery.utils.functional import maybe_list
-from celery.worker import state as worker_state
+try:
+    from celery import Celery, bootsteps
+    from celery.contrib.abortable import ABORTED, AbortableTask
+    from celery.exceptions import Ignore
+    from celery.signals import worker_process_init
+    from celery.utils.functional import maybe_list
+    from celery.worker import state as worker_state
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError('scoped_clients.celery needs Celery: pip install "scoped-clients[celery]"') from exc
 
 from ._bus import CancelBus, LocalCancelBus, valid_scope_id
 from ._reasons import CancelReason
