@@ -519,12 +519,10 @@ class _Worker:
     def stop(self) -> None:
         if os.getpid() != self.pid or not self.thread.is_alive():
             return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
-        if threading.get_ident() == self.thread.ident:
-            return  # closed from a callback on the bus's own loop: it stops when that returns
-        with contextlib.suppress(Exception):
-            future.result(5)
-        self.thread.join(5)
+        # _shutdown stops the loop, so the future it returns is never completed: wait for the thread.
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+        if threading.get_ident() != self.thread.ident:  # else: closed from the bus's own loop
+            self.thread.join(5)
 
 
 async def _wait_future(future: concurrent.futures.Future[T]) -> None:
