@@ -116,7 +116,7 @@ class ScopeMiddleware:
                 f"ScopeMiddleware(max_body_size=...) is a number of bytes (an int >= 0) or None for no limit, "
                 f"got {max_body_size!r}"
             )
-        if bus is not None and not callable(getattr(bus, "join", None)):
+        if bus is not None and not (callable(getattr(bus, "join", None)) and callable(getattr(bus, "cancel", None))):
             raise TypeError(
                 f"ScopeMiddleware(bus=...) takes a cancel bus (scoped_clients.LocalCancelBus, "
                 f"scoped_clients.redis.RedisCancelBus) or None, not {type(bus).__name__}: {bus!r}"
