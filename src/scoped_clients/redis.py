@@ -420,7 +420,7 @@ class RedisCancelBus(LocalCancelBus):
         if not self._failing:
             self._failing = True
             logger.warning(
-                "scoped_clients: the cancel bus lost Redis (%s: %s); cancels reach this process's scopes only "
+                "scoped_clients: the cancel bus cannot reach Redis (%s: %s); cancels reach this process's scopes only "
                 "until it reconnects (retrying with backoff)",
                 type(exc).__name__,
                 exc,
