@@ -213,12 +213,18 @@ class _RevokeForwarder(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 def _forward(bus: CancelBus, task_ids: Iterable[object]) -> None:
+    held = [task_id for task_id in task_ids if isinstance(task_id, str) and task_id in worker_state.requests]
+    if held:
+        # off the consumer's loop: a bus whose Redis is down waits up to its publish_timeout
+        threading.Thread(target=_cancel_all, args=(bus, held), name="scoped_clients-celery-revoke").start()
+
+
+def _cancel_all(bus: CancelBus, task_ids: list[str]) -> None:
     for task_id in task_ids:
-        if isinstance(task_id, str) and task_id in worker_state.requests:
-            try:
-                bus.cancel_sync(task_id, REVOKED_CODE, "app.control.revoke()")  # type: ignore[attr-defined]
-            except Exception:
-                logger.exception("scoped_clients: could not forward the revoke of task %s to %r", task_id, bus)
+        try:
+            bus.cancel_sync(task_id, REVOKED_CODE, "app.control.revoke()")  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception("scoped_clients: could not forward the revoke of task %s to %r", task_id, bus)
 
 
 # ---------------------------------------------------------------------- abort

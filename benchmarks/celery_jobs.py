@@ -1,0 +1,270 @@
+"""A Celery job cancelled mid-call: tokens the provider produced after the cancel, ours vs
+Celery's ``AbortableTask`` polling ``is_aborted()`` between steps (same worker, same run).
+
+    .venv/bin/python benchmarks/celery_jobs.py [--runs 8] [--pool prefork]
+
+The job is a 3-step pipeline, each step a non-streamed chat completion of 100 tokens
+(10 ms per token) on the embedded provider.  The cancel comes while step 1 generates,
+after 10-70 tokens (the same points for every row).  Rows:
+
+- ``AbortableTask`` + raw ``openai.OpenAI``, ``AbortableAsyncResult.abort()``: the
+  documented pattern, ``if self.is_aborted(): return`` before each step;
+- ``ScopedTask`` + ``scoped_clients.openai.OpenAI``, cancelled by ``abort()``,
+  ``app.control.revoke()`` (no terminate) and ``bus.cancel_sync()``.
+
+A real worker (``celery -A celery_jobs worker``, this file) on a redis-server of its own
+(Debian's ``redis-server`` on PATH): Redis result backend; the broker is Redis too, unless
+redis-py is older than 6.1 (kombu 5.7's Redis transport needs it, arq 0.28 pins redis-py < 6):
+then kombu's filesystem transport, polled every 10 ms (only ``revoke`` travels through it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+from celery import Celery
+from celery.contrib.abortable import AbortableAsyncResult, AbortableTask
+
+import scoped_clients.openai as scoped_openai
+from scoped_clients.celery import ScopedTask, setup
+
+STEPS = 3
+TOKENS = 100
+REDIS_URL = os.environ.get("CELERY_JOBS_REDIS", "redis://127.0.0.1:6379/3")
+BROKER_DIR = os.environ.get("CELERY_JOBS_BROKER_DIR")
+
+
+def _app() -> Celery:
+    broker, options = REDIS_URL, {}
+    if BROKER_DIR:
+        broker = "filesystem://"
+        options = {
+            "data_folder_in": BROKER_DIR,
+            "data_folder_out": BROKER_DIR,
+            "control_folder": os.path.join(BROKER_DIR, "control"),
+            "polling_interval": 0.01,
+        }
+    app = Celery("celery_jobs", broker=broker, backend=REDIS_URL)
+    app.conf.update(broker_transport_options=options, worker_prefetch_multiplier=1, worker_hijack_root_logger=False)
+    return app
+
+
+app = _app()
+if "CELERY_JOBS_REDIS" in os.environ:
+    from scoped_clients.redis import RedisCancelBus
+
+    setup(app, bus=RedisCancelBus.from_url(REDIS_URL))
+
+
+def _ask(client: openai.OpenAI, step: int) -> str:
+    completion = client.chat.completions.create(
+        model=f"local-{TOKENS}", messages=[{"role": "user", "content": f"step {step}"}], max_tokens=TOKENS
+    )
+    return completion.choices[0].message.content or ""
+
+
+@app.task(base=AbortableTask, bind=True, name="bench.abortable")
+def abortable_pipeline(self: AbortableTask, base_url: str) -> str:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    try:
+        for step in range(STEPS):
+            if self.is_aborted():  # Celery's documented pattern: poll between steps
+                return "aborted"
+            _ask(client, step)
+    finally:
+        client.close()
+    return "done"
+
+
+@app.task(base=ScopedTask, name="bench.scoped")
+def scoped_pipeline(base_url: str) -> str:
+    client = scoped_openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    try:
+        for step in range(STEPS):
+            _ask(client, step)
+    finally:
+        client.close()
+    return "done"
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=8, help="cancels per row (default 8)")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
+    args = parser.parse_args()
+
+    import redis
+    from _common import machine, median, table
+
+    from scoped_clients.provider import LocalProvider
+
+    server = shutil.which("redis-server")
+    if server is None:
+        sys.exit("redis-server is not on PATH (Debian: apt-get install redis-server)")
+    port = _free_port()
+    work = Path(tempfile.mkdtemp(prefix="celery-jobs-"))
+    env = {"CELERY_JOBS_REDIS": f"redis://127.0.0.1:{port}/3"}
+    if redis.VERSION < (6, 1):
+        (work / "broker" / "control").mkdir(parents=True)
+        env["CELERY_JOBS_BROKER_DIR"] = str(work / "broker")
+    redis_proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+    )
+    here = Path(__file__).parent
+    worker = None
+    try:
+        client = redis.Redis(port=port)
+        _wait_for(lambda: _ping(client), "redis-server did not start")
+        os.environ.update(env)
+        # this module, imported again with the worker's settings (the one running is __main__)
+        sys.modules.pop("celery_jobs", None)
+        import celery_jobs as jobs
+
+        worker = subprocess.Popen(
+            [Path(sys.executable).with_name("celery"), "-A", "celery_jobs", "worker", "-P", args.pool, "-c", "2"],
+            cwd=here,
+            env={**os.environ, "PYTHONPATH": str(here)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "worker.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        _wait_for(lambda: bool(jobs.app.control.ping(timeout=0.5)), "the worker did not start")
+        from scoped_clients.redis import RedisCancelBus
+
+        bus = RedisCancelBus.from_url(env["CELERY_JOBS_REDIS"])
+        bus.wait_connected(10)
+        rows = _measure(jobs, bus, LocalProvider, args.runs)
+        bus.close()
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        redis_proc.kill()
+        redis_proc.wait()
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"the worker's log: {work / 'worker.log'}", file=sys.stderr)
+
+    print(f"Machine: {machine()}; celery {_version('celery')}, redis-py {_version('redis')}")
+    print(
+        f"Pool: {args.pool}, -c 2; broker: {'filesystem (10 ms poll)' if 'CELERY_JOBS_BROKER_DIR' in env else 'Redis'}"
+    )
+    print(
+        f"{args.runs} cancels per row, interleaved; job: {STEPS} steps x {TOKENS} tokens at 10 ms; medians [min-max]\n"
+    )
+    headers = [
+        "job",
+        "cancel",
+        "tokens after the cancel",
+        "cancel -> upstream stopped (ms)",
+        "calls started after",
+        "final state",
+    ]
+    body = []
+    for label, cancel, samples in rows:
+        tokens = [s[0] for s in samples]
+        stop = [s[1] for s in samples]
+        late = [s[2] for s in samples]
+        states = sorted({s[3] for s in samples})
+        body.append(
+            [
+                label,
+                cancel,
+                f"{median(tokens):.0f} [{min(tokens)}-{max(tokens)}]",
+                f"{median(stop):.1f} [{min(stop):.1f}-{max(stop):.1f}]",
+                f"{median(late):.0f} [{min(late)}-{max(late)}]",
+                "/".join(states),
+            ]
+        )
+    print(table(headers, body))
+
+
+def _ping(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(name)
+
+
+def _measure(
+    jobs: Any, bus: Any, provider_cls: Any, runs: int
+) -> list[tuple[str, str, list[tuple[int, float, int, str]]]]:
+    kinds = [
+        ("`AbortableTask`, polls `is_aborted()` between steps", "`abort()`", jobs.abortable_pipeline, "abort"),
+        ("`ScopedTask`", "`abort()`", jobs.scoped_pipeline, "abort"),
+        ("`ScopedTask`", "`revoke()`", jobs.scoped_pipeline, "revoke"),
+        ("`ScopedTask`", "`bus.cancel_sync()`", jobs.scoped_pipeline, "bus"),
+    ]
+    results: dict[int, list[tuple[int, float, int, str]]] = {i: [] for i in range(len(kinds))}
+    points = [10 + (60 * i) // max(1, runs - 1) for i in range(runs)]
+    with provider_cls(token_interval=0.01, default_tokens=TOKENS) as provider:
+        for run in range(runs):
+            for index, (_, _, task, how) in enumerate(kinds):
+                provider.reset()
+                result = task.delay(provider.url + "/v1")
+                (log,) = provider.wait_for_requests(1, timeout=30)
+                log.wait_units(points[run])
+                t_cancel = time.monotonic()
+                if how == "abort":
+                    AbortableAsyncResult(result.id, app=jobs.app).abort()
+                elif how == "revoke":
+                    jobs.app.control.revoke(result.id)
+                else:
+                    bus.cancel_sync(result.id, "user_stopped")
+                try:
+                    result.get(timeout=30, propagate=False)
+                except Exception:
+                    pass
+                logs = provider.requests
+                for each in logs:
+                    each.wait_done(30)
+                tokens = sum(each.units_after(t_cancel) for each in logs)
+                stopped = max((each.disconnected_at or each.completed_at or t_cancel) for each in logs)
+                late = sum(1 for each in logs if each.started_at > t_cancel)
+                results[index].append((tokens, (stopped - t_cancel) * 1000, late, str(result.state)))
+    return [(label, cancel, results[i]) for i, (label, cancel, _, _) in enumerate(kinds)]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
