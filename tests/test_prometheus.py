@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from _helpers import cancel_sync_call
-from scoped_clients import RequestScope, ScopeCancelled, ScopeReport, add_report_sink, prometheus
+from _helpers import Reports, cancel_sync_call
+from scoped_clients import RequestScope, ScopeCancelled, add_report_sink, prometheus
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider
@@ -40,24 +39,6 @@ from scoped_clients.testing import serve
 MAX_TOKENS = 300
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 DASHBOARD = Path(__file__).parent.parent / "examples" / "grafana" / "dashboard.json"
-
-
-class Reports:
-    """A report sink tests can wait on (sinks run in the server's thread)."""
-
-    def __init__(self) -> None:
-        self.items: list[ScopeReport] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, report: ScopeReport) -> None:
-        with self._cond:
-            self.items.append(report)
-            self._cond.notify_all()
-
-    def wait(self, n: int, timeout: float = 10) -> list[ScopeReport]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.items) >= n, timeout), "no scope report"
-            return self.items[:n]
 
 
 @pytest.fixture
@@ -126,7 +107,8 @@ def scraped(provider: LocalProvider, registry: prometheus_client.CollectorRegist
         log.wait_units(5)
         sock.close()  # the tab is closed
         seen = log.wait_disconnect()
-        _, dropped = reports.wait(2)
+        reports.wait(2)
+        (dropped,) = [r for r in reports.items if r.outcome == "cancelled"]
         text = scrape(port)
     return text, log, seen, dropped
 

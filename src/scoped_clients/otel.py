@@ -148,9 +148,8 @@ def _trace(tracer: trace.Tracer, report: ScopeReport) -> None:
             start_time=epoch(record.started_at),
         )
         kind = error_type(record)
-        if kind is not None:
-            reason = f"{record.outcome}: {record.cancel_reason}" if record.cancel_reason else record.error
-            span.set_status(Status(StatusCode.ERROR, reason))
+        if kind is not None:  # the description never quotes an error's text (it can echo the request)
+            span.set_status(Status(StatusCode.ERROR, f"{record.outcome}: {record.cancel_reason or kind}"))
         if record.cancelled_at is not None:
             span.add_event(
                 "scoped_clients.cancel",
