@@ -79,6 +79,8 @@ class _ToolCall:
         #: verdict (stopped or leaked) waits for the thread, at most until the scope ends
         self.thread_running: threading.Event | None = None
         self.released_at = 0.0
+        #: a sync tool's worker: set once the tool's function has returned or raised
+        self.thread_done: threading.Event | None = None
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
         if self.done or self.aborted is not None or self.thread_running is not None:
@@ -121,6 +123,18 @@ class _ToolCall:
         self.scope._refused(self.final_record())
 
     # ------------------------------------------------- a sync tool's thread
+
+    def settle_aborted(self) -> None:
+        """The caller was cancelled with the tool's thread (if any) already stopped: ``aborted``, not leaked.
+
+        However the cancellation reached the caller: through run_tool's own cancel scope, or
+        as an exception from an enclosing one (the scope's body, a ``move_on_after``), which
+        anyio and trio deliver to the outermost cancelled scope when both are cancelled.
+        """
+        if self.thread_done is not None and self.thread_done.is_set():
+            self.detail["thread_leaked"] = False
+            self.detail["ran_after_cancel_s"] = 0.0
+        self.finish("aborted")
 
     def release_thread(self, running: threading.Event) -> None:
         """The caller was released while the tool's thread still runs: settle when it stops, or leaked."""
@@ -210,10 +224,7 @@ async def run_tool(fn: Callable[..., Any], /, *args: Any, _name: str | None = No
         raise
     if cancel_scope.cancelled_caught:
         if call.thread_running is None:  # else the thread's end (or the scope's) settles the call
-            if not is_async:  # its thread had already stopped when the caller was released
-                call.detail["thread_leaked"] = False
-                call.detail["ran_after_cancel_s"] = 0.0
-            call.finish("aborted")
+            call.settle_aborted()
         assert call.aborted is not None
         raise ScopeCancelled(call.aborted, call.scope.name)
     call.finish("completed")
@@ -224,7 +235,7 @@ def _settle_failure(call: _ToolCall, exc: BaseException) -> None:
     if call.thread_running is not None:  # released from a running thread: settled when it stops
         return
     if call.aborted is not None or isinstance(exc, (ScopeCancelled, anyio.get_cancelled_exc_class())):
-        call.finish("aborted")
+        call.settle_aborted()
     else:
         call.finish("failed", exc)
 
@@ -236,7 +247,7 @@ async def _in_thread(call: _ToolCall, fn: Callable[..., Any], args: Any, kwargs:
     when the scope ends with the thread still running (``thread_leaked``).
     """
     context = contextvars.copy_context()
-    finished = threading.Event()
+    finished = call.thread_done = threading.Event()
 
     def runner() -> Any:
         try:
