@@ -70,3 +70,26 @@ def test_every_example_directory_has_a_readme_with_its_command() -> None:
     for name in AGENT_EXAMPLES:
         readme = (EXAMPLES / name / "README.md").read_text()
         assert f"python examples/{name}/agent.py" in readme
+
+
+def test_replicas_example_stop_on_the_other_replica_stops_the_stream(
+    redis_url: str, provider: LocalProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("redis", reason='examples/replicas needs redis-py: pip install "scoped-clients[redis]"')
+    spec = importlib.util.spec_from_file_location("example_replicas", EXAMPLES / "replicas" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    provider.token_interval = 0.05  # the cancel crosses two servers and Redis: a margin for "one token at most"
+    run = module.demo(redis_url, provider)
+    (log,) = provider.requests  # the refused request never reached the LLM
+    seen = log.wait_disconnect()
+    assert run.stranger == 404  # the id alone is not enough to cancel: the owner's session is
+    assert run.taken == 409  # nor can another client claim the id for a request of its own
+    assert run.answer == {"stopped_here": 0, "sent": True}  # it ran on the other replica
+    assert seen >= run.t_cancel and log.units_after(run.t_cancel) <= 1
+    assert log.completed_at is None and run.received
+    assert "provider saw the disconnect" in capsys.readouterr().out
+    readme = (EXAMPLES / "replicas" / "README.md").read_text()
+    assert "python examples/replicas/app.py" in readme
