@@ -11,7 +11,6 @@ name (it can hold a URL path) or request text.  Each integration only maps a
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -287,7 +286,7 @@ class Installation:
         """``start()`` builds the sink and what removes its metrics; ``key`` is what it was built from."""
         with self._lock:
             current = self._uninstrument
-            if current is not None and len(key) == len(self._key) and all(map(operator.is_, key, self._key)):
+            if current is not None and key == self._key:  # providers and registries compare by identity
                 return current
             if current is not None:
                 current()

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 
 from . import __version__
 from ._metrics import (
+    MAX_MODELS,
     METRICS,
     TOOL_OPERATION,
     Installation,
@@ -85,7 +86,7 @@ def instrument(
     *,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
-    max_models: int = 50,
+    max_models: int = MAX_MODELS,
 ) -> Callable[[], None]:
     """Export every scope's calls as spans and metrics; returns a function that stops it.
 
