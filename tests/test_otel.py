@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import openai
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -226,6 +227,21 @@ async def test_a_completed_call_has_no_error(provider: LocalProvider, telemetry:
     assert telemetry.total("gen_ai.client.token.usage", **{"gen_ai.token.type": "input"}) == (
         completion.usage.prompt_tokens
     )
+    assert telemetry.points("scoped_clients.calls.aborted") == []
+
+
+def test_a_failed_call_has_the_status_code_as_error_type(provider: LocalProvider, telemetry: Telemetry) -> None:
+    llm = OpenAI(base_url=provider.url + "/v1", api_key="x", max_retries=0)
+    with RequestScope("fails"), pytest.raises(openai.InternalServerError):
+        llm.chat.completions.create(model="error-500", messages=MESSAGES)
+    llm.close()
+    assert [log.status for log in provider.requests] == [500]
+    span = telemetry.span("chat error-500")
+    attrs = dict(span.attributes or {})
+    assert attrs["error.type"] == "500" and attrs["scoped_clients.outcome"] == "failed"
+    assert span.status.status_code is StatusCode.ERROR and "local provider error" not in (span.status.description or "")
+    ((duration_attrs, _),) = telemetry.points("gen_ai.client.operation.duration")
+    assert duration_attrs["error.type"] == "500"
     assert telemetry.points("scoped_clients.calls.aborted") == []
 
 
