@@ -46,7 +46,7 @@ async def stream(llm: AsyncOpenAI) -> None:
 def test_default_ids_are_unguessable_and_distinct() -> None:
     ids = {RequestScope().id for _ in range(1000)}
     assert len(ids) == 1000
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # 128 bits of a random UUID, as hex
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # a random UUID (122 random bits), as hex
 
 
 def test_a_given_id_is_kept() -> None:
