@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -508,3 +510,50 @@ def test_a_closed_bus_still_cancels_locally(redis_url: str) -> None:
         assert b.cancel_sync(scope.id, "stop") == 1
     assert scope.cancel_reason is not None and scope.cancel_reason.code == "stop"
     assert "closed" in repr(b)
+
+
+class _Logged(logging.Handler):
+    """Sets an event when a record containing ``text`` is logged (from any thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def test_a_redis_that_stops_answering_is_noticed_and_left(
+    monkeypatch: pytest.MonkeyPatch, provider: LocalProvider
+) -> None:
+    """A Redis that hangs (SIGSTOP: no FIN, no RST, like a network partition) is noticed by PING."""
+    import scoped_clients.redis as module
+
+    monkeypatch.setattr(module, "_PING_INTERVAL", 0.2)
+    lost, back = _Logged("cannot reach Redis"), _Logged("reconnected")
+    log = logging.getLogger("scoped_clients.redis")
+    log.addHandler(lost)
+    log.addHandler(back)
+    try:
+        with RedisServer() as server, RedisCancelBus.from_url(server.url, reconnect_delay=FAST_RECONNECT) as b:
+            assert b.wait_connected(10)
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                assert lost.event.wait(10)
+                assert not b.connected
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert back.event.wait(30) and b.wait_connected(10)
+            scope = RequestScope("after", bus=b)
+            publish_from_another_process(server.url, scope.id)
+            with scope:  # the message, or the key in Redis, reaches it
+                fired = threading.Event()
+                scope.on_cancel(fired.set)
+                assert scope.cancelled or fired.wait(10)
+            assert scope.cancel_reason is not None and scope.cancel_reason.code == "user_stopped"
+    finally:
+        log.removeHandler(lost)
+        log.removeHandler(back)

@@ -79,6 +79,9 @@ DEFAULT_CHANNEL = "scoped_clients:cancel"
 #: prefix of the keys that remember a cancelled id for ``pending_ttl`` seconds
 DEFAULT_KEY_PREFIX = "scoped_clients:cancelled:"
 
+_LOOKUP_BATCH = 1000  # ids per MGET
+_PING_INTERVAL = 5.0  # seconds of silence on the subscription before a PING
+
 T = TypeVar("T")
 ClientFactory = Callable[[], "aioredis.Redis"]
 
@@ -301,9 +304,13 @@ class RedisCancelBus(LocalCancelBus):
         if client is not None:
             try:
                 await asyncio.wait_for(self._send(client, scope_id, payload, at), self.publish_timeout)
-                return True
             except Exception as exc:
                 self._failed(exc)
+            else:
+                if self._failing or self._outbox:  # an earlier command failed while we stayed subscribed
+                    await self._flush_outbox(client)
+                    self._recovered()
+                return True
         self._outbox.append((scope_id, payload, at))
         return False
 
@@ -344,9 +351,10 @@ class RedisCancelBus(LocalCancelBus):
                     self.cancel_local(scope_id, CancelReason(message["code"], message.get("message") or ""))
 
     async def _lookup(self, client: aioredis.Redis, scope_ids: list[str]) -> None:
-        if scope_ids:
-            values = await client.mget([self._key(i) for i in scope_ids])
-            self._apply_stored(scope_ids, values)
+        for start in range(0, len(scope_ids), _LOOKUP_BATCH):
+            batch = scope_ids[start : start + _LOOKUP_BATCH]
+            values = await client.mget([self._key(i) for i in batch])
+            self._apply_stored(batch, values)
 
     async def _check_joined(self, worker: _Worker) -> None:
         """Look the ids of newly opened scopes up, in batches."""
@@ -386,12 +394,18 @@ class RedisCancelBus(LocalCancelBus):
                 await self._lookup(client, open_ids)  # cancels published while we were away
                 self._recovered()
                 delay = self.reconnect_delay[0]
+                heard = asyncio.get_running_loop().time()
                 while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is None:
-                        await pubsub.ping()  # a silent connection: make sure it is alive
-                    elif message.get("type") == "message":
-                        self._on_message(message["data"])
+                    message = await pubsub.get_message(timeout=_PING_INTERVAL)
+                    now = asyncio.get_running_loop().time()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            self._on_message(message["data"])
+                    elif now - heard > 1.5 * _PING_INTERVAL:
+                        raise ConnectionError(f"Redis did not answer PING within {_PING_INTERVAL:g} s")
+                    else:
+                        await pubsub.ping()  # a quiet connection: is Redis still there? (answers "pong")
             except Exception as exc:
                 self._failed(exc)
             finally:
