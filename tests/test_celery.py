@@ -30,7 +30,7 @@ from celery.exceptions import TaskRevokedError  # noqa: E402
 
 from _redis import RedisServer  # noqa: E402
 from scoped_clients.provider import LocalProvider, RequestLog  # noqa: E402
-from scoped_clients.redis import RedisCancelBus  # noqa: E402
+from scoped_clients.redis import DEFAULT_CHANNEL, RedisCancelBus  # noqa: E402
 
 TESTS = Path(__file__).parent
 CELERY = Path(sys.executable).with_name("celery")
@@ -106,6 +106,15 @@ def worker(
             assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
             assert time.monotonic() < deadline, f"the worker did not answer a ping in 60 s: {log_path.read_text()}"
         assert bus.wait_connected(10)
+        # every worker process's bus is subscribed (prefork: the main process and 2 children)
+        subscribers = 1 + (3 if pool == "prefork" else 1)
+        client = redis.Redis.from_url(env["SCOPED_JOBS_REDIS"])
+        try:
+            while client.pubsub_numsub(DEFAULT_CHANNEL)[0][1] < subscribers:
+                assert time.monotonic() < deadline, f"the worker's bus did not connect: {log_path.read_text()}"
+                time.sleep(0.05)
+        finally:
+            client.close()
         yield Worker(pool, jobs, bus, log_path)
         assert process.poll() is None, f"the worker died: {log_path.read_text()}"
     finally:

@@ -117,12 +117,18 @@ def _start_bus_of(bus: CancelBus) -> Callable[..., None]:
     return start_bus
 
 
+#: seconds a worker process waits, as it starts, for its bus to connect: a job cancelled while it
+#: waited in the queue is then known before the job runs (not only looked up once it has started)
+CONNECT_WAIT = 2.0
+
+
 def _start(bus: CancelBus) -> None:
-    """Start a bus's connection now without waiting for it (``RedisCancelBus.wait_connected(0)``)."""
+    """Connect a bus now (``RedisCancelBus.wait_connected``), waiting at most ``CONNECT_WAIT``."""
     start = getattr(bus, "wait_connected", None)
     if callable(start):
         try:
-            start(0)
+            if not start(CONNECT_WAIT):
+                logger.warning("scoped_clients: %r did not connect in %s s; it keeps trying", bus, CONNECT_WAIT)
         except Exception:
             logger.exception("scoped_clients: could not start %r", bus)
 
