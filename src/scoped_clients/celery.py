@@ -29,8 +29,10 @@ flight (a sync call: its socket is shut down from the thread that cancels):
   ``setup()`` adds a consumer bootstep that wraps that worker's ``revoke`` handler
   (its own handler table, not Celery's global one) and forwards the revoke of every
   task the worker holds to the bus as ``bus.cancel_sync(task_id, "revoked")``.  A
-  ``RedisCancelBus`` carries it to the child; in the threads and solo pools the task
-  runs in the main process, so a ``LocalCancelBus`` is enough there.
+  ``RedisCancelBus`` carries it to the child; in the threads pool the task runs in the
+  main process, so a ``LocalCancelBus`` is enough there.  The solo pool reads control
+  commands only between tasks (Celery's own limit): use ``abort()`` or the bus there.
+  ``revoke(terminate=True)`` and ``revoke_by_stamped_headers`` are left to Celery.
 * ``await bus.cancel(task_id)`` from any process sharing the bus's Redis.
 
 After a cancel the task ends ``REVOKED`` (``AsyncResult.get()`` raises
