@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -190,3 +191,53 @@ def test_cancel_before_the_job_starts_refuses_its_call(worker: Worker, provider:
     assert provider.requests == []  # the call was refused: it never reached the provider
     report = worker.reports()[task_id]
     assert report["refused"] == 1 and report["reason"] == "user_stopped"
+
+
+# ----------------------------------------------- the abort watcher alone (no worker)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def _watched_scope(app: Any, task_id: str) -> tuple[Any, Any, threading.Event]:
+    from scoped_clients import RequestScope
+    from scoped_clients.celery import _watch_aborts
+
+    scope = RequestScope("watched", id=task_id)
+    cancelled = threading.Event()
+    scope.on_cancel(cancelled.set)
+    return scope, _watch_aborts(app.backend, scope), cancelled
+
+
+def test_abort_watcher_sees_earlier_aborts_and_survives_a_redis_restart(own_redis: RedisServer) -> None:
+    from celery import Celery
+
+    app = Celery("watcher-test", broker="memory://", backend=own_redis.url)
+    try:
+        # stored before the watch started: found when the subscription is confirmed
+        AbortableAsyncResult("early", app=app).abort()
+        scope, unwatch, cancelled = _watched_scope(app, "early")
+        with scope:
+            assert cancelled.wait(10)
+        unwatch()
+        assert scope.cancel_reason is not None and scope.cancel_reason.code == "aborted"
+
+        own_redis.stop()  # Redis goes away while a task is watched, and comes back
+        scope, unwatch, cancelled = _watched_scope(app, "across-restart")
+        with scope:
+            own_redis.start()
+            AbortableAsyncResult("across-restart", app=app).abort()
+            assert cancelled.wait(15)  # resubscribed (and looked the key up) after the reconnect
+        unwatch()
+
+        # once subscribed, an abort arrives as the backend's PUBLISH
+        scope, unwatch, cancelled = _watched_scope(app, "later")
+        with scope:
+            AbortableAsyncResult("later", app=app).abort()
+            assert cancelled.wait(10)
+        unwatch()
+    finally:
+        app.close()
