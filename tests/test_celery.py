@@ -233,7 +233,7 @@ def test_abort_watcher_sees_earlier_aborts_and_survives_a_redis_restart(own_redi
             assert cancelled.wait(15)  # resubscribed (and looked the key up) after the reconnect
         unwatch()
 
-        # once subscribed, an abort arrives as the backend's PUBLISH
+        # the watcher still serves after the restart
         scope, unwatch, cancelled = _watched_scope(app, "later")
         with scope:
             AbortableAsyncResult("later", app=app).abort()
