@@ -69,11 +69,11 @@ def arq_worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 45
         while "Starting worker" not in log_path.read_text(errors="replace"):
             # a worker that is starting: no event to wait on
             assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not start in 60 s: {log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the worker did not start in 45 s: {log_path.read_text()}"
             time.sleep(0.05)
         yield ArqWorker(url, log_path)
         assert process.poll() is None, f"the worker died: {log_path.read_text()}"

@@ -101,11 +101,11 @@ def worker(
         )
     bus = RedisCancelBus.from_url(env["SCOPED_JOBS_REDIS"])
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 45
         while not jobs.app.control.ping(destination=[name], timeout=0.5):
             # a worker that is starting: no event to wait on
             assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not answer a ping in 60 s: {log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the worker did not answer a ping in 45 s: {log_path.read_text()}"
         assert bus.wait_connected(10)
         # every worker process's bus is subscribed (prefork: the main process and 2 children)
         subscribers = 1 + (3 if pool == "prefork" else 1)
