@@ -256,36 +256,49 @@ async def paced(bus: Any, rate: int, seconds: float, lifetime: float = 0.02) -> 
     return started, time.monotonic() - wall, time.process_time() - cpu
 
 
-def cost_per_scope(redis_url: str, seconds: float, rate: int = 10_000) -> list[list[object]]:
+def cost_per_scope(redis_url: str, seconds: float, rounds: int = 3, rate: int = 10_000) -> list[list[object]]:
+    """Each bus ``rounds`` times, interleaved (the machine's load hits all alike); medians."""
     from scoped_clients.redis import RedisCancelBus
 
+    names = ("raw (no bus)", "LocalCancelBus", "RedisCancelBus")
+    figures: dict[str, dict[str, list[float]]] = {
+        name: {"us": [], "rate": [], "cpu": [], "bus_cpu": [], "trips": []} for name in names
+    }
+    for _ in range(rounds):
+        for name in names:
+            bus: Any = None
+            if name == "LocalCancelBus":
+                bus = LocalCancelBus()
+            elif name == "RedisCancelBus":
+                bus = RedisCancelBus.from_url(redis_url)
+                assert bus.wait_connected(10)
+            f = figures[name]
+            f["us"].append(join_leave_us(bus))
+            trips0, bus_cpu0 = redis_lookups(redis_url), thread_cpu("scoped-clients-redis-bus")
+            scopes, wall, cpu = anyio.run(paced, bus, rate, seconds)
+            f["trips"].append((redis_lookups(redis_url) - trips0) / scopes)
+            f["bus_cpu"].append((thread_cpu("scoped-clients-redis-bus") - bus_cpu0) / scopes * 1e6)
+            f["rate"].append(scopes / wall)
+            f["cpu"].append(cpu / scopes * 1e6)
+            if isinstance(bus, RedisCancelBus):
+                bus.close()
+    raw_us = median(figures["raw (no bus)"]["us"])
     rows: list[list[object]] = []
-    raw_us = join_leave_us(None)
-    for name in ("raw (no bus)", "LocalCancelBus", "RedisCancelBus"):
-        bus: Any = None
-        if name == "LocalCancelBus":
-            bus = LocalCancelBus()
-        elif name == "RedisCancelBus":
-            bus = RedisCancelBus.from_url(redis_url)
-            assert bus.wait_connected(10)
-        us = raw_us if bus is None else join_leave_us(bus)
-        calls0, bus_cpu0 = redis_lookups(redis_url), thread_cpu("scoped-clients-redis-bus")
-        scopes, wall, cpu = anyio.run(paced, bus, rate, seconds)
-        calls = redis_lookups(redis_url) - calls0
-        bus_cpu = thread_cpu("scoped-clients-redis-bus") - bus_cpu0
+    for name in names:
+        f = figures[name]
+        us = median(f["us"])
+        redis_row = name == "RedisCancelBus"
         rows.append(
             [
                 name,
                 f"{us:.2f}",
                 f"{us - raw_us:+.2f}",
-                f"{scopes / wall:,.0f}",
-                f"{cpu / scopes * 1e6:.1f}",
-                f"{bus_cpu / wall * 100:.1f} %" if bus is not None and name == "RedisCancelBus" else "-",
-                f"{calls / scopes:.4f}" if name == "RedisCancelBus" else "0",
+                f"{median(f['rate']):,.0f}",
+                f"{median(f['cpu']):.1f}",
+                f"{median(f['bus_cpu']):.1f}" if redis_row else "-",
+                f"{median(f['trips']):.4f}" if redis_row else "0",
             ]
         )
-        if isinstance(bus, RedisCancelBus):
-            bus.close()
     return rows
 
 
@@ -306,14 +319,17 @@ def main() -> None:
         )
         print(table(["cancelled by", "runs", "p50 ms", "p99 ms", "max ms", "max units after", "p99 < 10 ms"], rows))
         rows = cost_per_scope(redis_url, args.seconds)
-        print(f"\n#### Cost per scope: 10,000 scopes/s for {args.seconds:g} s, each open 20 ms (asyncio)\n")
+        print(
+            f"\n#### Cost per scope: 10,000 scopes/s for {args.seconds:g} s, each open 20 ms "
+            "(asyncio, 3 interleaved rounds, medians)\n"
+        )
         headers = [
             "bus",
             "join + leave us",
             "vs raw us",
             "scopes/s reached",
             "process CPU us/scope",
-            "bus thread CPU",
+            "bus thread CPU us/scope",
             "Redis round trips/scope",
         ]
         print(table(headers, rows))

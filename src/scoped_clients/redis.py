@@ -380,9 +380,11 @@ class RedisCancelBus(LocalCancelBus):
         """Stay subscribed: (re)connect with backoff, then apply every cancel that arrives."""
         delay = self.reconnect_delay[0]
         while True:
-            client = self._factory()
-            pubsub = client.pubsub()
+            client: aioredis.Redis | None = None
+            pubsub: Any = None
             try:
+                client = self._factory()
+                pubsub = client.pubsub()
                 await pubsub.subscribe(self.channel)
                 await self._subscribed(pubsub)
                 await client.ping()  # the command connection works too
@@ -414,9 +416,11 @@ class RedisCancelBus(LocalCancelBus):
                 self._connected = False
                 self._connected_event.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    if pubsub is not None:
+                        await pubsub.aclose()
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    if client is not None:
+                        await client.aclose()
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self.reconnect_delay[1])
 
