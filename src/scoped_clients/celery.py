@@ -390,3 +390,13 @@ class _AbortWatcher:
             scopes = list(self._scopes.get(key, ()))
         for scope in scopes:
             scope.cancel(ABORTED_CODE, "AbortableAsyncResult.abort()")
+
+
+def _after_fork_in_child() -> None:
+    # a lock held by a thread of the parent (which the child does not have) would never be released
+    _AbortWatcher._instances_lock = threading.Lock()
+    _AbortWatcher._instances = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
