@@ -557,3 +557,31 @@ def test_a_redis_that_stops_answering_is_noticed_and_left(
     finally:
         log.removeHandler(lost)
         log.removeHandler(back)
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_is_not_there_leaves_local_cancels_working(
+    provider: LocalProvider, llm: AsyncOpenAI
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with RedisCancelBus.from_url(url, reconnect_delay=FAST_RECONNECT) as nowhere:
+        async with RequestScope("request", bus=nowhere) as quiet:  # joins without an error
+            completion = await llm.chat.completions.create(model="local-3", messages=MESSAGES)
+        assert completion.choices[0].message.content and not quiet.cancelled
+        scope = RequestScope("chat", bus=nowhere)
+        result: dict[str, Any] = {}
+
+        async def cancel_here() -> None:
+            result["log"] = await busy_request(provider, 3)
+            result["t"] = time.monotonic()
+            result["count"] = await nowhere.cancel(scope.id, "user_stopped")  # no error: queued
+
+        provider.reset()
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_here)
+                await stream_until_cancelled(llm, scope)
+        assert result["count"] == 1 and not nowhere.connected
+        log: RequestLog = result["log"]
+        seen = await wait(log.wait_disconnect)
+        assert seen >= result["t"] and log.units_after(result["t"]) <= 1

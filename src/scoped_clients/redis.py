@@ -221,6 +221,7 @@ class RedisCancelBus(LocalCancelBus):
         return self._connected_event.wait(timeout)
 
     def _ensure_worker(self) -> _Worker | None:
+        """The bus's thread, started on first use; ``None`` once closed or if it cannot start."""
         worker = self._worker
         if worker is not None:
             return worker
@@ -228,7 +229,11 @@ class RedisCancelBus(LocalCancelBus):
             if self._closed:
                 return None
             if self._worker is None:
-                self._worker = _Worker(self)
+                try:
+                    self._worker = _Worker(self)
+                except Exception:  # e.g. no thread can be started: never an error in a request
+                    logger.exception("scoped_clients: %r could not start its thread; cancels stay local", self)
+                    return None
             return self._worker
 
     # ----------------------------------------------------------------- scopes
