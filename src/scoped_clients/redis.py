@@ -308,7 +308,7 @@ class RedisCancelBus(LocalCancelBus):
         client = worker.client if worker is not None else None
         if client is not None:
             try:
-                await asyncio.wait_for(self._send(client, scope_id, payload, at), self.publish_timeout)
+                await self._send(client, scope_id, payload, at)
             except Exception as exc:
                 self._failed(exc)
             else:
@@ -325,7 +325,7 @@ class RedisCancelBus(LocalCancelBus):
             if ttl_ms > 0:
                 pipe.set(self._key(scope_id), payload, px=ttl_ms)
             pipe.publish(self.channel, payload)
-            await pipe.execute()
+            await asyncio.wait_for(pipe.execute(), self.publish_timeout)
 
     async def _flush_outbox(self, client: aioredis.Redis) -> None:
         while self._outbox:
@@ -358,7 +358,7 @@ class RedisCancelBus(LocalCancelBus):
     async def _lookup(self, client: aioredis.Redis, scope_ids: list[str]) -> None:
         for start in range(0, len(scope_ids), _LOOKUP_BATCH):
             batch = scope_ids[start : start + _LOOKUP_BATCH]
-            values = await client.mget([self._key(i) for i in batch])
+            values = await asyncio.wait_for(client.mget([self._key(i) for i in batch]), self.publish_timeout)
             self._apply_stored(batch, values)
 
     async def _check_joined(self, worker: _Worker) -> None:
@@ -380,6 +380,8 @@ class RedisCancelBus(LocalCancelBus):
                 await self._lookup(client, open_ids)
             except Exception as exc:
                 self._failed(exc)
+                with self._io_lock:  # again with the next batch (only those still open by then)
+                    self._to_check.update(open_ids)
 
     async def _subscribe(self, worker: _Worker) -> None:
         """Stay subscribed: (re)connect with backoff, then apply every cancel that arrives."""
@@ -392,7 +394,7 @@ class RedisCancelBus(LocalCancelBus):
                 pubsub = client.pubsub()
                 await pubsub.subscribe(self.channel)
                 await self._subscribed(pubsub)
-                await client.ping()  # the command connection works too
+                await asyncio.wait_for(client.ping(), self.publish_timeout)  # the command connection works too
                 worker.client = client
                 worker.up.set()
                 await self._flush_outbox(client)
