@@ -585,3 +585,42 @@ async def test_a_redis_that_is_not_there_leaves_local_cancels_working(
         log: RequestLog = result["log"]
         seen = await wait(log.wait_disconnect)
         assert seen >= result["t"] and log.units_after(result["t"]) <= 1
+
+
+def _mget_calls(client: Any) -> int:
+    return int(client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+
+@pytest.mark.anyio
+async def test_opening_scopes_are_looked_up_in_batches_not_one_round_trip_each(redis_url: str) -> None:
+    ids = [f"batch-{i}" for i in range(200)]
+    # Cancelled by another process before this one listened: only the lookup can find it.
+    await anyio.to_thread.run_sync(publish_from_another_process, redis_url, ids[-1])
+    client = redis.Redis.from_url(redis_url)
+    try:
+        async with RedisCancelBus.from_url(redis_url) as b:
+            assert await anyio.to_thread.run_sync(b.wait_connected, 10)
+            before = _mget_calls(client)
+            scopes = [RequestScope(id=i, bus=b) for i in ids]
+            last_cancelled = anyio.Event()
+
+            async def hold(scope: RequestScope) -> None:
+                async with scope:
+                    await last_cancelled.wait()
+
+            async def last(scope: RequestScope) -> None:
+                async with scope:
+                    await anyio.sleep(60)  # stopped by the cancel the lookup finds
+                last_cancelled.set()  # its batch was looked up: every earlier one too (in order)
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    for scope in scopes[:-1]:
+                        tg.start_soon(hold, scope)
+                    tg.start_soon(last, scopes[-1])
+            lookups = _mget_calls(client) - before
+    finally:
+        client.close()
+    assert scopes[-1].cancel_reason is not None and scopes[-1].cancel_reason.code == "user_stopped"
+    assert not any(s.cancelled for s in scopes[:-1])
+    assert 1 <= lookups <= 20, lookups  # 200 scopes opened together: a few MGETs, not 200
