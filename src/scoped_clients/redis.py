@@ -471,6 +471,14 @@ class RedisCancelBus(LocalCancelBus):
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
+        if self._outbox:
+            logger.warning(
+                "scoped_clients: %r closed with %d cancel(s) it could not publish (Redis was unreachable); "
+                "they reached this process only",
+                self,
+                len(self._outbox),
+            )
+            self._outbox.clear()
 
     async def aclose(self) -> None:
         """``close`` for async code (waits for the bus's thread in a worker thread)."""
