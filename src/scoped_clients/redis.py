@@ -24,9 +24,12 @@ How it works, per process:
   not listening when the cancel was published (started later, or was
   reconnecting) finds the key: the ids of scopes that open are looked up in
   batches (one ``MGET`` per ``check_interval``, not one round trip per scope), and
-  every open scope is looked up again after each (re)connect.  So a cancelled id
-  stays cancelled for ``pending_ttl`` seconds everywhere: a scope that reuses it
-  within that time (the retry of a cancelled job) starts cancelled.
+  every open scope is looked up again after each (re)connect.  A listening process
+  cancels such a scope on entry, before its first call; one that finds the key does
+  so within ``check_interval`` and a round trip (a call started in those few ms is
+  aborted).  So a cancelled id stays cancelled for ``pending_ttl`` seconds
+  everywhere: a scope that reuses it within that time (the retry of a cancelled
+  job) is cancelled as it opens.
 - **After the scope ended.**  A no-op: nothing open has the id.
 - **Redis goes away.**  Local cancels keep working (they never wait for Redis),
   the bus reconnects with exponential backoff (``reconnect_delay``), the failure
