@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider, RequestLog
 
 redis = pytest.importorskip("redis", reason='the Redis bus needs redis-py: pip install "scoped-clients[redis]"')
-from scoped_clients.redis import DEFAULT_CHANNEL, RedisCancelBus  # noqa: E402
+from scoped_clients.redis import RedisCancelBus  # noqa: E402
 
 MESSAGES: Any = [{"role": "user", "content": "tell me a long story"}]
 TESTS = Path(__file__).parent
@@ -153,32 +154,39 @@ def test_a_sync_scope_in_a_thread_is_cancelled_through_the_bus(
 
 
 @pytest.mark.anyio
-async def test_one_subscription_per_process_whatever_the_number_of_scopes(bus: RedisCancelBus, redis_url: str) -> None:
+async def test_one_subscription_per_process_whatever_the_number_of_scopes(redis_url: str) -> None:
+    channel = f"test-{uuid.uuid4().hex}"  # no other test's bus listens on it
     client = redis.Redis.from_url(redis_url)
     try:
-        scopes = [RequestScope(bus=bus) for _ in range(50)]
-        async with anyio.create_task_group() as tg:
-            opened = 0
-            all_open = anyio.Event()
-
-            async def hold(scope: RequestScope) -> None:
-                nonlocal opened
-                async with scope:
-                    opened += 1
-                    if opened == len(scopes):
-                        all_open.set()
-                    await anyio.sleep(60)  # cancelled below
-
-            for scope in scopes:
-                tg.start_soon(hold, scope)
-            await all_open.wait()
-            ((_, subscribers),) = client.pubsub_numsub(DEFAULT_CHANNEL)
-            assert subscribers == 1
-            for scope in scopes:
-                assert await bus.cancel(scope.id, "done") == 1
-        assert all(s.cancelled for s in scopes)
+        async with RedisCancelBus.from_url(redis_url, channel=channel) as bus:
+            await one_subscription(bus, client, channel)
     finally:
         client.close()
+
+
+async def one_subscription(bus: RedisCancelBus, client: Any, channel: str) -> None:
+    scopes = [RequestScope(bus=bus) for _ in range(50)]
+    async with anyio.create_task_group() as tg:
+        opened = 0
+        all_open = anyio.Event()
+
+        async def hold(scope: RequestScope) -> None:
+            nonlocal opened
+            async with scope:
+                opened += 1
+                if opened == len(scopes):
+                    all_open.set()
+                await anyio.sleep(60)  # cancelled below
+
+        for scope in scopes:
+            tg.start_soon(hold, scope)
+        await all_open.wait()
+        assert await anyio.to_thread.run_sync(bus.wait_connected, 10)
+        ((_, subscribers),) = client.pubsub_numsub(channel)
+        assert subscribers == 1
+        for scope in scopes:
+            assert await bus.cancel(scope.id, "done") == 1
+    assert all(s.cancelled for s in scopes)
 
 
 # ----------------------------------------------------------------- before open, after end
