@@ -13,9 +13,8 @@ after 10-70 tokens (the same points for every row).  Rows:
   ``app.control.revoke()`` (no terminate) and ``bus.cancel_sync()``.
 
 A real worker (``celery -A celery_jobs worker``, this file) on a redis-server of its own
-(Debian's ``redis-server`` on PATH): Redis result backend; the broker is Redis too, unless
-redis-py is older than 6.1 (kombu 5.7's Redis transport needs it, arq 0.28 pins redis-py < 6):
-then kombu's filesystem transport, polled every 10 ms (only ``revoke`` travels through it).
+(Debian's ``redis-server`` on PATH): Redis broker and result backend (kombu's Redis transport
+needs redis-py >= 6.1: ``pip install "celery[redis]"``).
 """
 
 from __future__ import annotations
@@ -42,21 +41,11 @@ from scoped_clients.celery import ScopedTask, setup
 STEPS = 3
 TOKENS = 100
 REDIS_URL = os.environ.get("CELERY_JOBS_REDIS", "redis://127.0.0.1:6379/3")
-BROKER_DIR = os.environ.get("CELERY_JOBS_BROKER_DIR")
 
 
 def _app() -> Celery:
-    broker, options = REDIS_URL, {}
-    if BROKER_DIR:
-        broker = "filesystem://"
-        options = {
-            "data_folder_in": BROKER_DIR,
-            "data_folder_out": BROKER_DIR,
-            "control_folder": os.path.join(BROKER_DIR, "control"),
-            "polling_interval": 0.01,
-        }
-    app = Celery("celery_jobs", broker=broker, backend=REDIS_URL)
-    app.conf.update(broker_transport_options=options, worker_prefetch_multiplier=1, worker_hijack_root_logger=False)
+    app = Celery("celery_jobs", broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.update(worker_prefetch_multiplier=1, worker_hijack_root_logger=False)
     return app
 
 
@@ -132,9 +121,6 @@ def main() -> None:
     port = _free_port()
     work = Path(tempfile.mkdtemp(prefix="celery-jobs-"))
     env = {"CELERY_JOBS_REDIS": f"redis://127.0.0.1:{port}/3"}
-    if redis.VERSION < (6, 1):
-        (work / "broker" / "control").mkdir(parents=True)
-        env["CELERY_JOBS_BROKER_DIR"] = str(work / "broker")
     redis_proc = subprocess.Popen(
         [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
         stdout=subprocess.DEVNULL,
@@ -180,9 +166,7 @@ def main() -> None:
             print(f"the worker's log: {work / 'worker.log'}", file=sys.stderr)
 
     print(f"Machine: {machine()}; celery {_version('celery')}, redis-py {_version('redis')}")
-    print(
-        f"Pool: {args.pool}, -c 2; broker: {'filesystem (10 ms poll)' if 'CELERY_JOBS_BROKER_DIR' in env else 'Redis'}"
-    )
+    print(f"Pool: {args.pool}, -c 2; broker: Redis")
     print(
         f"{args.runs} cancels per row, interleaved; job: {STEPS} steps x {TOKENS} tokens at 10 ms; medians [min-max]\n"
     )

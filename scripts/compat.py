@@ -5,8 +5,9 @@ allow; this builds a second virtualenv (``.cache/compat/oldest``) pinned to the
 lower bound of each range and runs the tests that touch the vendor SDKs and the
 HTTP libraries there.  We rely on private attributes of httpcore, openai, cohere
 and qdrant-client (pin-tested by these tests), so an upgrade or a downgrade
-inside a range that breaks us fails CI, not a user.  Frameworks that need openai 2.x
-(``EXTRA_PACKAGES``: LlamaIndex) are installed and tested here too.
+inside a range that breaks us fails CI, not a user.  Frameworks that cannot share the main
+venv (``EXTRA_PACKAGES``: LlamaIndex needs openai 2.x, arq redis-py < 6) are installed and
+tested here too, with the cancel bus on the oldest redis-py.
 
 The lower bounds are read from ``pyproject.toml``: a range's floor that is not
 an installable release fails here, so the two cannot drift apart.
@@ -25,16 +26,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
 #: the extras whose vendor packages are pinned to their floor
-EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2")
+EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2", "redis")
 #: installed after ``.[test]``, beside the floors: frameworks that need openai 2.x (LlamaIndex's
-#: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it)
-EXTRA_PACKAGES = ("llama-index-core", "llama-index-llms-openai")
+#: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it), and arq
+#: (it pins redis-py < 6, which Celery's Redis broker in the main venv cannot use)
+EXTRA_PACKAGES = ("llama-index-core", "llama-index-llms-openai", "arq")
 TESTS = [
     "tests/test_dropin.py",
     "tests/test_llm_clients.py",
     "tests/test_transport.py",
     "tests/test_rag.py",
     "tests/test_agents_llamaindex.py",
+    "tests/test_arq.py",
+    "tests/test_redis_bus.py",
 ]
 
 

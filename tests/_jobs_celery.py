@@ -15,32 +15,8 @@ import scoped_clients.openai as scoped_openai
 from scoped_clients.celery import ScopedTask, setup
 
 REDIS_URL = os.environ.get("SCOPED_JOBS_REDIS", "redis://127.0.0.1:6379/1")
-#: a directory: the broker is kombu's filesystem transport instead of Redis (see broker_of)
-BROKER_DIR = os.environ.get("SCOPED_JOBS_BROKER_DIR")
-
-
-def broker_of() -> tuple[str, dict[str, object]]:
-    """The broker URL and transport options.
-
-    Redis, unless the test found redis-py too old for kombu's Redis transport (kombu 5.7
-    needs redis-py >= 6.1 while arq 0.28 pins redis-py < 6, so one venv cannot have both):
-    then kombu's filesystem transport, polled every 10 ms.  The broker carries the tasks and
-    the remote-control broadcast (``revoke``); aborts and bus cancels never pass through it.
-    """
-    if not BROKER_DIR:
-        return REDIS_URL, {}
-    return "filesystem://", {
-        "data_folder_in": BROKER_DIR,
-        "data_folder_out": BROKER_DIR,
-        "control_folder": os.path.join(BROKER_DIR, "control"),
-        "polling_interval": 0.01,
-    }
-
-
-BROKER_URL, BROKER_OPTIONS = broker_of()
-app = Celery("_jobs_celery", broker=BROKER_URL, backend=REDIS_URL)
+app = Celery("_jobs_celery", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.update(
-    broker_transport_options=BROKER_OPTIONS,
     worker_prefetch_multiplier=1,
     task_acks_late=False,
     broker_connection_retry_on_startup=True,

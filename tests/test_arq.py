@@ -22,7 +22,9 @@ from typing import Any
 import anyio
 import pytest
 
-pytest.importorskip("arq")
+pytest.importorskip(
+    "arq", reason="arq pins redis-py < 6, which Celery's Redis broker cannot use: run in python scripts/compat.py"
+)
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
