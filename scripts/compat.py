@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
 #: the extras whose vendor packages are pinned to their floor
-EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2", "redis")
+EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "httpx", "httpx2", "redis", "otel", "prometheus")
 #: installed after ``.[test]``, beside the floors: frameworks that need openai 2.x (LlamaIndex's
 #: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it), and arq
 #: (it pins redis-py < 6, which Celery's Redis broker in the main venv cannot use)
@@ -39,6 +39,8 @@ TESTS = [
     "tests/test_agents_llamaindex.py",
     "tests/test_arq.py",
     "tests/test_redis_bus.py",
+    "tests/test_otel.py",
+    "tests/test_prometheus.py",
 ]
 
 
@@ -51,6 +53,8 @@ def floors() -> dict[str, str]:
             match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
             if match:
                 pins[match[1]] = match[2]
+    if "opentelemetry-api" in pins:  # the tests' SDK must be the API's own release
+        pins["opentelemetry-sdk"] = pins["opentelemetry-api"]
     return pins
 
 
