@@ -71,7 +71,9 @@ from ._reasons import CancelReason, ReasonCode, coerce_reason
 try:
     import redis.asyncio as aioredis
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError('scoped_clients.redis needs redis-py (redis>=5.0.1): pip install "scoped-clients[redis]"') from exc
+    raise ImportError(
+        'scoped_clients.redis needs redis-py (redis>=5.0.1): pip install "scoped-clients[redis]"'
+    ) from exc
 
 __all__ = ["DEFAULT_CHANNEL", "DEFAULT_KEY_PREFIX", "RedisCancelBus"]
 
