@@ -144,7 +144,11 @@ async def test_abort_stops_the_llm_call(
     with pytest.raises(asyncio.CancelledError):
         await job.result(timeout=5)
     report = arq_worker.reports()[job.job_id]
-    assert report["outcome"] == "cancelled" and report["reason"] == "aborted" and report["aborted"] == 1
+    # "aborted": our 20 ms poll saw it; "job_cancelled": arq's own poll (every 0.5 s) happened to come
+    # first and cancelled the task (it removes the id from its abort set as it does, so that case
+    # cannot be told from a timeout); either way the call stopped at the socket (asserted above)
+    assert report["outcome"] == "cancelled" and report["reason"] in ("aborted", "job_cancelled")
+    assert report["aborted"] == 1
     await assert_next_job_runs(arq_pool, slow_provider)
 
 

@@ -344,9 +344,8 @@ def test_a_cancel_endpoint_stops_another_requests_stream(provider: LocalProvider
         answer = http.post(f"/cancel/{scope_id}")
         t_answered = time.monotonic()
         seen = log.wait_disconnect()
-        with pytest.raises(httpx.RemoteProtocolError):  # the stream was cut short
-            for _ in response.iter_text():
-                pass
+        text = "".join(response.iter_text())  # the middleware ends the cut-short stream's body properly
     assert answer.json() == {"cancelled": 1}
+    assert 0 < len(text.split()) < 1000
     assert seen >= t_cancel and log.units_after(t_answered) <= 1
     assert len(provider.requests) == 1

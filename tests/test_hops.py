@@ -11,13 +11,13 @@ import importlib
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from _helpers import Reports
@@ -54,7 +54,17 @@ def service_b(provider: LocalProvider, **options: Any) -> ScopeMiddleware:
             {"id": scope.id, "remaining": scope.remaining(), "header": request.headers.get(DEADLINE_HEADER)}
         )
 
-    app = Starlette(routes=[Route("/complete", complete), Route("/echo", echo)])
+    async def stream(request: Request) -> Response:
+        chunks = await llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
+
+        async def body() -> AsyncIterator[str]:
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/complete", complete), Route("/echo", echo), Route("/stream", stream)])
     return ScopeMiddleware(app, name="B", **options)
 
 
@@ -143,7 +153,7 @@ def test_an_adopted_deadline_stops_the_llm_call_when_it_passes(provider: LocalPr
         report = reports.wait_for("B")
     assert log.disconnected_at is not None and log.completed_at is None  # the provider saw the abort
     assert report.cancel_reason == "timeout"
-    assert status == 500  # B's handler was cancelled: nothing to answer with
+    assert status == 504  # B's handler was cancelled before it answered: the middleware says why
     assert [c.outcome for c in report.calls] == ["aborted"]
 
 
@@ -186,3 +196,30 @@ def test_a_cancel_endpoint_in_the_same_process_stops_a_request_by_its_id(
     assert bus.scopes("chat-7") == []  # the scope left the bus when it ended
     assert bus.cancel_sync("chat-7") == 0  # a cancel after the end is a no-op
     assert bus._pending == {}
+
+
+@pytest.mark.parametrize(("path", "status"), [("/complete", 499), ("/stream", 200)])
+def test_a_request_cancelled_by_id_while_its_client_waits_gets_a_proper_answer(
+    path: str, status: int, provider: LocalProvider, reports: Reports
+) -> None:
+    """Not the server's 500 or a broken chunked body: a status that says why, or the stream's end."""
+    bus = LocalCancelBus()
+    with serve(service_b(provider, bus=bus)) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes(path, {"x-request-id": "stop-me"}))
+        (log,) = provider.wait_for_requests(1)
+        log.wait_units(5)
+        t_cancel = time.monotonic()
+        assert bus.cancel_sync("stop-me", "user_stopped") == 1
+        seen = log.wait_disconnect()
+        data = b""
+        while chunk := sock.recv(65536):  # the server closes the connection (Connection: close)
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert seen >= t_cancel and log.units_after(t_cancel) <= 1
+    assert head.split()[1] == str(status).encode()
+    assert b"x-request-id: stop-me" in head.lower()
+    if status == 499:
+        assert body == b"Request cancelled: user_stopped.\n"
+    else:
+        assert b"transfer-encoding: chunked" in head.lower() and body.endswith(b"0\r\n\r\n")  # a whole body
+    assert reports.wait_for("B").cancel_reason == "user_stopped"

@@ -34,6 +34,12 @@ also at ``scope["scoped_clients.scope"]`` for frameworks that pass the ASGI
 scope around.  ``websocket`` connections get one scope each, cancelled on
 ``websocket.disconnect``; on ``lifespan.shutdown`` every live request scope is
 cancelled with reason ``shutdown``.
+
+A request cancelled while its client is still connected (through a cancel bus,
+by its deadline, at shutdown) is answered by the middleware once the app has
+unwound: ``504`` (timeout), ``503`` (shutdown) or ``499`` (any other reason) if
+no response had started, with the reason code as a plain-text body; otherwise
+the response's body is ended where it stands.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ SCOPE_KEY = "scoped_clients.scope"
 #: its client (the server's flow control) instead of filling our memory.
 BUFFER_LIMIT = 256 * 1024
 _DISCONNECTS = {"http": "http.disconnect", "websocket": "websocket.disconnect"}
+#: the status of a request cancelled before its response started, while its client is still there
+_CANCEL_STATUS = {ReasonCode.TIMEOUT.value: 504, ReasonCode.SHUTDOWN.value: 503}
 
 
 class ScopeMiddleware:
@@ -259,10 +267,35 @@ class _Connection:
                         self.watching.cancel()
             if self.too_large and not self.started and self.owner.max_body_size is not None:
                 await _send_too_large(self.server_send, self.owner.max_body_size)
+            elif scope.cancel_reason is not None and self.disconnect_type == "http.disconnect":
+                await self._end_cancelled(scope.cancel_reason)
         finally:
             self.owner.live.discard(scope)
             self.inbox.close()
             self.outbox.close()
+
+    async def _end_cancelled(self, reason: CancelReason) -> None:
+        """A request cancelled while its client is still there (a bus, a deadline, a shutdown): answer it.
+
+        Left to the server, the client would get a 500 (no response started) or a broken
+        chunked body, and the server would log an error for every such request.  Instead:
+        no response yet: ``504`` for a timeout, ``503`` for a shutdown, ``499`` (client closed
+        request, as nginx names it) for any other cancel, with the reason code as the body;
+        a response under way: its body is ended where it stands.
+        """
+        if self.complete or self.disconnect is not None or reason.code == ReasonCode.CLIENT_DISCONNECTED:
+            return
+        try:
+            if self.started:
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            status = _CANCEL_STATUS.get(reason.code, 499)
+            body = f"Request cancelled: {reason.code}.\n".encode()
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            await self.send({"type": "http.response.body", "body": body})
+        except Exception:  # the client left meanwhile: nobody to answer
+            return
 
     async def _watch(self) -> None:
         if self.app_done:
