@@ -194,3 +194,17 @@ class LocalCancelBus:
             self._pending.popitem(last=False)
         while self._ended and next(iter(self._ended.values())) <= now:
             self._ended.popitem(last=False)
+
+
+class LazyLocalBus:
+    """A module's default bus: a ``LocalCancelBus`` made on the first call, the same one after (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._bus: LocalCancelBus | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> LocalCancelBus:
+        with self._lock:
+            if self._bus is None:
+                self._bus = LocalCancelBus()
+            return self._bus

@@ -43,7 +43,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
@@ -53,7 +52,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('scoped_clients.arq needs arq: pip install "scoped-clients[arq]"') from exc
 
-from ._bus import CancelBus, LocalCancelBus, valid_scope_id
+from ._bus import CancelBus, LazyLocalBus, valid_scope_id
 from ._exceptions import ScopedClientsError
 from ._reasons import CancelReason
 from ._scope import RequestScope
@@ -75,8 +74,8 @@ ABORT_POLL = 0.02
 #: seconds an aborted job waits for arq to cancel its task (arq's ``poll_delay`` is 0.5 s by default)
 ABORT_WAIT = 10.0
 
-_default_bus: LocalCancelBus | None = None
-_default_lock = threading.Lock()
+#: this module's default bus: ``_local_bus()`` is the same ``LocalCancelBus`` each time
+_local_bus = LazyLocalBus()
 
 
 class JobCancelled(ScopedClientsError, Exception):
@@ -92,14 +91,6 @@ class JobCancelled(ScopedClientsError, Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:  # arq pickles the result of a failed job
         return (type(self), (self.job_id, self.code, self.message))
-
-
-def _local_bus() -> LocalCancelBus:
-    global _default_bus
-    with _default_lock:
-        if _default_bus is None:
-            _default_bus = LocalCancelBus()
-        return _default_bus
 
 
 @overload

@@ -64,7 +64,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('scoped_clients.celery needs Celery: pip install "scoped-clients[celery]"') from exc
 
-from ._bus import CancelBus, LocalCancelBus, valid_scope_id
+from ._bus import CancelBus, LazyLocalBus, LocalCancelBus, valid_scope_id
 from ._reasons import CancelReason
 from ._scope import RequestScope
 
@@ -78,8 +78,8 @@ ABORTED_CODE = "aborted"
 REVOKED_CODE = "revoked"
 
 _buses: weakref.WeakKeyDictionary[Celery, CancelBus] = weakref.WeakKeyDictionary()
-_default_bus: LocalCancelBus | None = None
-_default_lock = threading.Lock()
+#: this module's default bus: ``_local_bus()`` is the same ``LocalCancelBus`` each time
+_local_bus = LazyLocalBus()
 
 
 def setup(app: Celery, bus: CancelBus | None = None) -> None:
@@ -133,14 +133,6 @@ def _start(bus: CancelBus) -> None:
                 logger.warning("scoped_clients: %r did not connect in %s s; it keeps trying", bus, CONNECT_WAIT)
         except Exception:
             logger.exception("scoped_clients: could not start %r", bus)
-
-
-def _local_bus() -> LocalCancelBus:
-    global _default_bus
-    with _default_lock:
-        if _default_bus is None:
-            _default_bus = LocalCancelBus()
-        return _default_bus
 
 
 class ScopedTask(AbortableTask):  # type: ignore[misc]  # celery ships no type hints
