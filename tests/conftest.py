@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from _helpers import Reports
     from _redis import RedisServer
     from scoped_clients.provider import LocalProvider
 
@@ -41,6 +42,19 @@ def provider(_session_provider: LocalProvider) -> Iterator[LocalProvider]:
     _session_provider.search_delay = 0.0
     _session_provider.token_interval = 0.01
     yield _session_provider
+
+
+@pytest.fixture
+def reports() -> Iterator[Reports]:
+    """Every scope report of the test, kept (``tests/_helpers.Reports``); a module's fixture asking
+    for this one first adds its own sinks before it (``test_prometheus``'s registry)."""
+    from _helpers import Reports
+    from scoped_clients import add_report_sink
+
+    sink = Reports()
+    remove = add_report_sink(sink)
+    yield sink
+    remove()
 
 
 @pytest.fixture(scope="session")

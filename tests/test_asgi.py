@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from _helpers import Reports
-from scoped_clients import ScopeReport, add_report_sink, current_scope
+from scoped_clients import ScopeReport, current_scope
 from scoped_clients.asgi import BUFFER_LIMIT, SCOPE_KEY, ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider, RequestLog
@@ -75,14 +75,6 @@ def build_app(provider: LocalProvider, middleware: list[Middleware] | None = Non
         lifespan=lifespan,
     )
     return ScopeMiddleware(app, **options)
-
-
-@pytest.fixture
-def reports() -> Iterator[Reports]:
-    sink = Reports()
-    remove = add_report_sink(sink)
-    yield sink
-    remove()
 
 
 def drop_when_busy(

@@ -11,7 +11,7 @@ import importlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from _helpers import Reports
-from scoped_clients import DEADLINE_HEADER, LocalCancelBus, RequestScope, add_report_sink, current_scope
+from scoped_clients import DEADLINE_HEADER, LocalCancelBus, RequestScope, current_scope
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider
@@ -29,14 +29,6 @@ from scoped_clients.testing import serve
 
 MESSAGES: Any = [{"role": "user", "content": "hello"}]
 HTTP_LIBRARIES = ["httpx", "httpx2"]
-
-
-@pytest.fixture
-def reports() -> Iterator[Reports]:
-    sink = Reports()
-    remove = add_report_sink(sink)
-    yield sink
-    remove()
 
 
 def service_b(provider: LocalProvider, **options: Any) -> ScopeMiddleware:

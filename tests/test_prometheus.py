@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from _helpers import Reports, cancel_sync_call
-from scoped_clients import RequestScope, ScopeCancelled, add_report_sink, prometheus
+from scoped_clients import RequestScope, ScopeCancelled, prometheus
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider
@@ -51,11 +51,9 @@ def registry() -> Iterator[prometheus_client.CollectorRegistry]:
 
 
 @pytest.fixture
-def reports(registry: prometheus_client.CollectorRegistry) -> Iterator[Reports]:
-    sink = Reports()
-    remove = add_report_sink(sink)
-    yield sink
-    remove()
+def reports(registry: prometheus_client.CollectorRegistry, reports: Reports) -> Reports:
+    """conftest's sink, added after the registry's: a report it has seen is counted already."""
+    return reports
 
 
 def build_app(provider: LocalProvider, registry: prometheus_client.CollectorRegistry) -> ScopeMiddleware:
