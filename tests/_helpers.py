@@ -45,6 +45,18 @@ class Reports:
         return report
 
 
+async def read_chat_stream(llm: Any, reached: anyio.Event, *, after: int, **create: Any) -> None:
+    """Stream ``llm.chat.completions.create(**create, stream=True)`` to its end (or its cancel),
+    setting ``reached`` once ``after`` chunks with content have come."""
+    stream = await llm.chat.completions.create(**create, stream=True)
+    received = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+            if received == after:
+                reached.set()
+
+
 async def wait(fn: Callable[..., Any], *args: Any) -> Any:
     """Run one of the provider's blocking waits without blocking the event loop."""
     return await anyio.to_thread.run_sync(fn, *args)

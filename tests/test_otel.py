@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from _helpers import cancel_sync_call, wait
+from _helpers import cancel_sync_call, read_chat_stream, wait
 from scoped_clients import CallRecord, RequestScope, ScopeCancelled, ScopeReport, add_report_sink, otel
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider
@@ -92,15 +92,7 @@ async def test_a_cancelled_stream_is_a_span_under_its_scope(provider: LocalProvi
     ten = anyio.Event()
 
     async def consume() -> None:
-        stream = await llm.chat.completions.create(
-            model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True
-        )
-        received = 0
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received += 1
-                if received == 10:
-                    ten.set()
+        await read_chat_stream(llm, ten, after=10, model="local-1000", messages=MESSAGES, max_tokens=MAX_TOKENS)
 
     with anyio.fail_after(20), server_tracer.start_as_current_span("GET /chat") as server_span:
         async with RequestScope("chat") as scope:

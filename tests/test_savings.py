@@ -7,6 +7,7 @@ so ``M - len(log.units)`` tokens were really saved.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from _helpers import cancel_sync_call, wait
+from _helpers import cancel_sync_call, read_chat_stream, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._profiles.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients._report import CallRecord, ScopeReport
@@ -200,18 +201,8 @@ async def test_aborted_stream_counts_what_it_received_as_produced(provider: Loca
     ten = anyio.Event()
 
     async def consume() -> None:
-        try:
-            stream = await llm.chat.completions.create(
-                model="local-4003", messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True
-            )
-            received = 0
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    received += 1
-                    if received == 10:
-                        ten.set()
-        except ScopeCancelled:
-            pass
+        with contextlib.suppress(ScopeCancelled):
+            await read_chat_stream(llm, ten, after=10, model="local-4003", messages=MESSAGES, max_tokens=MAX_TOKENS)
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg, scope:
