@@ -74,10 +74,24 @@ class SyncCancel:
     errors: list[BaseException] = field(default_factory=list)
 
 
-def cancel_sync_call(provider: LocalProvider, call: Callable[[], object], *, units: int) -> SyncCancel:
-    """Run ``call`` in a worker thread under a scope; once the provider has produced ``units``
-    units for it, cancel the scope from this thread and wait for the provider to see the disconnect."""
-    scope = RequestScope("sync")
+def _cancel_scope(scope: RequestScope) -> float:
+    t_cancel = time.monotonic()
+    scope.cancel("client_disconnected")
+    return t_cancel
+
+
+def cancel_sync_call(
+    provider: LocalProvider,
+    call: Callable[[], object],
+    *,
+    units: int,
+    scope: RequestScope | None = None,
+    cancel: Callable[[RequestScope], float] = _cancel_scope,
+) -> SyncCancel:
+    """Run ``call`` in a worker thread under ``scope`` (default: a new one); once the provider has
+    produced ``units`` units for it, ``cancel(scope)`` from this thread (default: ``scope.cancel()``;
+    it returns when the cancel was sent) and wait for the provider to see the disconnect."""
+    scope = scope if scope is not None else RequestScope("sync")
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -93,8 +107,7 @@ def cancel_sync_call(provider: LocalProvider, call: Callable[[], object], *, uni
     (log,) = provider.wait_for_requests(1)
     if units:
         log.wait_units(units)
-    t_cancel = time.monotonic()
-    scope.cancel("client_disconnected")
+    t_cancel = cancel(scope)
     seen = log.wait_disconnect()
     thread.join(10)
     return SyncCancel(scope, log, t_cancel, seen, thread.is_alive(), errors)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from _helpers import wait
+from _helpers import cancel_sync_call, wait
 from scoped_clients import CancelBus, LocalCancelBus, RequestScope, ScopeCancelled, current_scope
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -200,28 +199,22 @@ def test_an_id_no_scope_can_have_is_ignored(bad: Any) -> None:
 
 def test_cancel_sync_from_a_thread_aborts_a_sync_call_in_another(provider: LocalProvider) -> None:
     bus = LocalCancelBus()
-    scope = RequestScope("sync", bus=bus)
-    errors: list[BaseException] = []
 
-    def worker() -> None:
-        with OpenAI(base_url=provider.url + "/v1", api_key="test") as client, scope:
-            try:
-                for _ in client.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True):
-                    pass
-            except ScopeCancelled as exc:
-                errors.append(exc)
-                raise
+    def cancel(scope: RequestScope) -> float:
+        t_cancel = time.monotonic()
+        assert bus.cancel_sync(scope.id, "user_stopped") == 1
+        return t_cancel
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    (log,) = provider.wait_for_requests(1)
-    log.wait_units(3)
-    t_cancel = time.monotonic()
-    assert bus.cancel_sync(scope.id, "user_stopped") == 1
-    seen = log.wait_disconnect()
-    thread.join(10)
-    assert not thread.is_alive() and [type(e) for e in errors] == [ScopeCancelled]
-    assert seen >= t_cancel and log.units_after(t_cancel) <= 1
+    with OpenAI(base_url=provider.url + "/v1", api_key="test") as client:
+        result = cancel_sync_call(
+            provider,
+            lambda: list(client.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)),
+            units=3,
+            scope=RequestScope("sync", bus=bus),
+            cancel=cancel,
+        )
+    assert not result.thread_alive and [type(e) for e in result.errors] == [ScopeCancelled]
+    assert result.seen >= result.t_cancel and result.log.units_after(result.t_cancel) <= 1
 
 
 class _BrokenBus(LocalCancelBus):

@@ -19,14 +19,14 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from _helpers import wait
+from _helpers import cancel_sync_call, wait
 from _redis import RedisServer, free_port
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -97,6 +97,50 @@ async def busy_request(provider: LocalProvider, units: int = 3) -> RequestLog:
     return log
 
 
+Cancel = Callable[[RequestScope], Awaitable[float]]
+
+
+async def cancel_a_stream(provider: LocalProvider, llm: AsyncOpenAI, scope: RequestScope, cancel: Cancel) -> None:
+    """Stream under ``scope`` and, once the provider has produced 3 units, ``await cancel(scope)`` (it
+    returns when it sent the cancel): the provider sees the client go after that, with at most the
+    one unit already in flight produced after it."""
+    sent: list[tuple[RequestLog, float]] = []
+
+    async def cancel_when_busy() -> None:
+        log = await busy_request(provider)
+        sent.append((log, await cancel(scope)))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_busy)
+            await stream_until_cancelled(llm, scope)
+    ((log, t_cancel),) = sent
+    seen = await wait(log.wait_disconnect)
+    assert seen >= t_cancel and log.units_after(t_cancel) <= 1
+
+
+def cancel_here(bus: RedisCancelBus) -> Cancel:
+    """A cancel in this process: ``bus.cancel`` cancels the one scope at once."""
+
+    async def cancel(scope: RequestScope) -> float:
+        t_cancel = time.monotonic()
+        assert await bus.cancel(scope.id, "user_stopped") == 1
+        return t_cancel
+
+    return cancel
+
+
+def cancel_elsewhere(redis_url: str) -> Cancel:
+    """A cancel published by another process (``publish_from_another_process``)."""
+
+    async def cancel(scope: RequestScope) -> float:
+        t_cancel, there = await anyio.to_thread.run_sync(publish_from_another_process, redis_url, scope.id)
+        assert there == 0  # the publisher runs no scope with that id
+        return t_cancel
+
+    return cancel
+
+
 # ------------------------------------------------------------------ across processes
 
 
@@ -105,21 +149,7 @@ async def test_a_cancel_from_another_process_stops_a_stream_here(
     bus: RedisCancelBus, redis_url: str, provider: LocalProvider, llm: AsyncOpenAI
 ) -> None:
     scope = RequestScope("chat", bus=bus)
-    result: dict[str, Any] = {}
-
-    async def cancel_elsewhere() -> None:
-        result["log"] = await busy_request(provider)
-        result["t"], result["there"] = await anyio.to_thread.run_sync(publish_from_another_process, redis_url, scope.id)
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(cancel_elsewhere)
-            await stream_until_cancelled(llm, scope)
-    log: RequestLog = result["log"]
-    seen = await wait(log.wait_disconnect)
-    assert seen >= result["t"]
-    assert log.units_after(result["t"]) <= 1  # a token already in flight at most
-    assert result["there"] == 0  # the publisher runs no scope with that id
+    await cancel_a_stream(provider, llm, scope, cancel_elsewhere(redis_url))
     assert scope.cancel_reason is not None and scope.cancel_reason.code == "user_stopped"
     assert scope.cancel_reason.message == "from another process"
     assert [c.outcome for c in scope.report.calls] == ["aborted"]
@@ -130,27 +160,17 @@ def test_a_sync_scope_in_a_thread_is_cancelled_through_the_bus(
     bus: RedisCancelBus, redis_url: str, provider: LocalProvider
 ) -> None:
     scope = RequestScope("sync-job", bus=bus)
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        with OpenAI(base_url=provider.url + "/v1", api_key="test") as llm, scope:
-            try:
-                for _ in llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True):
-                    pass
-            except ScopeCancelled as exc:
-                errors.append(exc)
-                raise
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    (log,) = provider.wait_for_requests(1)
-    log.wait_units(3)
-    t_cancel, _ = publish_from_another_process(redis_url, scope.id)
-    seen = log.wait_disconnect()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert seen >= t_cancel and log.units_after(t_cancel) <= 1
-    assert [type(e) for e in errors] == [ScopeCancelled]
+    with OpenAI(base_url=provider.url + "/v1", api_key="test") as llm:
+        result = cancel_sync_call(
+            provider,
+            lambda: list(llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)),
+            units=3,
+            scope=scope,
+            cancel=lambda scope: publish_from_another_process(redis_url, scope.id)[0],
+        )
+    assert not result.thread_alive
+    assert result.seen >= result.t_cancel and result.log.units_after(result.t_cancel) <= 1
+    assert [type(e) for e in result.errors] == [ScopeCancelled]
     assert scope.cancel_reason is not None and scope.cancel_reason.code == "user_stopped"
 
 
@@ -382,22 +402,8 @@ async def test_redis_killed_and_restarted(
         assert completion.choices[0].message.content and not quiet.cancelled
         # ... and a local cancel stops a stream at once; it is queued for the other processes.
         scope = RequestScope("chat", bus=bus)
-        timing: dict[str, Any] = {}
-
-        async def cancel_here() -> None:
-            timing["log"] = await busy_request(provider, 3)
-            timing["t"] = time.monotonic()
-            timing["count"] = await bus.cancel(scope.id, "user_stopped")
-
         provider.reset()
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_here)
-                await stream_until_cancelled(llm, scope)
-        log: RequestLog = timing["log"]
-        assert timing["count"] == 1
-        seen = await wait(log.wait_disconnect)
-        assert seen >= timing["t"] and log.units_after(timing["t"]) <= 1
+        await cancel_a_stream(provider, llm, scope, cancel_here(bus))
         assert not bus.connected
 
         # Redis is back: the bus reconnects by itself and a cross-process cancel works again.
@@ -410,19 +416,7 @@ async def test_redis_killed_and_restarted(
                     await anyio.sleep(60)
             assert again.cancelled
         provider.reset()
-        scope = RequestScope("chat-again", bus=bus)
-
-        async def cancel_elsewhere() -> None:
-            timing["log"] = await busy_request(provider)
-            timing["t"], _ = await anyio.to_thread.run_sync(publish_from_another_process, server.url, scope.id)
-
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_elsewhere)
-                await stream_until_cancelled(llm, scope)
-        log = timing["log"]
-        seen = await wait(log.wait_disconnect)
-        assert seen >= timing["t"] and log.units_after(timing["t"]) <= 1
+        await cancel_a_stream(provider, llm, RequestScope("chat-again", bus=bus), cancel_elsewhere(server.url))
         await bus.aclose()
 
     messages = [r.getMessage() for r in caplog.records if r.name == "scoped_clients.redis"]
@@ -581,23 +575,9 @@ async def test_a_redis_that_is_not_there_leaves_local_cancels_working(
         async with RequestScope("request", bus=nowhere) as quiet:  # joins without an error
             completion = await llm.chat.completions.create(model="local-3", messages=MESSAGES)
         assert completion.choices[0].message.content and not quiet.cancelled
-        scope = RequestScope("chat", bus=nowhere)
-        result: dict[str, Any] = {}
-
-        async def cancel_here() -> None:
-            result["log"] = await busy_request(provider, 3)
-            result["t"] = time.monotonic()
-            result["count"] = await nowhere.cancel(scope.id, "user_stopped")  # no error: queued
-
-        provider.reset()
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_here)
-                await stream_until_cancelled(llm, scope)
-        assert result["count"] == 1 and not nowhere.connected
-        log: RequestLog = result["log"]
-        seen = await wait(log.wait_disconnect)
-        assert seen >= result["t"] and log.units_after(result["t"]) <= 1
+        provider.reset()  # a local cancel stops a stream at once (nowhere.cancel() raises no error: it is queued)
+        await cancel_a_stream(provider, llm, RequestScope("chat", bus=nowhere), cancel_here(nowhere))
+        assert not nowhere.connected
 
 
 def _mget_calls(client: Any) -> int:
