@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from scoped_clients import RequestScope, ScopeCancelled, ScopeReport
 from scoped_clients.provider import LocalProvider, RequestLog
+
+TESTS = Path(__file__).parent
 
 
 class Reports:
@@ -111,3 +119,38 @@ def cancel_sync_call(
     seen = log.wait_disconnect()
     thread.join(10)
     return SyncCancel(scope, log, t_cancel, seen, thread.is_alive(), errors)
+
+
+@contextlib.contextmanager
+def job_worker(args: list[str], log_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A job worker's process: ``args`` run in ``tests/`` (importable) with ``env`` added, its output in
+    ``log_path``.  On exit, SIGTERM (a warm shutdown); killed if it has not ended within 20 s."""
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            args,
+            cwd=TESTS,
+            env={**os.environ, **env, "PYTHONPATH": str(TESTS)},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def logged_reports(log_path: Path) -> dict[str, dict[str, Any]]:
+    """The scope reports a worker logged (``scoped_clients.report {json}`` lines), by scope id."""
+    found = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        _, marker, payload = line.partition("scoped_clients.report ")
+        if marker:
+            report = json.loads(payload)
+            found[report["scope_id"]] = report
+    return found

@@ -8,10 +8,6 @@ the jobs call this process's embedded provider through a scoped async OpenAI cli
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,13 +26,12 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
 
-from _helpers import wait
+from _helpers import job_worker, logged_reports, wait
 from _redis import RedisServer
 from scoped_clients.arq import JobCancelled
 from scoped_clients.provider import LocalProvider, RequestLog
 from scoped_clients.redis import RedisCancelBus
 
-TESTS = Path(__file__).parent
 ARQ = Path(sys.executable).with_name("arq")
 #: seconds between two tokens: a cancel has to cross processes
 TOKEN_INTERVAL = 0.05
@@ -48,29 +43,14 @@ class ArqWorker:
     log_path: Path
 
     def reports(self) -> dict[str, dict[str, Any]]:
-        found = {}
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            _, marker, payload = line.partition("scoped_clients.report ")
-            if marker:
-                report = json.loads(payload)
-                found[report["scope_id"]] = report
-        return found
+        return logged_reports(self.log_path)
 
 
 @pytest.fixture(scope="module")
 def arq_worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArqWorker]:
     url = redis_server.url.rsplit("/", 1)[0] + "/2"
     log_path = tmp_path_factory.mktemp("arq") / "worker.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [str(ARQ), "_jobs_arq.WorkerSettings"],
-            cwd=TESTS,
-            env={**os.environ, "SCOPED_JOBS_REDIS": url, "PYTHONPATH": str(TESTS)},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with job_worker([str(ARQ), "_jobs_arq.WorkerSettings"], log_path, {"SCOPED_JOBS_REDIS": url}) as process:
         deadline = time.monotonic() + 45
         while "Starting worker" not in log_path.read_text(errors="replace"):
             # a worker that is starting: no event to wait on
@@ -79,13 +59,6 @@ def arq_worker(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
             time.sleep(0.05)
         yield ArqWorker(url, log_path)
         assert process.poll() is None, f"the worker died: {log_path.read_text()}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 @pytest.fixture

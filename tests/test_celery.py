@@ -8,10 +8,7 @@ module; the tasks call this process's embedded provider through a scoped sync Op
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,11 +26,11 @@ redis = pytest.importorskip("redis")
 from celery.contrib.abortable import AbortableAsyncResult  # noqa: E402
 from celery.exceptions import TaskRevokedError  # noqa: E402
 
+from _helpers import job_worker, logged_reports  # noqa: E402
 from _redis import RedisServer  # noqa: E402
 from scoped_clients.provider import LocalProvider, RequestLog  # noqa: E402
 from scoped_clients.redis import DEFAULT_CHANNEL, RedisCancelBus  # noqa: E402
 
-TESTS = Path(__file__).parent
 CELERY = Path(sys.executable).with_name("celery")
 #: seconds between two tokens: a cancel has to cross processes (and, for revoke, the broker)
 TOKEN_INTERVAL = 0.05
@@ -48,13 +45,7 @@ class Worker:
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """The scope reports the worker logged, by scope id."""
-        found = {}
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            _, marker, payload = line.partition("scoped_clients.report ")
-            if marker:
-                report = json.loads(payload)
-                found[report["scope_id"]] = report
-        return found
+        return logged_reports(self.log_path)
 
 
 @pytest.fixture(scope="module")
@@ -89,42 +80,29 @@ def worker(
     pool = str(request.param)
     log_path = tmp_path_factory.mktemp(f"celery-{pool}") / "worker.log"
     name = f"{pool}-{os.getpid()}@127.0.0.1"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [str(CELERY), "-A", "_jobs_celery", "worker", "-P", pool, "-c", "2", "-n", name, "--loglevel=INFO"],
-            cwd=TESTS,
-            env={**os.environ, **env, "PYTHONPATH": str(TESTS)},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    bus = RedisCancelBus.from_url(env["SCOPED_JOBS_REDIS"])
-    try:
-        deadline = time.monotonic() + 45
-        while not jobs.app.control.ping(destination=[name], timeout=0.5):
-            # a worker that is starting: no event to wait on
-            assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not answer a ping in 45 s: {log_path.read_text()}"
-        assert bus.wait_connected(10)
-        # every worker process's bus is subscribed (prefork: the main process and 2 children)
-        subscribers = 1 + (3 if pool == "prefork" else 1)
-        client = redis.Redis.from_url(env["SCOPED_JOBS_REDIS"])
+    args = [str(CELERY), "-A", "_jobs_celery", "worker", "-P", pool, "-c", "2", "-n", name, "--loglevel=INFO"]
+    with job_worker(args, log_path, env) as process:  # on exit: SIGTERM, a warm shutdown
+        bus = RedisCancelBus.from_url(env["SCOPED_JOBS_REDIS"])
         try:
-            while client.pubsub_numsub(DEFAULT_CHANNEL)[0][1] < subscribers:
-                assert time.monotonic() < deadline, f"the worker's bus did not connect: {log_path.read_text()}"
-                time.sleep(0.05)
+            deadline = time.monotonic() + 45
+            while not jobs.app.control.ping(destination=[name], timeout=0.5):
+                # a worker that is starting: no event to wait on
+                assert process.poll() is None, f"the worker exited: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"the worker did not answer a ping in 45 s: {log_path.read_text()}"
+            assert bus.wait_connected(10)
+            # every worker process's bus is subscribed (prefork: the main process and 2 children)
+            subscribers = 1 + (3 if pool == "prefork" else 1)
+            client = redis.Redis.from_url(env["SCOPED_JOBS_REDIS"])
+            try:
+                while client.pubsub_numsub(DEFAULT_CHANNEL)[0][1] < subscribers:
+                    assert time.monotonic() < deadline, f"the worker's bus did not connect: {log_path.read_text()}"
+                    time.sleep(0.05)
+            finally:
+                client.close()
+            yield Worker(pool, jobs, bus, log_path)
+            assert process.poll() is None, f"the worker died: {log_path.read_text()}"
         finally:
-            client.close()
-        yield Worker(pool, jobs, bus, log_path)
-        assert process.poll() is None, f"the worker died: {log_path.read_text()}"
-    finally:
-        bus.close()
-        process.send_signal(signal.SIGTERM)  # warm shutdown
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            bus.close()
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 
