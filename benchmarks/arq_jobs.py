@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import openai
+from _common import job_worker, machine, redis_server, spread, table, wait_for
 from arq.connections import RedisSettings
 
 import scoped_clients.openai as scoped_openai
@@ -87,12 +83,6 @@ class WorkerSettings:
 # ------------------------------------------------------------------ driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _measure(url: str, runs: int) -> list[tuple[str, str, list[tuple[int, float, str]]]]:
     from arq import create_pool
 
@@ -143,81 +133,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="cancels per row (default 8)")
     args = parser.parse_args()
 
-    import redis
-    from _common import machine, median, table
-
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server is not on PATH (Debian: apt-get install redis-server)")
-    port = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="arq-jobs-"))
-    url = f"redis://127.0.0.1:{port}/4"
-    redis_proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )
-    here = Path(__file__).parent
-    worker = None
-    try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 30
-        while not _ping(client):
-            if time.monotonic() > deadline:
-                raise TimeoutError("redis-server did not start")
-            time.sleep(0.05)
-        log_path = work / "worker.log"
-        worker = subprocess.Popen(
-            [Path(sys.executable).with_name("arq"), "arq_jobs.WorkerSettings"],
-            cwd=here,
-            env={**os.environ, "ARQ_JOBS_REDIS": url, "PYTHONPATH": str(here)},
-            stdout=subprocess.DEVNULL,
-            stderr=open(log_path, "wb"),  # noqa: SIM115
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while "Starting worker" not in log_path.read_text(errors="replace"):
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise RuntimeError(f"the arq worker did not start: {log_path.read_text()}")
-            time.sleep(0.05)
+    arq = [str(Path(sys.executable).with_name("arq")), "arq_jobs.WorkerSettings"]
+    with redis_server(db=4) as url, job_worker(arq, {"ARQ_JOBS_REDIS": url}) as (worker, log_path):
+        wait_for(lambda: "Starting worker" in log_path.read_text(errors="replace"), "the arq worker", worker)
         rows = asyncio.run(_measure(url, args.runs))
-    finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-        redis_proc.kill()
-        redis_proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
     from importlib import metadata
 
     print(f"Machine: {machine()}; arq {metadata.version('arq')}, redis-py {metadata.version('redis')}")
     print(f"{args.runs} cancels per row, interleaved; job: 1 call x {TOKENS} tokens at 10 ms; medians [min-max]\n")
     headers = ["job", "cancel", "tokens after the cancel", "cancel -> upstream stopped (ms)", "job ended"]
-    body = []
-    for label, cancel, samples in rows:
-        tokens = [s[0] for s in samples]
-        stop = [s[1] for s in samples]
-        body.append(
-            [
-                label,
-                cancel,
-                f"{median(tokens):.0f} [{min(tokens)}-{max(tokens)}]",
-                f"{median(stop):.1f} [{min(stop):.1f}-{max(stop):.1f}]",
-                "/".join(sorted({s[2] for s in samples})),
-            ]
-        )
+    body = [
+        [label, cancel, spread([s[0] for s in samples]), spread([s[1] for s in samples], 1), _outcomes(samples)]
+        for label, cancel, samples in rows
+    ]
     print(table(headers, body))
 
 
-def _ping(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
+def _outcomes(samples: list[tuple[int, float, str]]) -> str:
+    return "/".join(sorted({s[2] for s in samples}))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -38,46 +36,12 @@ from typing import Any
 
 import anyio
 import httpx
-from _common import machine, median, percentile, table, verdict
+from _common import free_port, machine, median, percentile, redis_server, table, verdict, wait_port
 from _remote import RemoteProvider
 
 from scoped_clients import LocalCancelBus, RequestScope
 
 UPSTREAM = "/units?n=100000&interval=0.05"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, process: subprocess.Popen[Any], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.02)
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-        process = subprocess.Popen([*args, "--dir", tmp], stdout=subprocess.DEVNULL)
-        try:
-            wait_port(port, process, "redis-server")
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.kill()
-            process.wait()
 
 
 # ------------------------------------------------------------------ a replica process

@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import openai
+from _common import job_worker, machine, redis_server, spread, table, wait_for
 from celery import Celery
 from celery.contrib.abortable import AbortableAsyncResult, AbortableTask
 
@@ -90,80 +86,29 @@ def scoped_pipeline(base_url: str) -> str:
 # ------------------------------------------------------------------ driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8, help="cancels per row (default 8)")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
     args = parser.parse_args()
 
-    import redis
-    from _common import machine, median, table
-
     from scoped_clients.provider import LocalProvider
+    from scoped_clients.redis import RedisCancelBus
 
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server is not on PATH (Debian: apt-get install redis-server)")
-    port = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="celery-jobs-"))
-    env = {"CELERY_JOBS_REDIS": f"redis://127.0.0.1:{port}/3"}
-    redis_proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )
-    here = Path(__file__).parent
-    worker = None
-    try:
-        client = redis.Redis(port=port)
-        _wait_for(lambda: _ping(client), "redis-server did not start")
-        os.environ.update(env)
+    with redis_server(db=3) as url:
+        os.environ["CELERY_JOBS_REDIS"] = url
         # this module, imported again with the worker's settings (the one running is __main__)
         sys.modules.pop("celery_jobs", None)
         import celery_jobs as jobs
 
-        worker = subprocess.Popen(
-            [Path(sys.executable).with_name("celery"), "-A", "celery_jobs", "worker", "-P", args.pool, "-c", "2"],
-            cwd=here,
-            env={**os.environ, "PYTHONPATH": str(here)},
-            stdout=subprocess.DEVNULL,
-            stderr=open(work / "worker.log", "wb"),  # noqa: SIM115
-            start_new_session=True,
-        )
-        _wait_for(lambda: bool(jobs.app.control.ping(timeout=0.5)), "the worker did not start")
-        from scoped_clients.redis import RedisCancelBus
-
-        bus = RedisCancelBus.from_url(env["CELERY_JOBS_REDIS"])
-        bus.wait_connected(10)
-        rows = _measure(jobs, bus, LocalProvider, args.runs)
-        bus.close()
-    finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
-        redis_proc.kill()
-        redis_proc.wait()
-        if sys.exc_info()[0] is None:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"the worker's log: {work / 'worker.log'}", file=sys.stderr)
+        celery = str(Path(sys.executable).with_name("celery"))
+        argv = [celery, "-A", "celery_jobs", "worker", "-P", args.pool, "-c", "2"]
+        with job_worker(argv, {"CELERY_JOBS_REDIS": url}) as (worker, _):
+            wait_for(lambda: jobs.app.control.ping(timeout=0.5), "the worker", worker)
+            bus = RedisCancelBus.from_url(url)
+            bus.wait_connected(10)
+            rows = _measure(jobs, bus, LocalProvider, args.runs)
+            bus.close()
 
     print(f"Machine: {machine()}; celery {_version('celery')}, redis-py {_version('redis')}")
     print(f"Pool: {args.pool}, -c 2; broker: Redis")
@@ -184,24 +129,8 @@ def main() -> None:
         stop = [s[1] for s in samples]
         late = [s[2] for s in samples]
         states = sorted({s[3] for s in samples})
-        body.append(
-            [
-                label,
-                cancel,
-                f"{median(tokens):.0f} [{min(tokens)}-{max(tokens)}]",
-                f"{median(stop):.1f} [{min(stop):.1f}-{max(stop):.1f}]",
-                f"{median(late):.0f} [{min(late)}-{max(late)}]",
-                "/".join(states),
-            ]
-        )
+        body.append([label, cancel, spread(tokens), spread(stop, 1), spread(late), "/".join(states)])
     print(table(headers, body))
-
-
-def _ping(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 def _version(name: str) -> str:
