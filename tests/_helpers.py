@@ -9,15 +9,18 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from scoped_clients import RequestScope, ScopeCancelled, ScopeReport
+from scoped_clients import CancelBus, RequestScope, ScopeCancelled, ScopeReport
 from scoped_clients.provider import LocalProvider, RequestLog
+
+if TYPE_CHECKING:
+    from scoped_clients.asgi import ScopeMiddleware
 
 TESTS = Path(__file__).parent
 
@@ -154,3 +157,41 @@ def logged_reports(log_path: Path) -> dict[str, dict[str, Any]]:
             report = json.loads(payload)
             found[report["scope_id"]] = report
     return found
+
+
+def chat_app(provider_url: str, bus: CancelBus) -> ScopeMiddleware:
+    """An app with a Stop button, each request a scope on ``bus``: ``GET /chat`` streams a long
+    completion's text; ``POST /cancel/{scope_id}`` cancels that request, answering
+    ``{"cancelled_here": <scopes it cancelled in this process>, "published": <the bus is connected>}``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    from scoped_clients.asgi import ScopeMiddleware
+    from scoped_clients.openai import AsyncOpenAI
+
+    llm = AsyncOpenAI(base_url=provider_url + "/v1", api_key="test")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await llm.close()
+
+    async def chat(request: Request) -> Response:
+        chunks = await llm.chat.completions.create(
+            model="local-1000", messages=[{"role": "user", "content": "tell me a long story"}], stream=True
+        )
+
+        async def body() -> AsyncIterator[str]:
+            async for chunk in chunks:
+                yield (chunk.choices[0].delta.content or "") if chunk.choices else ""
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def cancel(request: Request) -> Response:
+        here = await bus.cancel(request.path_params["scope_id"], "user_stopped")
+        return JSONResponse({"cancelled_here": here, "published": bool(getattr(bus, "connected", False))})
+
+    routes = [Route("/chat", chat), Route("/cancel/{scope_id}", cancel, methods=["POST"])]
+    return ScopeMiddleware(Starlette(routes=routes, lifespan=lifespan), bus=bus)

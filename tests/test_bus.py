@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,10 +12,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from _helpers import cancel_sync_call, wait
+from _helpers import cancel_sync_call, chat_app, wait
 from scoped_clients import CancelBus, LocalCancelBus, RequestScope, ScopeCancelled, current_scope
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -299,32 +298,7 @@ def test_a_bus_that_is_not_one_is_refused_by_the_middleware() -> None:
 
 def test_a_cancel_endpoint_stops_another_requests_stream(provider: LocalProvider) -> None:
     """Same process, two requests: the Stop request names the streaming one by the id it got back."""
-    bus = LocalCancelBus()
-    llm = AsyncOpenAI(base_url=provider.url + "/v1", api_key="test")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await llm.close()
-
-    async def chat(request: Request) -> Response:
-        chunks = await llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
-
-        async def body() -> AsyncIterator[str]:
-            async for chunk in chunks:
-                yield (chunk.choices[0].delta.content or "") if chunk.choices else ""
-
-        return StreamingResponse(body(), media_type="text/plain")
-
-    async def cancel(request: Request) -> Response:
-        return JSONResponse({"cancelled": await bus.cancel(request.path_params["scope_id"], "user_stopped")})
-
-    app = ScopeMiddleware(
-        Starlette(
-            routes=[Route("/chat", chat), Route("/cancel/{scope_id}", cancel, methods=["POST"])], lifespan=lifespan
-        ),
-        bus=bus,
-    )
+    app = chat_app(provider.url, LocalCancelBus())
     with (
         serve(app) as port,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
@@ -338,7 +312,7 @@ def test_a_cancel_endpoint_stops_another_requests_stream(provider: LocalProvider
         t_answered = time.monotonic()
         seen = log.wait_disconnect()
         text = "".join(response.iter_text())  # the middleware ends the cut-short stream's body properly
-    assert answer.json() == {"cancelled": 1}
+    assert answer.json() == {"cancelled_here": 1, "published": False}
     assert 0 < len(text.split()) < 1000
     assert seen >= t_cancel and log.units_after(t_answered) <= 1
     assert len(provider.requests) == 1

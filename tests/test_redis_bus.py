@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
-from _helpers import cancel_sync_call, wait
+from _helpers import cancel_sync_call, chat_app, wait
 from _redis import RedisServer, free_port
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -280,34 +280,12 @@ run_replica(int(sys.argv[1]), sys.argv[2], sys.argv[3])
 
 
 def run_replica(port: int, redis_url: str, provider_url: str) -> None:
-    """One replica: a streaming chat endpoint and a cancel endpoint, on uvicorn, in its own process."""
+    """One replica: ``_helpers.chat_app`` on uvicorn, in its own process."""
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
-
-    from scoped_clients.asgi import ScopeMiddleware
 
     bus = RedisCancelBus.from_url(redis_url)
-    llm = AsyncOpenAI(base_url=provider_url + "/v1", api_key="test")
-
-    async def chat(request: Request) -> Response:
-        chunks = await llm.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
-
-        async def body() -> AsyncIterator[str]:
-            async for chunk in chunks:
-                yield (chunk.choices[0].delta.content or "") if chunk.choices else ""
-
-        return StreamingResponse(body(), media_type="text/plain")
-
-    async def cancel(request: Request) -> Response:
-        here = await bus.cancel(request.path_params["scope_id"], "user_stopped")
-        return JSONResponse({"cancelled_here": here, "published": bus.connected})
-
-    app = Starlette(routes=[Route("/chat", chat), Route("/cancel/{scope_id}", cancel, methods=["POST"])])
     assert bus.wait_connected(10)
-    uvicorn.run(ScopeMiddleware(app, bus=bus), host="127.0.0.1", port=port, log_level="error")
+    uvicorn.run(chat_app(provider_url, bus), host="127.0.0.1", port=port, log_level="error")
     bus.close()
 
 
