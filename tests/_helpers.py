@@ -68,6 +68,28 @@ async def read_chat_stream(llm: Any, reached: anyio.Event, *, after: int, **crea
                 reached.set()
 
 
+@contextlib.asynccontextmanager
+async def held_open(scopes: list[RequestScope]) -> AsyncIterator[None]:
+    """Open each scope in a task of its own, where it waits to be cancelled; the block runs once every
+    one is open, and its end waits for every task (so each scope has to be cancelled in it)."""
+    opened = 0
+    all_open = anyio.Event()
+
+    async def hold(scope: RequestScope) -> None:
+        nonlocal opened
+        async with scope:
+            opened += 1
+            if opened == len(scopes):
+                all_open.set()
+            await anyio.sleep(60)  # until the block cancels it
+
+    async with anyio.create_task_group() as tg:
+        for scope in scopes:
+            tg.start_soon(hold, scope)
+        await all_open.wait()
+        yield
+
+
 async def wait(fn: Callable[..., Any], *args: Any) -> Any:
     """Run one of the provider's blocking waits without blocking the event loop."""
     return await anyio.to_thread.run_sync(fn, *args)

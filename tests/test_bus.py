@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from _helpers import cancel_sync_call, chat_app, wait
+from _helpers import cancel_sync_call, chat_app, held_open, wait
 from scoped_clients import CancelBus, LocalCancelBus, RequestScope, ScopeCancelled, current_scope
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -125,21 +125,7 @@ async def test_cancel_by_id_stops_the_stream_of_that_scope_only(provider: LocalP
 async def test_every_open_scope_with_the_id_is_cancelled() -> None:
     bus = LocalCancelBus()
     scopes = [RequestScope(id="same", bus=bus) for _ in range(3)]
-    async with anyio.create_task_group() as tg:
-        opened = anyio.Event()
-        count = 0
-
-        async def hold(scope: RequestScope) -> None:
-            nonlocal count
-            async with scope:
-                count += 1
-                if count == len(scopes):
-                    opened.set()
-                await anyio.sleep(60)  # cancelled by the bus
-
-        for scope in scopes:
-            tg.start_soon(hold, scope)
-        await opened.wait()
+    async with held_open(scopes):
         assert len(bus.scopes("same")) == 3
         assert await bus.cancel("same") == 3
     assert all(s.cancelled for s in scopes)

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
-from _helpers import cancel_sync_call, chat_app, wait
+from _helpers import cancel_sync_call, chat_app, held_open, wait
 from _redis import RedisServer, free_port
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.openai import AsyncOpenAI, OpenAI
@@ -187,21 +187,7 @@ async def test_one_subscription_per_process_whatever_the_number_of_scopes(redis_
 
 async def one_subscription(bus: RedisCancelBus, client: Any, channel: str) -> None:
     scopes = [RequestScope(bus=bus) for _ in range(50)]
-    async with anyio.create_task_group() as tg:
-        opened = 0
-        all_open = anyio.Event()
-
-        async def hold(scope: RequestScope) -> None:
-            nonlocal opened
-            async with scope:
-                opened += 1
-                if opened == len(scopes):
-                    all_open.set()
-                await anyio.sleep(60)  # cancelled below
-
-        for scope in scopes:
-            tg.start_soon(hold, scope)
-        await all_open.wait()
+    async with held_open(scopes):
         assert await anyio.to_thread.run_sync(bus.wait_connected, 10)
         ((_, subscribers),) = client.pubsub_numsub(channel)
         assert subscribers == 1
