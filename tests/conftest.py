@@ -45,6 +45,14 @@ def provider(_session_provider: LocalProvider) -> Iterator[LocalProvider]:
 
 
 @pytest.fixture
+def slow_provider(provider: LocalProvider) -> LocalProvider:
+    """The provider at 50 ms a token: a cancel that crosses processes (to a job worker; for Celery's
+    revoke, through the broker too) lands while the call still generates."""
+    provider.token_interval = 0.05
+    return provider
+
+
+@pytest.fixture
 def reports() -> Iterator[Reports]:
     """Every scope report of the test, kept (``tests/_helpers.Reports``); a module's fixture asking
     for this one first adds its own sinks before it (``test_prometheus``'s registry)."""

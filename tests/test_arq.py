@@ -33,8 +33,6 @@ from scoped_clients.provider import LocalProvider, RequestLog
 from scoped_clients.redis import RedisCancelBus
 
 ARQ = Path(sys.executable).with_name("arq")
-#: seconds between two tokens: a cancel has to cross processes
-TOKEN_INTERVAL = 0.05
 
 
 @dataclass
@@ -73,12 +71,6 @@ async def arq_pool(arq_worker: ArqWorker) -> AsyncIterator[ArqRedis]:
         yield pool
     finally:
         await pool.aclose()
-
-
-@pytest.fixture
-def slow_provider(provider: LocalProvider) -> LocalProvider:
-    provider.token_interval = TOKEN_INTERVAL
-    return provider
 
 
 async def start_long_job(pool: ArqRedis, provider: LocalProvider, function: str = "complete") -> tuple[Job, RequestLog]:

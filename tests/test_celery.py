@@ -32,8 +32,6 @@ from scoped_clients.provider import LocalProvider, RequestLog  # noqa: E402
 from scoped_clients.redis import DEFAULT_CHANNEL, RedisCancelBus  # noqa: E402
 
 CELERY = Path(sys.executable).with_name("celery")
-#: seconds between two tokens: a cancel has to cross processes (and, for revoke, the broker)
-TOKEN_INTERVAL = 0.05
 
 
 @dataclass
@@ -104,12 +102,6 @@ def worker(
         finally:
             bus.close()
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
-
-
-@pytest.fixture
-def slow_provider(provider: LocalProvider) -> LocalProvider:
-    provider.token_interval = TOKEN_INTERVAL
-    return provider
 
 
 def start_long_job(worker: Worker, provider: LocalProvider) -> tuple[Any, RequestLog]:
