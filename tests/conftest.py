@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -10,6 +10,7 @@ import pytest
 if TYPE_CHECKING:
     from _helpers import Reports
     from _redis import RedisServer
+    from scoped_clients.openai import AsyncOpenAI
     from scoped_clients.provider import LocalProvider
 
 
@@ -42,6 +43,16 @@ def provider(_session_provider: LocalProvider) -> Iterator[LocalProvider]:
     _session_provider.search_delay = 0.0
     _session_provider.token_interval = 0.01
     yield _session_provider
+
+
+@pytest.fixture
+async def llm(provider: LocalProvider) -> AsyncIterator[AsyncOpenAI]:
+    """A scoped ``AsyncOpenAI`` on the provider (a module's own ``provider`` fixture, where it has one)."""
+    from scoped_clients.openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=provider.url + "/v1", api_key="test")
+    yield client
+    await client.close()
 
 
 @pytest.fixture

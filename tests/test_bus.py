@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -23,13 +23,6 @@ from scoped_clients.provider import LocalProvider
 from scoped_clients.testing import serve
 
 MESSAGES: Any = [{"role": "user", "content": "tell me a long story"}]
-
-
-@pytest.fixture
-async def llm(provider: LocalProvider) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=provider.url + "/v1", api_key="test")
-    yield client
-    await client.close()
 
 
 async def stream(llm: AsyncOpenAI) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,6 @@ def provider(provider: LocalProvider) -> LocalProvider:
     after the cancel" gets a margin a loaded machine keeps (the latency itself is benchmarked)."""
     provider.token_interval = 0.05
     return provider
-
-
-@pytest.fixture
-async def llm(provider: LocalProvider) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=provider.url + "/v1", api_key="test")
-    yield client
-    await client.close()
 
 
 async def stream_until_cancelled(llm: AsyncOpenAI, scope: RequestScope) -> None:
