@@ -482,6 +482,8 @@ class Engine:
         self.baseline: Checkpoint | None = None
         self.checkpoints: list[Checkpoint] = []
         self.process = psutil.Process()
+        # servers other tests left running for the session (redis-server): not the cases' children
+        self.other_children = {child.pid for child in self.process.children(recursive=True)}
         self.bus = LocalCancelBus()
 
     def scope_for(self, case: Case) -> RequestScope:
@@ -641,10 +643,14 @@ class Engine:
         if case.point == "before" and [o for o in outcomes if o != "refused"]:
             result.fail(f"a call made after the cancel was not refused: {outcomes}")
 
+    def children(self) -> list[psutil.Process]:
+        """This process's children started since the engine was made."""
+        return [c for c in self.process.children(recursive=True) if c.pid not in self.other_children]
+
     async def _check_children(self, result: Result) -> None:
         """No child process outlives its call (the SDKs' own short-lived ones, `uname`, get time to end)."""
         deadline = time.monotonic() + WAIT
-        while children := self.process.children(recursive=True):
+        while children := self.children():
             if time.monotonic() > deadline:
                 result.fail(f"child processes left after the call: {[c.pid for c in children]}")
                 for child in children:
@@ -697,7 +703,7 @@ class Engine:
                 fds=self.process.num_fds(),
                 threads=sum(1 for t in threads if not _pool_thread(t)),
                 pool_threads=sum(1 for t in threads if _pool_thread(t)),
-                children=len(self.process.children(recursive=True)),
+                children=len(self.children()),
                 rss=self.process.memory_info().rss,
             )
             settled = base is None or (
