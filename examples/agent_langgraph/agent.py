@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from langgraph.graph import START, MessagesState, StateGraph
@@ -29,8 +26,8 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import SecretStr
 from scoped_clients_langchain import retry_policy, scope_model
 
-from scoped_clients import RequestScope
 from scoped_clients.provider import LocalProvider, Reply, ToolCall
+from scoped_clients.testing import LeftRun, leave_mid_answer
 from scoped_clients.tools import run_command
 
 
@@ -58,13 +55,7 @@ def build_graph(provider_url: str) -> Any:
     return graph.compile()
 
 
-@dataclass
-class Run:
-    scope: RequestScope
-    t_cancel: float  # time.monotonic() of the cancel
-
-
-async def main(provider: LocalProvider | None = None) -> Run:
+async def main(provider: LocalProvider | None = None) -> LeftRun:
     if provider is None:
         with LocalProvider(token_interval=0.01) as local:
             return await main(local)
@@ -76,25 +67,10 @@ async def main(provider: LocalProvider | None = None) -> Run:
         state = await graph.ainvoke({"messages": [("user", "What is in the guide?")]})
         print(f"answer: {state['messages'][-1].content}")  # not reached: the user left first
 
-    async with RequestScope("agent") as scope:
-        scope.spawn(answer)  # what a request handler under ScopeMiddleware does
-        # The user leaves once the final answer streams (watched on the embedded provider).
-        logs = await anyio.to_thread.run_sync(provider.wait_for_requests, 2)
-        await anyio.to_thread.run_sync(logs[1].wait_units, 10)
-        t_cancel = time.monotonic()
-        scope.cancel("client_disconnected")
-    await _print_report(scope, provider, t_cancel)
-    return Run(scope, t_cancel)
-
-
-async def _print_report(scope: RequestScope, provider: LocalProvider, t_cancel: float) -> None:
-    assert scope.report is not None
-    for call in scope.report.calls:
-        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
-    final = provider.requests[-1]
-    seen = await anyio.to_thread.run_sync(final.wait_disconnect)
-    print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
-    print(f"tokens saved: {scope.report.tokens_saved} (estimate), at most {scope.report.tokens_saved_max}")
+    # What a request handler under ScopeMiddleware does; the user leaves once the final answer
+    # streams (watched on the embedded provider), and the report is printed.
+    run = await leave_mid_answer(provider, answer)
+    return run
 
 
 if __name__ == "__main__":

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from dataclasses import dataclass
 
-import anyio
 from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from scoped_clients import RequestScope
 from scoped_clients.openai import AsyncOpenAI
 from scoped_clients.provider import LocalProvider, Reply, ToolCall
+from scoped_clients.testing import LeftRun, leave_mid_answer
 from scoped_clients.tools import run_command
 
 
@@ -35,13 +32,7 @@ async def list_pages(section: str) -> str:
     return result.stdout.decode()
 
 
-@dataclass
-class Run:
-    scope: RequestScope
-    t_cancel: float  # time.monotonic() of the cancel
-
-
-async def main(provider: LocalProvider | None = None) -> Run:
+async def main(provider: LocalProvider | None = None) -> LeftRun:
     if provider is None:
         with LocalProvider(token_interval=0.01) as local:
             return await main(local)
@@ -56,26 +47,11 @@ async def main(provider: LocalProvider | None = None) -> Run:
         result = await agent.run("What is in the guide?")
         print(f"answer: {result.output}")  # not reached: the user left first
 
-    async with RequestScope("agent") as scope:
-        scope.spawn(answer)  # what a request handler under ScopeMiddleware does
-        # The user leaves once the final answer streams (watched on the embedded provider).
-        logs = await anyio.to_thread.run_sync(provider.wait_for_requests, 2)
-        await anyio.to_thread.run_sync(logs[1].wait_units, 10)
-        t_cancel = time.monotonic()
-        scope.cancel("client_disconnected")
+    # What a request handler under ScopeMiddleware does; the user leaves once the final answer
+    # streams (watched on the embedded provider), and the report is printed.
+    run = await leave_mid_answer(provider, answer)
     await llm.close()
-    await _print_report(scope, provider, t_cancel)
-    return Run(scope, t_cancel)
-
-
-async def _print_report(scope: RequestScope, provider: LocalProvider, t_cancel: float) -> None:
-    assert scope.report is not None
-    for call in scope.report.calls:
-        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
-    final = provider.requests[-1]
-    seen = await anyio.to_thread.run_sync(final.wait_disconnect)
-    print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
-    print(f"tokens saved: {scope.report.tokens_saved} (estimate), at most {scope.report.tokens_saved_max}")
+    return run
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Run an ASGI app on a real server in a background thread, for tests, the demo and benchmarks.
+"""Helpers for tests, the demo, examples and benchmarks.
 
 ``serve(app, server="uvicorn")`` (or ``"hypercorn"``) is a context manager that
 yields the port it listens on (127.0.0.1, ephemeral).  The server runs its own
 event loop in a daemon thread, so the caller may use any async library.
+
+``await leave_mid_answer(provider, answer)`` runs ``answer()`` the way a request
+handler under ``ScopeMiddleware`` would, and leaves the way a user closing the tab
+does, once the embedded provider is writing the answer; it prints what the scope's
+report and the provider saw.
 """
 
 from __future__ import annotations
@@ -12,11 +17,19 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["serve"]
+import anyio
+
+from ._scope import RequestScope
+
+if TYPE_CHECKING:
+    from .provider import LocalProvider
+
+__all__ = ["LeftRun", "leave_mid_answer", "serve"]
 
 
 @contextmanager
@@ -86,3 +99,40 @@ def _hypercorn(app: Any) -> Iterator[int]:
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(10)
         sock.close()
+
+
+@dataclass(frozen=True)
+class LeftRun:
+    """What ``leave_mid_answer`` did: the scope (its report is final) and when it was cancelled."""
+
+    scope: RequestScope
+    t_cancel: float  # time.monotonic() of the cancel
+
+
+async def leave_mid_answer(
+    provider: LocalProvider,
+    answer: Callable[[], Coroutine[Any, Any, object]],
+    *,
+    requests: int = 2,
+    units: int = 10,
+    name: str = "agent",
+) -> LeftRun:
+    """Run ``answer()`` in ``RequestScope(name)`` as a task of the scope (what a request handler does)
+    and cancel the scope with reason ``client_disconnected`` once ``provider`` has received
+    ``requests`` requests and produced ``units`` units of the last one: the user leaves while the
+    answer is being written.  Prints each call of the report, when the provider saw the disconnect,
+    and the tokens saved."""
+    async with RequestScope(name) as scope:
+        scope.spawn(answer)
+        logs = await anyio.to_thread.run_sync(provider.wait_for_requests, requests)
+        await anyio.to_thread.run_sync(logs[requests - 1].wait_units, units)
+        t_cancel = time.monotonic()
+        scope.cancel("client_disconnected")
+    report = scope.report
+    assert report is not None
+    for call in report.calls:
+        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
+    seen = await anyio.to_thread.run_sync(logs[requests - 1].wait_disconnect)
+    print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
+    print(f"tokens saved: {report.tokens_saved} (estimate), at most {report.tokens_saved_max}")
+    return LeftRun(scope, t_cancel)
