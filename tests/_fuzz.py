@@ -802,42 +802,35 @@ class AsyncRun:
 
     async def caller(self) -> None:
         assert self.shape.acall is not None
-        cancelled_exc = anyio.get_cancelled_exc_class()
         if self.case.point == "before":
             with anyio.move_on_after(WAIT, shield=True):
                 await self.go.wait()
-        self.result.attempts += 1
         try:
-            await self.shape.acall(self.client, self.ctx("main"))
-            self.result.main = "returned"
-        except ScopeCancelled:
-            self.result.main = "scope_cancelled"
-        except cancelled_exc:
-            self.result.main = "backend_cancelled"
-            raise
-        except BaseException as exc:
-            self.result.main = f"unexpected {type(exc).__name__}"
-            self.result.errors.append(exc)
-            self.result.fail(f"the call raised {type(exc).__name__}: {exc}")
+            self.result.main = await self._attempt("main")
         finally:
             self.call_done.set()
         # The next step of a pipeline, once the cancel has happened: must never reach the provider.
         with anyio.move_on_after(WAIT, shield=True):
             await self.cancelled.wait()
+        self.result.late = await self._attempt("late")
+        if self.result.late == "returned":
+            self.result.fail("a call made after the cancel returned")
+
+    async def _attempt(self, role: str) -> str:
+        """One call (``role``: "main" or "late"): how it ended; a backend cancellation is noted, then raised."""
         self.result.attempts += 1
         try:
-            await self.shape.acall(self.client, self.ctx("late"))
-            self.result.late = "returned"
-            self.result.fail("a call made after the cancel returned")
+            await self.shape.acall(self.client, self.ctx(role))
         except ScopeCancelled:
-            self.result.late = "scope_cancelled"
-        except cancelled_exc:
-            self.result.late = "backend_cancelled"
+            return "scope_cancelled"
+        except anyio.get_cancelled_exc_class():
+            setattr(self.result, role, "backend_cancelled")
             raise
         except BaseException as exc:
-            self.result.late = f"unexpected {type(exc).__name__}"
             self.result.errors.append(exc)
-            self.result.fail(f"the late call raised {type(exc).__name__}: {exc}")
+            self.result.fail(f"the {'call' if role == 'main' else 'late call'} raised {type(exc).__name__}: {exc}")
+            return f"unexpected {type(exc).__name__}"
+        return "returned"
 
     async def reach_point(self) -> None:
         case = self.case
