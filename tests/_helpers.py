@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +93,53 @@ async def held_open(scopes: list[RequestScope]) -> AsyncIterator[None]:
 async def wait(fn: Callable[..., Any], *args: Any) -> Any:
     """Run one of the provider's blocking waits without blocking the event loop."""
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+async def cancel_agent_turn(
+    provider: LocalProvider, scope: RequestScope, run: Callable[[], Awaitable[object]], where: str, turns: int = 1
+) -> tuple[float, list[BaseException]]:
+    """Run an agent framework's ``run()`` under ``scope`` and cancel the scope once the provider has
+    received ``turns`` requests and produced 10 units of the last one.
+
+    ``where="body"``: ``run()`` is awaited in the scope's body; ``"task"``: in a plain asyncio task
+    started inside it (what the frameworks do), which the scope's exit waits for (shielded).
+    Returns the time of the cancel and what ``run()`` raised (re-raised too, so the task group sees it).
+    """
+    import asyncio  # the "task" placement is asyncio's: the frameworks run on asyncio only
+
+    raised: list[BaseException] = []
+
+    async def guarded() -> None:
+        try:
+            await run()
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    async def cancel_when_generating() -> float:
+        logs = await wait(provider.wait_for_requests, turns)
+        await wait(logs[-1].wait_units, 10)
+        t_cancel = time.monotonic()
+        scope.cancel("client_disconnected")
+        return t_cancel
+
+    if where == "body":
+        times: list[float] = []
+        async with anyio.create_task_group() as tg, scope:
+
+            async def canceller() -> None:
+                times.append(await cancel_when_generating())
+
+            tg.start_soon(canceller)
+            await guarded()
+        (t_cancel,) = times
+    else:
+        async with scope:
+            task = asyncio.create_task(guarded())
+            t_cancel = await cancel_when_generating()
+            with scope.shield():
+                await asyncio.wait([task], timeout=20)
+    return t_cancel, raised
 
 
 @dataclass

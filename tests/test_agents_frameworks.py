@@ -4,7 +4,6 @@ cancelled mid-generation, measured at the loopback provider.  Both frameworks ru
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 import scoped_clients.openai as scoped_openai
-from _helpers import wait
+from _helpers import cancel_agent_turn, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.provider import LocalProvider
 
@@ -46,39 +45,8 @@ def pydantic_ai_run(provider: LocalProvider) -> Callable[[], Awaitable[Any]]:
 async def test_llm_turn_cancelled(framework: Any, where: str, provider: LocalProvider) -> None:
     run = framework(provider)
     scope = RequestScope("agent")
-    raised: list[BaseException] = []
-
-    async def guarded() -> None:
-        try:
-            await run()
-        except BaseException as exc:
-            raised.append(exc)
-            raise
-
-    async def cancel_when_generating() -> float:
-        (log,) = await wait(provider.wait_for_requests, 1)
-        await wait(log.wait_units, 10)
-        t_cancel = time.monotonic()
-        scope.cancel("client_disconnected")
-        return t_cancel
-
     with anyio.fail_after(20):
-        if where == "body":
-            times: list[float] = []
-            async with anyio.create_task_group() as tg, scope:
-
-                async def canceller() -> None:
-                    times.append(await cancel_when_generating())
-
-                tg.start_soon(canceller)
-                await guarded()
-            (t_cancel,) = times
-        else:
-            async with scope:
-                task = asyncio.create_task(guarded())
-                t_cancel = await cancel_when_generating()
-                with scope.shield():
-                    await asyncio.wait([task], timeout=20)
+        t_cancel, raised = await cancel_agent_turn(provider, scope, run, where)
         (log,) = provider.requests  # no retry, no second turn: 0 calls started after the cancel
         seen = await wait(log.wait_disconnect)
     assert seen >= t_cancel and log.units_after(t_cancel) <= 1

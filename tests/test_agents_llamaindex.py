@@ -8,7 +8,6 @@ FunctionAgent loop cancelled mid-turn, measured at the loopback provider.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI
 
 import scoped_clients.openai as scoped_openai
-from _helpers import wait
+from _helpers import cancel_agent_turn, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients.provider import LocalProvider, Reply, ToolCall
 from scoped_clients.tools import run_tool
@@ -99,39 +98,8 @@ async def test_llm_turn_cancelled(kind: str, where: str, provider: LocalProvider
         provider.script(LONG)
         run, turns = llm_call(provider, stream=kind == "stream_chat"), 1
     scope = RequestScope("agent")
-    raised: list[BaseException] = []
-
-    async def guarded() -> None:
-        try:
-            await run()
-        except BaseException as exc:
-            raised.append(exc)
-            raise
-
-    async def cancel_when_generating() -> float:
-        logs = await wait(provider.wait_for_requests, turns)
-        await wait(logs[-1].wait_units, 10)
-        t_cancel = time.monotonic()
-        scope.cancel("client_disconnected")
-        return t_cancel
-
     with anyio.fail_after(20):
-        if where == "body":
-            times: list[float] = []
-            async with anyio.create_task_group() as tg, scope:
-
-                async def canceller() -> None:
-                    times.append(await cancel_when_generating())
-
-                tg.start_soon(canceller)
-                await guarded()
-            (t_cancel,) = times
-        else:
-            async with scope:
-                task = asyncio.create_task(guarded())
-                t_cancel = await cancel_when_generating()
-                with scope.shield():
-                    await asyncio.wait([task], timeout=20)
+        t_cancel, raised = await cancel_agent_turn(provider, scope, run, where, turns)
         logs = provider.requests  # no retry, no later turn: 0 calls started after the cancel
         assert len(logs) == turns
         seen = await wait(logs[-1].wait_disconnect)
