@@ -35,7 +35,15 @@ from ._reasons import CancelReason, ReasonCode, coerce_reason
 if TYPE_CHECKING:
     from ._scope import RequestScope
 
-__all__ = ["MAX_ID_LENGTH", "CancelBus", "LocalCancelBus", "check_scope_id", "new_scope_id", "valid_scope_id"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "CancelBus",
+    "LocalCancelBus",
+    "check_bus",
+    "check_scope_id",
+    "new_scope_id",
+    "valid_scope_id",
+]
 
 #: longest scope id accepted (characters): ids travel in HTTP headers and Redis messages
 MAX_ID_LENGTH = 128
@@ -67,6 +75,17 @@ def check_scope_id(value: object, what: str = "id") -> str:
         )
     assert isinstance(value, str)
     return value
+
+
+def check_bus(bus: object, what: str, *, needs: tuple[str, ...] = ("join", "cancel")) -> None:
+    """Raise a ``TypeError`` saying what to pass unless ``bus`` is ``None`` or has the methods ``needs``."""
+    if bus is None or all(callable(getattr(bus, name, None)) for name in needs):
+        return
+    methods = ", ".join(f"{name}()" for name in needs)
+    raise TypeError(
+        f"{what} takes a cancel bus with {methods} (scoped_clients.LocalCancelBus, "
+        f"scoped_clients.redis.RedisCancelBus) or None, not {type(bus).__name__}: {bus!r}"
+    )
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 import sniffio
 
-from ._bus import CancelBus, check_scope_id, new_scope_id
+from ._bus import CancelBus, check_bus, check_scope_id, new_scope_id
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
@@ -207,11 +207,7 @@ class RequestScope:
         self.name = _check_name(name)
         #: who the scope is to a cancel bus, a log line, a page that wants to stop it: unguessable by default
         self.id: str = new_scope_id() if id is None else check_scope_id(id)
-        if bus is not None and not (callable(getattr(bus, "join", None)) and callable(getattr(bus, "cancel", None))):
-            raise TypeError(
-                f"bus must be a cancel bus (scoped_clients.LocalCancelBus, scoped_clients.redis.RedisCancelBus), "
-                f"not {type(bus).__name__}: {bus!r}"
-            )
+        check_bus(bus, "RequestScope(bus=...)")
         self.bus = bus
         self._leave_bus: Callable[[], None] | None = None
         self._timeout = check_timeout(timeout)

@@ -52,7 +52,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('scoped_clients.arq needs arq: pip install "scoped-clients[arq]"') from exc
 
-from ._bus import CancelBus, LazyLocalBus, valid_scope_id
+from ._bus import CancelBus, LazyLocalBus, check_bus, valid_scope_id
 from ._exceptions import ScopedClientsError
 from ._reasons import CancelReason
 from ._scope import RequestScope
@@ -123,8 +123,7 @@ def scoped_job(
         isinstance(abort_poll, bool) or not isinstance(abort_poll, int | float) or abort_poll <= 0
     ):
         raise ValueError(f"abort_poll is a number of seconds > 0, or None to leave aborts to arq; got {abort_poll!r}")
-    if bus is not None and not callable(getattr(bus, "join", None)):
-        raise TypeError(f"bus must be a cancel bus (scoped_clients.redis.RedisCancelBus), not {type(bus).__name__}")
+    check_bus(bus, "scoped_job(bus=...)")
 
     def decorate(job: JobFunction[P, R]) -> JobFunction[P, R]:
         if not inspect.iscoroutinefunction(job):

@@ -50,7 +50,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._bus import CancelBus, valid_scope_id
+from ._bus import CancelBus, check_bus, valid_scope_id
 from ._hops import DEADLINE_HEADER, parse_timeout
 from ._reasons import CancelReason, ReasonCode
 from ._scope import RequestScope, check_timeout
@@ -124,11 +124,7 @@ class ScopeMiddleware:
                 f"ScopeMiddleware(max_body_size=...) is a number of bytes (an int >= 0) or None for no limit, "
                 f"got {max_body_size!r}"
             )
-        if bus is not None and not (callable(getattr(bus, "join", None)) and callable(getattr(bus, "cancel", None))):
-            raise TypeError(
-                f"ScopeMiddleware(bus=...) takes a cancel bus (scoped_clients.LocalCancelBus, "
-                f"scoped_clients.redis.RedisCancelBus) or None, not {type(bus).__name__}: {bus!r}"
-            )
+        check_bus(bus, "ScopeMiddleware(bus=...)")
         self.id_header = _header_name(id_header, "id_header")
         self.deadline_header = _header_name(deadline_header, "deadline_header")
         self.bus = bus

@@ -64,7 +64,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('scoped_clients.celery needs Celery: pip install "scoped-clients[celery]"') from exc
 
-from ._bus import CancelBus, LazyLocalBus, LocalCancelBus, valid_scope_id
+from ._bus import CancelBus, LazyLocalBus, LocalCancelBus, check_bus, valid_scope_id
 from ._reasons import CancelReason
 from ._scope import RequestScope
 
@@ -92,12 +92,8 @@ def setup(app: Celery, bus: CancelBus | None = None) -> None:
     """
     if not isinstance(app, Celery):
         raise TypeError(f"setup() takes your Celery app, not {type(app).__name__}: {app!r}")
+    check_bus(bus, "setup(bus=...)", needs=("join", "cancel_sync"))
     if bus is not None:
-        if not callable(getattr(bus, "join", None)) or not callable(getattr(bus, "cancel_sync", None)):
-            raise TypeError(
-                f"bus must be a cancel bus with join() and cancel_sync() (scoped_clients.redis.RedisCancelBus, "
-                f"scoped_clients.LocalCancelBus), not {type(bus).__name__}: {bus!r}"
-            )
         _buses[app] = bus
         # a prefork child inherits no threads: start the child's bus as it starts, not at its first task
         worker_process_init.connect(_start_bus_of(bus), weak=False)
