@@ -203,13 +203,11 @@ def _header(scope: MutableMapping[str, Any], name: bytes | None) -> bytes | None
 
 def _declared_length(scope: MutableMapping[str, Any]) -> int:
     """The request's ``Content-Length`` (-1 if absent or malformed: the server deals with those)."""
-    for key, value in scope.get("headers", ()):
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return -1
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1
 
 
 async def _send_too_large(send: Send, limit: int) -> None:
