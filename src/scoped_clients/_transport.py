@@ -468,74 +468,111 @@ def _raise_for(call: HttpCall, exc: BaseException) -> None:
 
 
 class AsyncBodyMixin:
-    """The response body of a scoped async call; subclassed with each library's ``AsyncByteStream``."""
+    """The response body of a scoped async call; subclassed with each library's ``AsyncByteStream``.
+
+    Iterating it gives an ``_AsyncBodyReader``, an iterator object rather than an async generator:
+    an HTTP library's own generator above it (httpx's ``BoundAsyncStream.__aiter__``) never closes
+    what it iterates when its reader stops early, and a suspended generator of ours would be left to
+    the garbage collector (trio warns about each one). The reader holds the library's generator
+    below it and closes it when the body is closed, so nothing we open is left to the collector.
+    """
 
     def __init__(self, inner: Any, call: HttpCall) -> None:
         self._inner = inner
         self._call = call
+        self._reader: _AsyncBodyReader | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        call = self._call
-        feed = call.meter.feed
-        if call.aborted is not None:
-            raise call.cancelled_error()
-        iterator = self._inner.__aiter__()
-        exhausted = False
-        try:
-            if call.sock is not None:
-                async for chunk in iterator:
-                    if call.aborted is not None:
-                        # The socket is shut down: keep pulling until the library's own
-                        # generators fail on EOF, so that none is left suspended.
-                        continue
-                    feed(chunk)
-                    yield chunk
-                exhausted = True
-            else:
-                while True:
-                    with anyio.CancelScope() as read:
-                        call.read_scope = read
-                        try:
-                            chunk = await iterator.__anext__()
-                        except StopAsyncIteration:
-                            exhausted = True
-                            break
-                        finally:
-                            call.read_scope = None
-                    if read.cancelled_caught:
-                        raise call.cancelled_error()
-                    feed(chunk)
-                    yield chunk
-        except ScopeCancelled:
-            call.finish("aborted")
-            raise
-        except GeneratorExit:  # the reader stopped iterating: aclose() settles the call
-            raise
-        except BaseException as exc:
-            _raise_for(call, exc)
-        finally:
-            # Close the library's own generator now rather than leaving it to the GC
-            # (trio warns about, and asyncio defers, async generators nobody closed).
-            close = None if exhausted else getattr(iterator, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await close()
-                    except Exception:
-                        pass
-        if call.aborted is not None:
-            call.finish("aborted")
-            raise call.cancelled_error()
-        call.finish("completed")
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._reader = _AsyncBodyReader(self._inner, self._call)
+        return self._reader
 
     async def aclose(self) -> None:
         call = self._call
         try:
+            if self._reader is not None:
+                await self._reader.aclose()
             await self._inner.aclose()  # httpcore shields its own connection cleanup
         finally:
             if call.phase != _DONE:
                 call.detail["closed_early"] = True
                 call.finish("aborted" if call.aborted is not None else "completed")
+
+
+class _AsyncBodyReader:
+    """One pass over a scoped body: meters each chunk, turns a cancel into ``ScopeCancelled``."""
+
+    __slots__ = ("_call", "_feed", "_inner", "_iterator")
+
+    def __init__(self, inner: Any, call: HttpCall) -> None:
+        self._inner = inner
+        self._call = call
+        self._feed = call.meter.feed
+        self._iterator: Any = None
+
+    def __aiter__(self) -> _AsyncBodyReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        call = self._call
+        if self._iterator is None:
+            if call.aborted is not None:
+                raise call.cancelled_error()
+            self._iterator = self._inner.__aiter__()
+        elif self._iterator is _EXHAUSTED:
+            raise StopAsyncIteration
+        try:
+            chunk = await (self._pull_from_socket() if call.sock is not None else self._pull())
+        except StopAsyncIteration:
+            self._iterator = _EXHAUSTED
+            if call.aborted is not None:
+                call.finish("aborted")
+                raise call.cancelled_error() from None
+            call.finish("completed")
+            raise
+        except ScopeCancelled:
+            await self.aclose()
+            call.finish("aborted")
+            raise
+        except BaseException as exc:
+            await self.aclose()
+            _raise_for(call, exc)
+        self._feed(chunk)
+        return chunk
+
+    async def _pull_from_socket(self) -> bytes:
+        chunk: bytes = await self._iterator.__anext__()
+        while self._call.aborted is not None:
+            # The socket is shut down: keep pulling until the library's own generators fail on
+            # EOF, so that none is left suspended.
+            chunk = await self._iterator.__anext__()
+        return chunk
+
+    async def _pull(self) -> bytes:
+        call = self._call
+        with anyio.CancelScope() as read:
+            call.read_scope = read
+            try:
+                chunk: bytes = await self._iterator.__anext__()
+            finally:
+                call.read_scope = None
+        if read.cancelled_caught:
+            raise call.cancelled_error()
+        return chunk
+
+    async def aclose(self) -> None:
+        """Close the library's generator now rather than leave it to the collector."""
+        iterator, self._iterator = self._iterator, _EXHAUSTED
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await close()
+                except Exception:
+                    pass
+
+
+#: the reader's iterator once it has ended or been closed
+_EXHAUSTED = object()
 
 
 # ----------------------------------------------------------------------- sync
