@@ -1,4 +1,4 @@
-"""Shared fixtures: every async test runs on asyncio and on trio (AnyIO pytest plugin)."""
+"""Shared fixtures: every async test runs on asyncio, uvloop and trio (AnyIO pytest plugin)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,19 @@ if TYPE_CHECKING:
     from scoped_clients.provider import LocalProvider
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+#: the backends every async test runs on: uvloop is the loop ``uvicorn[standard]`` (and so
+#: ``fastapi[standard]``) runs by default, with sockets of its own (our sync path shuts them down
+#: through a duplicate); a test that needs one loop parametrizes ``anyio_backend`` itself
+BACKENDS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param("trio", id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(autouse=True)

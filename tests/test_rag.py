@@ -39,7 +39,7 @@ def collection(provider: LocalProvider) -> Iterator[None]:
 
 
 @pytest.fixture
-async def clients(provider: LocalProvider, anyio_backend: str) -> AsyncIterator[dict[str, Any]]:
+async def clients(provider: LocalProvider, anyio_backend: object) -> AsyncIterator[dict[str, Any]]:
     made = {
         "qdrant": scoped_qdrant.AsyncQdrantClient(url=provider.url, check_compatibility=False),
         "cohere": scoped_cohere.AsyncClientV2(base_url=provider.url, api_key="x", max_retries=0),

@@ -36,7 +36,7 @@ _open: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
-async def _close_clients(anyio_backend: str) -> AsyncIterator[None]:
+async def _close_clients(anyio_backend: object) -> AsyncIterator[None]:
     yield
     while _open:
         await _open.pop().close()

@@ -261,7 +261,7 @@ def test_middleware_timeout_inf_means_none() -> None:
 
 
 @pytest.fixture
-async def qdrant(provider: LocalProvider, anyio_backend: str) -> AsyncIterator[Any]:
+async def qdrant(provider: LocalProvider, anyio_backend: object) -> AsyncIterator[Any]:
     client = scoped_qdrant.AsyncQdrantClient(url=provider.url, check_compatibility=False)
     if await client.collection_exists("docs"):
         await client.delete_collection("docs")
