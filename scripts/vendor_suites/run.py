@@ -39,29 +39,19 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "vendor-suites"
 HERE = Path(__file__).resolve().parent
 
-#: what the suites import besides the SDK (from their dev dependency groups)
-SUITE_DEPS = [
-    "pytest>=9",
-    "pytest-asyncio>=1.2",
-    "pytest-xdist>=3.6",
-    "respx",
-    "dirty-equals>=0.6",
-    "inline-snapshot>=0.28",
-    "time-machine",
-    "hypothesis",
-    "http-snapshot[httpx]==0.1.9",
-    "rich>=13.7",
-    "nest_asyncio",
-    "trio>=0.22",
-    "griffe>=1",
-    "opentelemetry-sdk",
-    "websockets",
-    "standardwebhooks",
-    "Pillow",
-    "numpy",
-    "importlib-metadata",
-    "packaging",
-]
+#: ``SCOPED_CLIENTS_DEPS=newest`` (the drift job in .ci/run): the suites' own dependencies at their
+#: newest releases, in a virtualenv of their own; otherwise the versions in the committed lock
+NEWEST = os.environ.get("SCOPED_CLIENTS_DEPS") == "newest"
+#: what the suites import besides the SDK (their dev dependency groups), and the lock of those
+SUITE_IN = ROOT / "requirements" / "vendor-suites.in"
+SUITE_LOCK = ROOT / "requirements" / "vendor-suites.lock"
+
+
+def suite_deps() -> list[str]:
+    """The requirements of vendor-suites.in, less comments and the project itself."""
+    lines = (line.split("#", 1)[0].strip() for line in SUITE_IN.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
 
 #: test files run in CI (a few minutes): the clients' own behaviour, streaming, responses
 CI_SUBSET = {
@@ -137,15 +127,18 @@ def sdist(sdk: str, version: str) -> Path:
 
 def venv(versions: dict[str, str]) -> Path:
     """A virtualenv with scoped_clients (editable), the same SDK versions and the suites' dependencies."""
-    python = CACHE / "venv" / "bin" / "python"
-    stamp = CACHE / "venv" / "stamp"
-    wanted = repr(sorted(versions.items())) + repr(SUITE_DEPS)
+    home = CACHE / ("venv-newest" if NEWEST else "venv")
+    python = home / "bin" / "python"
+    stamp = home / "stamp"
+    deps = suite_deps()
+    constraints = [] if NEWEST else ["-c", str(SUITE_LOCK)]
+    wanted = repr(sorted(versions.items())) + repr(deps) + ("" if NEWEST else SUITE_LOCK.read_text())
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    log("building the suites' virtualenv")
-    sh(sys.executable, "-m", "venv", "--clear", CACHE / "venv")
+    log(f"building the suites' virtualenv ({'newest releases' if NEWEST else 'requirements/vendor-suites.lock'})")
+    sh(sys.executable, "-m", "venv", "--clear", home)
     pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
-    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic]", *pins, *SUITE_DEPS)
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic]", *pins, *deps, *constraints)
     stamp.write_text(wanted)
     return python
 
