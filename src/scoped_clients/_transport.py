@@ -483,7 +483,11 @@ class AsyncBodyMixin:
         self._reader: _AsyncBodyReader | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        self._reader = _AsyncBodyReader(self._inner, self._call)
+        # One reader per body: a second iteration (openai drains ``response.stream`` after
+        # ``[DONE]`` while its first iterator is still suspended) goes on where the first stopped,
+        # over the same library generator, as the library's own stream does.
+        if self._reader is None:
+            self._reader = _AsyncBodyReader(self._inner, self._call)
         return self._reader
 
     async def aclose(self) -> None:
