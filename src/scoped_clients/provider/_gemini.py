@@ -11,8 +11,8 @@ with ``text`` or ``functionCall`` parts, ``finishReason``, ``usageMetadata`` wit
 a function call is sent whole (its ``args`` an object) once its pieces are produced, its
 finish reason is ``STOP``, and a stream's chunks carry only the prompt's usage until the last
 one, which has the finish reason and the full usage.  The request's bound is
-``generationConfig.maxOutputTokens``; ``candidateCount`` answers several candidates when the
-script queued several replies.
+``generationConfig.maxOutputTokens`` (proto names such as ``max_output_tokens`` are read too);
+several scripted replies answer several candidates.
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ _STATUS = {
 }
 
 
+def field(obj: Any, name: str) -> Any:
+    """A request field by its JSON name or its proto name (the service accepts both:
+    ``maxOutputTokens`` / ``max_output_tokens``; LiteLLM sends the latter)."""
+    if not isinstance(obj, dict):
+        return None
+    if name in obj:
+        return obj[name]
+    return obj.get("".join(f"_{c.lower()}" if c.isupper() else c for c in name))
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """Google's error envelope (``google.rpc.Status``)."""
     return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
@@ -52,7 +62,7 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     contents = body.get("contents") or []
     if isinstance(contents, dict):
         contents = [contents]
-    system = body.get("systemInstruction") or body.get("system_instruction")
+    system = field(body, "systemInstruction")
     if isinstance(system, dict):
         contents = [*contents, system]
     return sum(
@@ -94,8 +104,7 @@ async def generate(
     exchange: Exchange, model: str, body: dict[str, Any], answer: list[Reply], interval: float, stream: bool
 ) -> None:
     """``generateContent`` and ``streamGenerateContent``: the answer's units, then (or as) the response."""
-    config = body.get("generationConfig") or {}
-    bound = config.get("maxOutputTokens")
+    bound = field(field(body, "generationConfig"), "maxOutputTokens")
     parts = [plan(reply, bound if isinstance(bound, int) else None, "") for reply in answer]
     prompt = prompt_tokens(body)
     units = sum(p.units for p in parts)
@@ -145,7 +154,7 @@ async def generate(
 
 
 async def count_tokens(exchange: Exchange, body: dict[str, Any]) -> None:
-    request = body.get("generateContentRequest")
+    request = field(body, "generateContentRequest")
     total = prompt_tokens(request if isinstance(request, dict) else body)
     await exchange.respond_json(
         200, {"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}
@@ -155,7 +164,7 @@ async def count_tokens(exchange: Exchange, body: dict[str, Any]) -> None:
 def _embedding(request: dict[str, Any], vector: Any) -> dict[str, Any]:
     content = request.get("content") or {}
     text = " ".join(str(p.get("text", "")) for p in content.get("parts") or [] if isinstance(p, dict))
-    dim = request.get("outputDimensionality") or request.get("output_dimensionality") or 8
+    dim = field(request, "outputDimensionality") or 8
     return {"values": vector(text, int(dim))}
 
 

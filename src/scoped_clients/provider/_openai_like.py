@@ -96,7 +96,9 @@ async def chat(
             {"index": i, "message": _message(dialect, part), "finish_reason": _finish(part), "logprobs": None}
             for i, part in enumerate(parts)
         ]
-        extra = {"system_fingerprint": "fp_local", "x_groq": {"id": "req_local"}} if dialect == "groq" else {}
+        extra: dict[str, Any] = {}
+        if dialect == "groq":  # LiteLLM's groq/ reads service_tier
+            extra = {"system_fingerprint": "fp_local", "service_tier": "on_demand", "x_groq": {"id": "req_local"}}
         await exchange.respond_json(
             200, {**base, "object": "chat.completion", "choices": choices, "usage": usage, **extra}
         )

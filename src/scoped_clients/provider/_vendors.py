@@ -373,10 +373,13 @@ class Vendors:
                 200, {"id": "chat-local", "finish_reason": finish, "message": message, "usage": usage}
             )
             return
-        await exchange.start(200, "text/event-stream")
+        # SSE, unless the client accepts only JSON (LiteLLM's cohere/): then one JSON object a line
+        lines = exchange.log.headers.get("accept", "").split(";")[0].strip() == "application/json"
+        await exchange.start(200, "application/stream+json" if lines else "text/event-stream")
 
         async def event(kind: str, data: dict[str, Any]) -> None:
-            await exchange.send(_sse({"type": kind, **data}, kind))
+            payload = {"type": kind, **data}
+            await exchange.send(json.dumps(payload).encode() + b"\n" if lines else _sse(payload, kind))
 
         await event("message-start", {"id": "chat-local", "delta": {"message": {"role": "assistant"}}})
         await event("content-start", {"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})
