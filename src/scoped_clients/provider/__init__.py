@@ -13,7 +13,7 @@ client go, so that tests assert what the *upstream* observed::
         assert log.units_after(t_cancel) <= 1
 
 Where each SDK points (``provider.url`` is ``http://127.0.0.1:PORT``): OpenAI ``base_url=url + "/v1"``;
-Anthropic and Groq ``base_url=url``; Cohere and Qdrant ``url``; google-genai
+Anthropic, Cohere and Groq ``base_url=url``; Qdrant ``url``; google-genai
 ``HttpOptions(base_url=url)`` (Gemini's ``/v1beta/models/{model}:generateContent`` and
 ``:streamGenerateContent``, ``:countTokens``, ``:embedContent``, ``:batchEmbedContents``; ``/v1/...``
 too); Mistral ``server_url=url + "/mistral"`` (its ``/v1/chat/completions`` is OpenAI's here).
