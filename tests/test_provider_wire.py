@@ -281,6 +281,16 @@ def test_groq_tool_calls(provider: LocalProvider, groq_client: Any, streamed: bo
     assert units(provider) == len(WEATHER.pieces())
 
 
+def test_groq_errors_are_openai_shaped(provider: LocalProvider) -> None:
+    groq = sdk("groq")
+    with (
+        groq.Groq(api_key="test", base_url=provider.url, max_retries=0) as client,
+        pytest.raises(groq.RateLimitError) as caught,
+    ):
+        client.chat.completions.create(model="error-429", messages=MESSAGES)
+    assert caught.value.status_code == 429 and "local provider error 429" in str(caught.value)
+
+
 def test_groq_sync_stream_closed_midway_is_seen(provider: LocalProvider, groq_client: Any) -> None:
     stream = groq_client.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
     for _ in zip(range(3), stream, strict=False):
@@ -360,6 +370,14 @@ def test_mistral_embeddings(provider: LocalProvider, mistral_client: Any) -> Non
     embedded = mistral_client.embeddings.create(model="mistral-embed", inputs=["one two", "three"])
     assert [d.index for d in embedded.data] == [0, 1]
     assert embedded.usage.prompt_tokens == 3
+
+
+def test_mistral_errors(provider: LocalProvider, mistral_client: Any) -> None:
+    from mistralai.client import errors
+
+    with pytest.raises(errors.SDKError) as caught:
+        mistral_client.chat.complete(model="error-429", messages=MESSAGES)
+    assert caught.value.status_code == 429 and "local provider error 429" in caught.value.body
 
 
 def test_mistral_sync_stream_closed_midway_is_seen(provider: LocalProvider, mistral_client: Any) -> None:
