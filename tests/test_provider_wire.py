@@ -126,6 +126,19 @@ def test_gemini_function_calls(provider: LocalProvider, genai_client: Any, strea
     assert usage.candidates_token_count == 3 + pieces == units(provider)
 
 
+def test_gemini_chats_send_the_history(provider: LocalProvider, genai_client: Any) -> None:
+    provider.token_interval = 0.0
+    chat = genai_client.chats.create(model="local-2")
+    assert chat.send_message("hello").text == "tok0 tok1 "
+    assert "".join(chunk.text for chunk in chat.send_message_stream("again")) == "tok0 tok1 "
+    contents = provider.requests[1].json["contents"]
+    assert [(c["role"], c["parts"][0]["text"]) for c in contents] == [
+        ("user", "hello"),
+        ("model", "tok0 tok1 "),
+        ("user", "again"),
+    ]
+
+
 def test_gemini_count_tokens_and_embeddings(provider: LocalProvider, genai_client: Any) -> None:
     from google.genai import types
 
