@@ -449,11 +449,35 @@ def litellm_kwargs(provider: LocalProvider, prefix: str, model: str) -> dict[str
 
 
 @pytest.fixture
-async def litellm(anyio_backend: str) -> AsyncIterator[ModuleType]:
+def litellm_sync() -> Iterator[ModuleType]:
+    """LiteLLM, whose clients are cached module-wide for an hour: afterwards its sync clients are closed
+    and its cache emptied, so that no connection to the session's provider outlives the test."""
     module = sdk("litellm")
     yield module
+    import openai
+    from litellm.llms.custom_httpx.http_handler import HTTPHandler
+
+    cache = module.in_memory_llm_clients_cache
+    for client in [*cache.cache_dict.values(), vars(module).pop("module_level_client", None)]:
+        if isinstance(client, HTTPHandler | openai.OpenAI):
+            client.close()
+    cache.flush_cache()
+
+
+@pytest.fixture
+async def litellm(litellm_sync: ModuleType, anyio_backend: str) -> AsyncIterator[ModuleType]:
+    yield litellm_sync
     if anyio_backend == "asyncio":
-        await module.close_litellm_async_clients()  # its cached aiohttp sessions, else "Unclosed client session"
+        await close_litellm_async_clients(litellm_sync)
+
+
+async def close_litellm_async_clients(litellm: ModuleType) -> None:
+    """Its cached async clients and aiohttp sessions, and the process-wide ``module_level_aclient``
+    (created once, on first use, by ``anthropic/`` streams without a client; then re-created lazily)."""
+    await litellm.close_litellm_async_clients()
+    module_level = vars(litellm).pop("module_level_aclient", None)
+    if module_level is not None:
+        await module_level.close()
 
 
 @pytest.mark.parametrize("prefix", list(LITELLM_BASES))
@@ -481,8 +505,8 @@ async def test_litellm_acompletion(provider: LocalProvider, litellm: Any, prefix
 
 
 @pytest.mark.parametrize("prefix", list(LITELLM_BASES))
-def test_litellm_completion_sync(provider: LocalProvider, prefix: str) -> None:
-    litellm = sdk("litellm")
+def test_litellm_completion_sync(provider: LocalProvider, litellm_sync: Any, prefix: str) -> None:
+    litellm = litellm_sync
     provider.token_interval = 0.0
     response = litellm.completion(messages=MESSAGES, max_tokens=4, **litellm_kwargs(provider, prefix, "local-10"))
     assert response.choices[0].message.content == "tok0 tok1 tok2 tok3 "
@@ -522,7 +546,7 @@ async def test_litellm_aclose_on_the_aiohttp_transport_leaves_the_upstream_gener
 ) -> None:
     """``CustomStreamWrapper.aclose()`` after a partial read does not close the connection on LiteLLM's
     default aiohttp transport (with ``disable_aiohttp_transport=True`` it does): the service keeps
-    generating until LiteLLM's cached sessions close.  A drop-in must close what it opened."""
+    generating until LiteLLM's sessions close.  A drop-in must close what it opened."""
     asyncio_only(anyio_backend, LITELLM_ASYNCIO_ONLY)
     stream = await litellm.acompletion(
         messages=MESSAGES, stream=True, **litellm_kwargs(provider, "anthropic", "local-1000")
@@ -537,5 +561,5 @@ async def test_litellm_aclose_on_the_aiohttp_transport_leaves_the_upstream_gener
     log.wait_units(len(log.units) + 5)
     assert log.disconnected_at is None
     t_close = time.monotonic()
-    await litellm.close_litellm_async_clients()
+    await close_litellm_async_clients(litellm)
     seen_leaving(provider, t_close)
