@@ -17,7 +17,6 @@ from types import ModuleType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from scoped_clients.provider import LocalProvider, Reply, RequestLog, ToolCall
