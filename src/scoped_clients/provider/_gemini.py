@@ -127,11 +127,9 @@ async def generate(
     def candidate(i: int, content_parts: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"candidates": [{"content": {"parts": content_parts, "role": "model"}, "index": i, **extra}]}
 
-    produced = 0
     for i, p in enumerate(parts):
         for n, token in enumerate(p.tokens):
             exchange.unit()
-            produced += 1
             if model == "malformed" and n == 3:
                 await exchange.send(b"data: {broken\r\n\r\n")
                 await exchange.end()
@@ -141,14 +139,13 @@ async def generate(
         for call, _, pieces in p.calls:
             for _ in pieces:  # the service sends a call whole, once its arguments are generated
                 exchange.unit()
-                produced += 1
                 await exchange.sleep(interval)
             call_part = _call_part(call.name, call.id, pieces)
             await chunk({**candidate(i, [call_part]), "usageMetadata": _usage(prompt, None), **base})
     for i, p in enumerate(parts):
         last = i == len(parts) - 1
         data = candidate(i, [{"text": ""}], finishReason=_finish(p))
-        usage = _usage(prompt, produced) if last else _usage(prompt, None)
+        usage = _usage(prompt, units) if last else _usage(prompt, None)
         await chunk({**data, "usageMetadata": usage, **base})
     await exchange.end()
 
