@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+
+# LiteLLM fetches its model price map from GitHub when first imported (retrying for seconds when the
+# network says no): every test process uses the copy it ships
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 if TYPE_CHECKING:
     from _helpers import Reports

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import warnings
 from collections.abc import AsyncIterator
 
@@ -88,3 +89,47 @@ async def test_raw_httpx2_closed_early_leaves_httpcore2s_generator(provider: Loc
         async for _ in chunks:
             break
     assert names == ["httpcore2._async.http11.HTTP11ConnectionByteStream.__aiter__"]
+
+
+# -- the SDKs of issue 21, raw (tests/test_provider_wire.py drives them against the provider)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # google-genai's aiohttp path is asyncio-only
+async def test_google_genai_subclasses_aiohttps_session(provider: LocalProvider, anyio_backend: str) -> None:
+    genai = pytest.importorskip("google.genai")
+    pytest.importorskip("aiohttp")
+    client = genai.Client(api_key="k", http_options=genai.types.HttpOptions(base_url=provider.url))
+    try:
+        with pytest.warns(DeprecationWarning, match="Inheritance class AiohttpClientSession from ClientSession"):
+            await client.aio.models.generate_content(model="local-2", contents="hi")
+    finally:
+        await client.aio.aclose()
+
+
+def test_litellm_builds_adapters_over_readonly_typeddicts() -> None:
+    """At import of its GitHub Copilot authenticator (a module-level ``TypeAdapter``), which its
+    completion path imports on first use: the module is run again here."""
+    pytest.importorskip("litellm")
+    from litellm.llms.github_copilot import authenticator
+
+    with pytest.warns(UserWarning, match="using the `ReadOnly` qualifier"):
+        importlib.reload(authenticator)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # LiteLLM's async path needs an asyncio loop
+async def test_litellm_reads_model_fields_off_an_instance(provider: LocalProvider, anyio_backend: str) -> None:
+    litellm = pytest.importorskip("litellm")
+    client = openai.AsyncOpenAI(base_url=provider.url + "/v1", api_key="k")  # no cached client of LiteLLM's
+    try:
+        with pytest.warns(
+            DeprecationWarning, match="Accessing the 'model_(computed_)?fields' attribute on the instance"
+        ):
+            stream = await litellm.acompletion(
+                model="openai/local-3", messages=[{"role": "user", "content": "hi"}], stream=True, client=client
+            )
+            async for _ in stream:
+                pass
+    finally:
+        await client.close()

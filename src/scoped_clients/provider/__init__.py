@@ -1,5 +1,6 @@
 """An embedded local provider: one loopback HTTP/1.1 server speaking the OpenAI,
-Anthropic, Cohere and Qdrant wire protocols, for tests, the demo and benchmarks.
+Anthropic, Cohere, Qdrant, Gemini, Groq and Mistral wire protocols, for tests, the demo
+and benchmarks.
 
 It records, per request, every unit of work it produced and when it saw the
 client go, so that tests assert what the *upstream* observed::
@@ -11,13 +12,22 @@ client go, so that tests assert what the *upstream* observed::
         log.wait_disconnect()
         assert log.units_after(t_cancel) <= 1
 
+Where each SDK points (``provider.url`` is ``http://127.0.0.1:PORT``): OpenAI ``base_url=url + "/v1"``;
+Anthropic, Cohere and Groq ``base_url=url``; Qdrant ``url``; google-genai
+``HttpOptions(base_url=url)`` (Gemini's ``/v1beta/models/{model}:generateContent`` and
+``:streamGenerateContent``, ``:countTokens``, ``:embedContent``, ``:batchEmbedContents``; ``/v1/...``
+too); Mistral ``server_url=url + "/mistral"`` (its ``/v1/chat/completions`` is OpenAI's here).
+LiteLLM ``api_base``: ``openai/`` ``url + "/v1"``, ``anthropic/`` ``url``, ``gemini/`` ``url + "/v1beta"``,
+``cohere/`` ``url + "/v2/chat"``, ``groq/`` ``url + "/openai/v1"``, ``mistral/`` ``url + "/mistral/v1"``.
+
 See ``_vendors.py`` for the model-name conventions (``"local-80"``, ``"error-500"``,
 ``"malformed"``, ``"not-json"``).  A request header ``x-local-delay: SECONDS`` delays
 the response headers (interruptibly).
 
 Scripted answers, for agent flows: text and tool calls in each vendor's real wire
 format (OpenAI chat ``tool_calls``, Responses ``function_call`` items, Anthropic
-``tool_use`` blocks), streamed or not, parsed by the real SDKs::
+``tool_use`` blocks, Gemini ``functionCall`` parts, Groq and Mistral whole tool-call deltas),
+streamed or not, parsed by the real SDKs::
 
     provider.script(
         Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),  # the next request

@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _scripted
-from ._script import sse, words
+from . import _gemini, _openai_like, _scripted
+from ._script import Reply, sse, words
 from ._server import ClientGone, Exchange
 
 if TYPE_CHECKING:
@@ -51,6 +51,9 @@ class Vendors:
             ("POST", "/v2/rerank"): self.cohere_rerank,
             ("POST", "/v1/rerank"): self.cohere_rerank,
             ("POST", "/v2/embed"): self.cohere_embed,
+            ("POST", "/openai/v1/chat/completions"): self.groq_chat,
+            ("POST", "/mistral/v1/chat/completions"): self.mistral_chat,
+            ("POST", "/mistral/v1/embeddings"): self.mistral_embeddings,
             ("GET", "/"): self.qdrant_root,
             ("GET", "/_provider/log"): self.dump_log,
             ("POST", "/_provider/reset"): self.reset_log,
@@ -60,6 +63,14 @@ class Vendors:
         handler = self.routes.get((method, path))
         if handler is not None:
             return handler
+        gemini = re.fullmatch(r"/v1(?:beta|alpha)?/models/([^/:]+):(\w+)", path)
+        if gemini and method == "POST" and gemini.group(2) in _gemini.METHODS:
+            model, action = gemini.group(1), gemini.group(2)
+
+            async def gemini_handler(exchange: Exchange) -> None:
+                await self.gemini(exchange, model, action)
+
+            return gemini_handler
         match = re.fullmatch(r"/collections/([^/]+)(/exists|/points|/points/query|/points/search)?", path)
         if match:
             name, rest = match.group(1), match.group(2) or ""
@@ -81,9 +92,9 @@ class Vendors:
         n = min([natural, *bounds])
         return n, n < natural
 
-    async def _error(self, exchange: Exchange, shape: str) -> bool:
-        body = exchange.json or {}
-        model = str(body.get("model", ""))
+    async def _error(self, exchange: Exchange, shape: str, model: str | None = None) -> bool:
+        if model is None:
+            model = str((exchange.json or {}).get("model", ""))
         if model == "not-json":  # a proxy's error page with a 200 and a JSON content type
             await exchange.respond(200, b"<html>upstream proxy error</html>")
             return True
@@ -99,6 +110,10 @@ class Vendors:
                 status, "api_error"
             )
             err = {"type": "error", "error": {"type": kind, "message": message}}
+        elif shape == "gemini":
+            err = _gemini.error_body(status, message)
+        elif shape == "mistral":
+            err = _openai_like.error_body("mistral", status, message)
         else:
             err = {"message": message}
         await exchange.respond_json(status, err)
@@ -358,10 +373,13 @@ class Vendors:
                 200, {"id": "chat-local", "finish_reason": finish, "message": message, "usage": usage}
             )
             return
-        await exchange.start(200, "text/event-stream")
+        # SSE, unless the client accepts only JSON (LiteLLM's cohere/): then one JSON object a line
+        lines = exchange.log.headers.get("accept", "").split(";")[0].strip() == "application/json"
+        await exchange.start(200, "application/stream+json" if lines else "text/event-stream")
 
         async def event(kind: str, data: dict[str, Any]) -> None:
-            await exchange.send(_sse({"type": kind, **data}, kind))
+            payload = {"type": kind, **data}
+            await exchange.send(json.dumps(payload).encode() + b"\n" if lines else _sse(payload, kind))
 
         await event("message-start", {"id": "chat-local", "delta": {"message": {"role": "assistant"}}})
         await event("content-start", {"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})
@@ -457,6 +475,50 @@ class Vendors:
             },
         )
 
+    # ------------------------------------------------- groq, mistral, gemini
+
+    def _answer(self, model: str) -> list[Reply]:
+        """The scripted answer for ``model``, else ``tok0 tok1 ...`` as many as the model name says."""
+        scripted = self.p._take_script(model)
+        if scripted is not None:
+            return scripted
+        match = re.fullmatch(r"local-(\d+)", model)
+        natural = int(match.group(1)) if match else self.p.default_tokens
+        return [Reply(text="".join(f"tok{i} " for i in range(natural)))]
+
+    async def groq_chat(self, exchange: Exchange) -> None:
+        if await self._error(exchange, "openai"):
+            return
+        body = exchange.json or {}
+        answer = self._answer(str(body.get("model", "")))
+        await _openai_like.chat(exchange, "groq", body, answer, self.p.token_interval)
+
+    async def mistral_chat(self, exchange: Exchange) -> None:
+        if await self._error(exchange, "mistral"):
+            return
+        body = exchange.json or {}
+        answer = self._answer(str(body.get("model", "")))
+        await _openai_like.chat(exchange, "mistral", body, answer, self.p.token_interval)
+
+    async def mistral_embeddings(self, exchange: Exchange) -> None:
+        if await self._error(exchange, "mistral"):
+            return
+        await _openai_like.mistral_embeddings(exchange, exchange.json or {}, embed)
+
+    async def gemini(self, exchange: Exchange, model: str, action: str) -> None:
+        if await self._error(exchange, "gemini", model):
+            return
+        body = exchange.json or {}
+        if action == "countTokens":
+            await _gemini.count_tokens(exchange, body)
+        elif action == "embedContent":
+            await _gemini.embed_content(exchange, body, embed)
+        elif action == "batchEmbedContents":
+            await _gemini.batch_embed_contents(exchange, body, embed)
+        else:
+            stream = action == "streamGenerateContent"
+            await _gemini.generate(exchange, model, body, self._answer(model), self.p.token_interval, stream)
+
     # ------------------------------------------------------------- qdrant
 
     async def qdrant_root(self, exchange: Exchange) -> None:
@@ -537,8 +599,12 @@ class Vendors:
 
 
 def embed(text: str, dim: int = 8) -> list[float]:
-    """A deterministic unit vector for ``text`` (for the embed endpoint and the demo's data)."""
+    """A deterministic unit vector for ``text`` (for the embed endpoints and the demo's data)."""
     digest = hashlib.sha256(text.encode()).digest()
+    block = 1
+    while len(digest) < dim:  # dimensions beyond 32: more hashes of the text (the first 32 do not change)
+        digest += hashlib.sha256(b"%d:" % block + text.encode()).digest()
+        block += 1
     raw = [(b / 255.0) - 0.5 for b in digest[:dim]]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
