@@ -846,11 +846,14 @@ class AsyncRun:
 
     async def orchestrate(self, fire: Cancel) -> None:
         """Wait for the point, then cancel (the deadline source only waits for the deadline)."""
-        if self.case.point != "before":
-            await self.reach_point()
-        if self.case.source == "deadline":  # the caller of point "before" starts once the deadline passed
+        if self.case.source == "deadline":
+            # The deadline fires by itself, where it lands: under load the server may not have
+            # reached the drawn point by then (3 of 4 units), which is no violation. The caller of
+            # point "before" starts once the deadline passed.
             await self.cancelled.wait()
             return
+        if self.case.point != "before":
+            await self.reach_point()
         if self.case.source in ("thread", "twice", "bus"):
             await anyio.to_thread.run_sync(fire.fire_in_threads)
         else:
