@@ -101,6 +101,8 @@ class _McpCall:
         self.loop = LoopHandle()
         self.started_at = time.monotonic()
         self.cancel_scope: anyio.CancelScope | None = None
+        #: the SDK's request, abandoned with the caller's wait (one loop turn sooner than by the caller)
+        self.request: _Request | None = None
         self.aborted: CancelReason | None = None
         self.orphan = False
         self.done = False
@@ -124,6 +126,8 @@ class _McpCall:
     def _cancel(self) -> None:
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
+        if self.request is not None:
+            self.request.abandon()
 
     def final_record(self) -> CallRecord:
         if self.record is None:
@@ -225,7 +229,7 @@ async def _send_owned(link: _Link, method: str, params: Mapping[str, Any] | None
     except ScopeCancelled as refused:
         call.refuse(refused.reason)
         raise
-    request = _Request(link.send, (method, params, *args), kwargs)
+    request = call.request = _Request(link.send, (method, params, *args), kwargs)
     try:
         with anyio.CancelScope() as cancel_scope:
             call.cancel_scope = cancel_scope
