@@ -6,9 +6,6 @@ cancelled, how long after the scope's cancel, that a refused call never started.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,8 +17,8 @@ import pytest
 pytest.importorskip("mcp")
 import mcp
 import psutil
-from mcp.client.stdio import StdioServerParameters
 
+from _mcp import STDIO, ServerLog, serve_http
 from scoped_clients import LocalCancelBus, RequestScope, ScopeCancelled
 from scoped_clients.mcp import Client, ClientSession, scope_session
 
@@ -36,60 +33,14 @@ pytestmark = [
     ),
 ]
 
-SERVER = str(Path(__file__).parent / "_mcp_server.py")
 #: how long after the scope's cancel the server's handler must have seen it (measured: a few ms)
 BOUND = 1.0
 
 
-class ServerLog:
-    """What the test server's tool handlers noted: ``(what, tag) -> time.monotonic()``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def entries(self) -> dict[tuple[str, str], float]:
-        if not self.path.exists():
-            return {}
-        out: dict[tuple[str, str], float] = {}
-        for line in self.path.read_text().splitlines():
-            what, tag, at = line.split()
-            out[(what, tag)] = float(at)
-        return out
-
-    async def wait(self, what: str, tag: str, *, within: float = 10.0) -> float:
-        """When the server noted ``what`` for ``tag`` (it runs in another process: polled)."""
-        with anyio.fail_after(within):
-            while (at := self.entries().get((what, tag))) is None:  # noqa: ASYNC110 (a file another process writes)
-                await anyio.sleep(0.002)
-        return at
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, SERVER, "http", str(port)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "the MCP test server did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-STDIO = StdioServerParameters(command=sys.executable, args=[SERVER, "stdio"])
+    with serve_http() as url:
+        yield url
 
 
 @pytest.fixture(params=["http-2026", "http-2025", "stdio"])
