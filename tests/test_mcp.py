@@ -87,6 +87,9 @@ async def test_drop_in_is_the_vendors_client_and_session(http_url: str, log: Ser
         scope_session(client)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hard_stop"):
         Client(http_url, hard_stop=-1)
+    import scoped_clients.mcp
+
+    assert all(getattr(scoped_clients.mcp, name) for name in scoped_clients.mcp.__all__)
 
 
 # ------------------------------------------------------------------ the cancel reaches the server
@@ -215,6 +218,31 @@ async def test_hard_stop_ends_a_stdio_server_that_ignores_the_cancel(log: Server
     assert record.detail["hard_stop"] == "SIGTERM" and record.outcome == "aborted"
     assert ("done", "s") not in log.entries()
     assert _children() == before
+
+
+async def test_hard_stop_closes_an_http_session(http_url: str, log: ServerLog, reports: Any) -> None:
+    """No process to end: the session is closed, so its requests fail at once (the server's tool,
+    which ignores the cancel, runs on: that is what a server that ignores cancels does)."""
+    async with Client(http_url, mode="legacy", hard_stop=0.1) as client:
+        async with anyio.create_task_group() as outside, RequestScope(name="hard-http") as scope:
+            call = client.call_tool("stubborn", {"seconds": 0.5, "tag": "h", "log": str(log.path)})
+            outside.start_soon(_swallow, call)
+            await log.wait("start", "h")
+            scope.cancel()
+        with anyio.fail_after(5), pytest.raises(mcp.MCPError, match="Connection closed"):
+            await client.list_tools()
+    (record,) = reports.wait_for("hard-http").calls
+    assert record.detail["hard_stop"] == "session_closed"
+
+
+async def test_shielded_call_is_not_aborted(client: mcp.Client, log: ServerLog, reports: Any) -> None:
+    async with RequestScope(name="shielded") as scope:
+        with scope.shield():
+            scope.cancel()
+            await client.call_tool("slow", {"seconds": 0.05, "tag": "sh", "log": str(log.path)})
+    assert ("done", "sh") in log.entries()
+    calls = [(c.operation, c.outcome) for c in reports.wait_for("shielded").calls]
+    assert ("tools/call", "completed") in calls and {outcome for _, outcome in calls} == {"completed"}
 
 
 def _children() -> set[int]:

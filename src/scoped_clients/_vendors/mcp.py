@@ -77,15 +77,19 @@ _LINK = "_scoped_clients_mcp"
 RawSend = Callable[..., Awaitable[dict[str, Any]]]
 
 
-def _registry(scope: RequestScope, op: str, call: _McpCall, record: CallRecord | None = None) -> None:
-    """The one place this module uses the scope's private call registry (``admit``, ``release``, ``refused``)."""
+def _registry(scope: RequestScope, op: str, call: _McpCall, record: CallRecord | None = None) -> bool:
+    """The one place this module uses the scope's private call registry (``admit``, ``release``, ``refused``).
+
+    ``admit`` returns whether the call is shielded (``scope.shield()``): not to be aborted by the scope.
+    """
     if op == "admit":
-        scope._admit(call)
-    elif op == "release":
+        return scope._admit(call)
+    if op == "release":
         scope._release(call, record)
     else:
         assert record is not None
         scope._refused(record)
+    return False
 
 
 # ------------------------------------------------------------------ one request
@@ -105,6 +109,7 @@ class _McpCall:
         self.request: _Request | None = None
         self.aborted: CancelReason | None = None
         self.orphan = False
+        self.shielded = False
         self.done = False
         self.settled = anyio.Event()
         self.record: CallRecord | None = None
@@ -118,7 +123,7 @@ class _McpCall:
         self.stopping = False
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
-        if self.done or self.aborted is not None:
+        if self.done or self.aborted is not None or self.shielded:
             return
         self.aborted, self.orphan = reason, orphan
         self.loop.run(self._cancel)
@@ -162,9 +167,10 @@ class _McpCall:
         self.detail["written"] = False
         _registry(self.scope, "refused", self, self.final_record())
 
-    def released(self) -> None:
-        """The caller got ``ScopeCancelled``: settle now, or once the session's hard stop has run."""
-        if self.link.hard_stop is not None and self.aborted is not None and not self.done:
+    def released(self, *, by_scope: bool = True) -> None:
+        """The caller was released: settle now, or, when the scope's cancel did it, once the session's
+        hard stop has run (a caller's own cancellation, a timeout of its own, does not stop the session)."""
+        if by_scope and self.link.hard_stop is not None and not self.done:
             self.stopping = True
             self.link.schedule_stop(self)
         else:
@@ -225,7 +231,7 @@ async def _send_owned(link: _Link, method: str, params: Mapping[str, Any] | None
         return await link.send(method, params, *args, **kwargs)
     call = _McpCall(scope, link, method, params)
     try:
-        _registry(scope, "admit", call)
+        call.shielded = _registry(scope, "admit", call)
     except ScopeCancelled as refused:
         call.refuse(refused.reason)
         raise
@@ -241,10 +247,11 @@ async def _send_owned(link: _Link, method: str, params: Mapping[str, Any] | None
         if call.aborted is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
             call.finish("failed", exc)
         else:
+            by_scope = call.aborted is not None
             call.aborted = call.aborted or CancelReason(
                 ReasonCode.CANCELLED, "the task awaiting the request was cancelled"
             )
-            call.released()
+            call.released(by_scope=by_scope)
         raise
     if not request.done.is_set():  # the scope's cancel
         request.abandon()
