@@ -198,6 +198,44 @@ async def test_orphan_call_is_aborted_when_the_scope_ends(client: mcp.Client, lo
     assert record.orphan and record.cancel_reason == "scope_closed"
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_in_process_server(mode: str) -> None:
+    """``Client(MCPServer)`` (the SDK's in-process path, its direct dispatcher on 2026-07-28): the same."""
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("in-process")
+    seen: list[str] = []
+
+    @server.tool()
+    async def wait_forever() -> str:
+        seen.append("start")
+        try:
+            await anyio.sleep_forever()
+        finally:
+            seen.append("stopped")
+        return ""  # pragma: no cover
+
+    async with Client(server, mode=mode) as client:
+        released = anyio.Event()
+        async with anyio.create_task_group() as outside, RequestScope() as scope:
+
+            async def call() -> None:
+                with pytest.raises(ScopeCancelled):
+                    await client.call_tool("wait_forever", {})
+                released.set()
+
+            outside.start_soon(call)
+            with anyio.fail_after(5):
+                while not seen:  # noqa: ASYNC110 (the server's handler, in this loop)
+                    await anyio.sleep(0.001)
+            scope.cancel()
+        with anyio.fail_after(5):
+            await released.wait()
+            while seen != ["start", "stopped"]:  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+    assert [(c.operation, c.outcome) for c in scope.report.calls] == [("tools/call", "aborted")]  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------ hard stop
 
 

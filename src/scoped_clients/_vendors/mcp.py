@@ -236,28 +236,7 @@ async def _send_owned(link: _Link, method: str, params: Mapping[str, Any] | None
         call.refuse(refused.reason)
         raise
     request = call.request = _Request(link.send, (method, params, *args), kwargs)
-    try:
-        with anyio.CancelScope() as cancel_scope:
-            call.cancel_scope = cancel_scope
-            if call.aborted is None:
-                group.start_soon(request.run, name=f"scoped_clients mcp {method}")
-                await request.done.wait()
-    except BaseException as exc:  # the caller's own cancellation (its task, an enclosing scope)
-        request.abandon()
-        if call.aborted is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            call.finish("failed", exc)
-        else:
-            by_scope = call.aborted is not None
-            call.aborted = call.aborted or CancelReason(
-                ReasonCode.CANCELLED, "the task awaiting the request was cancelled"
-            )
-            call.released(by_scope=by_scope)
-        raise
-    if not request.done.is_set():  # the scope's cancel
-        request.abandon()
-        call.released()
-        assert call.aborted is not None
-        raise ScopeCancelled(call.aborted, scope.name)
+    await _wait(call, request, group)
     try:
         result = request.outcome()
     except BaseException as exc:
@@ -267,6 +246,34 @@ async def _send_owned(link: _Link, method: str, params: Mapping[str, Any] | None
         call.detail["is_error"] = True
     call.finish("completed")
     return result
+
+
+async def _wait(call: _McpCall, request: _Request, group: anyio.abc.TaskGroup) -> None:
+    """Start the SDK's request in the session's task group and wait for it, or for the scope's cancel.
+
+    Returns once the request is done; raises ``ScopeCancelled`` on the scope's cancel, or the
+    caller's own cancellation; either way the request is abandoned (the SDK tells the server).
+    """
+    try:
+        with anyio.CancelScope() as cancel_scope:
+            call.cancel_scope = cancel_scope
+            if call.aborted is None:
+                group.start_soon(request.run, name=f"scoped_clients mcp {call.method}")
+                await request.done.wait()
+    except BaseException as exc:  # the caller's own cancellation (its task, an enclosing scope)
+        request.abandon()
+        if call.aborted is None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            call.finish("failed", exc)
+            raise
+        by_scope = call.aborted is not None
+        call.aborted = call.aborted or CancelReason(ReasonCode.CANCELLED, "the task awaiting the request was cancelled")
+        call.released(by_scope=by_scope)
+        raise
+    if not request.done.is_set():  # the scope's cancel
+        request.abandon()
+        call.released()
+        assert call.aborted is not None
+        raise ScopeCancelled(call.aborted, call.scope.name)
 
 
 # ------------------------------------------------------------------ one session
