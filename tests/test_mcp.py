@@ -344,15 +344,24 @@ async def test_nothing_left_behind(http_url: str, log: ServerLog, transport: str
 # ------------------------------------------------------------------ a framework's session
 
 
-async def test_scope_session_for_a_session_built_elsewhere(http_url: str, log: ServerLog, reports: Any) -> None:
+@pytest.mark.parametrize("how", ["scope_session", "drop-in ClientSession"])
+async def test_a_session_built_on_the_transports_streams(http_url: str, log: ServerLog, reports: Any, how: str) -> None:
     from mcp.client.streamable_http import streamable_http_client
 
-    async with streamable_http_client(http_url) as (read, write), mcp.ClientSession(read, write) as session:
-        await session.initialize()
-        assert scope_session(session) is session and isinstance(session, ClientSession)
-        async with anyio.create_task_group() as outside, RequestScope(name="framework") as scope:
-            outside.start_soon(_swallow, session.call_tool("slow", {"seconds": 30, "tag": "f", "log": str(log.path)}))
-            await log.wait("start", "f")
-            scope.cancel()
-        await log.wait("cancelled", "f")
+    async with streamable_http_client(http_url) as (read, write):
+        if how == "scope_session":  # a session a framework built
+            session = mcp.ClientSession(read, write)
+            assert scope_session(session) is session
+        else:
+            session = ClientSession(read, write)
+            assert type(session) is mcp.ClientSession
+        assert isinstance(session, ClientSession)
+        async with session:
+            await session.initialize()
+            async with anyio.create_task_group() as outside, RequestScope(name="framework") as scope:
+                call = session.call_tool("slow", {"seconds": 30, "tag": "f", "log": str(log.path)})
+                outside.start_soon(_swallow, call)
+                await log.wait("start", "f")
+                scope.cancel()
+            await log.wait("cancelled", "f")
     assert reports.wait_for("framework").calls[0].outcome == "aborted"
