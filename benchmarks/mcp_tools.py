@@ -168,9 +168,43 @@ def main() -> None:
         print(f"Machine: {machine()}, mcp {mcp_version()}, asyncio; medians of {args.reps} [min-max].\n")
         print("Time from the scope's cancel to the server's tool handler cancelled (its own log):\n")
         print(table(["transport (protocol)", "call made in", "vendor mcp.Client", "scoped_clients.mcp.Client"], rows))
+        print("\nCost per call (a trivial tool, the SDK's in-process server, medians of 5 x 300 calls):\n")
+        print(overhead_table())
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def per_call(cls: Any, calls: int = 300, reps: int = 5) -> float:
+    """Microseconds per call of a trivial tool on the SDK's in-process server (its stream transport),
+    every call inside a scope: what owning a request costs (a task of the session's, a record)."""
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("overhead")
+
+    @server.tool()
+    async def echo(x: int) -> int:
+        return x
+
+    async with cls(server, mode="legacy") as client:
+        await client.call_tool("echo", {"x": 0})
+        runs = []
+        for _ in range(reps):
+            async with RequestScope():
+                start = time.perf_counter()
+                for i in range(calls):
+                    await client.call_tool("echo", {"x": i})
+                runs.append((time.perf_counter() - start) / calls * 1e6)
+    return median(runs)
+
+
+def overhead_table() -> str:
+    rows = []
+    for backend in ("asyncio", "trio"):
+        vendor = anyio.run(per_call, mcp.Client, backend=backend)
+        scoped = anyio.run(per_call, scoped_mcp.Client, backend=backend)
+        rows.append([backend, f"{vendor:.0f}", f"{scoped:.0f}", f"+{scoped - vendor:.0f}"])
+    return table(["backend", "vendor (us/call)", "scoped (us/call)", "cost"], rows)
 
 
 def mcp_version() -> str:
