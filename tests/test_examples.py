@@ -4,6 +4,7 @@ unit in flight, and no call started after it.  The frameworks run on asyncio onl
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,11 @@ from typing import Any
 import pytest
 
 from _helpers import wait
+
+with contextlib.suppress(ImportError):
+    # mcp's stdio_client(errlog=sys.stderr) binds its default when first imported: import it now,
+    # not inside a test whose capsys has swapped sys.stderr for a stream without a file descriptor
+    import mcp.client.stdio  # noqa: F401
 from scoped_clients.provider import LocalProvider
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
