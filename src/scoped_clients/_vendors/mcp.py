@@ -24,7 +24,9 @@ so in the caller's task the SDK's shielded courtesy cancel could be cut short an
 the server never told.  That task runs under no scope (``detached()``): the SDK
 sends each streamable HTTP POST in the context of the task that wrote it, and a
 scoped HTTP client there would refuse the courtesy cancel's own POST, or end the
-session's transport with the ``ScopeCancelled`` of an aborted POST.  So this
+session's transport with the ``ScopeCancelled`` of an aborted POST.  Nor would a
+closed socket be enough: the SDK's server ran a tool of a 2025-11-25 stateful
+session to its end after the POST's connection was dropped (measured).  So this
 module needs no scoped HTTP transport: the MCP layer is where the cancel is said.
 
 The hard stop (``hard_stop=seconds``, opt-in per session) is for servers that
