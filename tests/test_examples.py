@@ -4,6 +4,7 @@ unit in flight, and no call started after it.  The frameworks run on asyncio onl
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,11 @@ from typing import Any
 import pytest
 
 from _helpers import wait
+
+with contextlib.suppress(ImportError):
+    # mcp's stdio_client(errlog=sys.stderr) binds its default when first imported: import it now,
+    # not inside a test whose capsys has swapped sys.stderr for a stream without a file descriptor
+    import mcp.client.stdio  # noqa: F401
 from scoped_clients.provider import LocalProvider
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -64,6 +70,33 @@ async def test_agent_example_stops_when_cancelled(
     assert calls == [("openai", "completed"), ("tool", "completed"), ("openai", "aborted")]
     assert run.scope.cancel_reason.code == "client_disconnected"
     assert "provider saw the disconnect" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_mcp_agent_example_stops_the_tool_on_the_mcp_server(
+    provider: LocalProvider, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The MCP server's own log: its tool handler was cancelled within a second of the user leaving
+    (measured: a few ms; with the vendor's session it ran until openai-agents' 5 s read timeout)."""
+    for module in ("agents", "mcp"):
+        pytest.importorskip(module, reason=f"examples/agent_mcp needs {module}")
+    spec = importlib.util.spec_from_file_location("example_agent_mcp", EXAMPLES / "agent_mcp" / "agent.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    run = await module.main(provider)
+    notes = dict(line.split() for line in run.server_log.splitlines())
+    assert "finished" not in notes and float(notes["cancelled"]) - run.t_left < 1.0
+    calls = [(c.provider, c.operation, c.outcome) for c in run.report.calls]
+    assert calls == [
+        ("mcp", "tools/list", "completed"),
+        ("openai", "chat.completions", "completed"),
+        ("mcp", "tools/call", "aborted"),
+    ]
+    assert len(provider.requests) == 1  # no turn after the cancel
+    assert "tool handler cancelled" in capfd.readouterr().out  # capfd: the MCP server's stderr needs a real file
+    assert "python examples/agent_mcp/agent.py" in (EXAMPLES / "agent_mcp" / "README.md").read_text()
 
 
 def test_every_example_directory_has_a_readme_with_its_command() -> None:
