@@ -1,0 +1,181 @@
+"""The documentation's code samples run, and every code block in the docs is accounted for.
+
+A Python sample lives in ``docs/samples/<name>.py`` and is shown on a page through
+``pymdownx.snippets`` (``--8<-- "docs/samples/<name>.py:section"``), so what a reader sees is the
+file this test imports and runs: each sample's ``check(provider, ...)`` drives it against the
+embedded provider (the vendors' base-URL variables point there) and asserts what the provider saw.
+A block written inline on a page (shell commands, output) is not run: it must be listed in
+``NOT_RUN`` with its reason, and ``docs/reference/samples.md`` states the counts this test computes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+SAMPLES = DOCS / "samples"
+
+#: sample files shown in the docs that this test does not run, with the reason
+SAMPLES_NOT_RUN = {
+    "arq_jobs.py": "arq 0.28 pins redis-py < 6, which Celery's Redis broker cannot use: arq is not in the "
+    "test venv (scripts/compat.py runs tests/test_arq.py with it); the file is compiled here",
+}
+#: files outside docs/samples/ included as code, and the test that runs them
+RUN_ELSEWHERE = {
+    "examples/agent_openai_agents/agent.py": "tests/test_examples.py",
+    "examples/agent_pydantic_ai/agent.py": "tests/test_examples.py",
+    "examples/agent_langgraph/agent.py": "tests/test_examples.py",
+}
+#: inline blocks (page, first line) that are not run, with the reason
+NOT_RUN = {
+    (
+        "index.md",
+        'python3 -m venv .venv && .venv/bin/pip install -q -e ".[demo]" && .venv/bin/scoped-clients demo',
+    ): "the demo one-liner: builds a venv; tests/test_demo.py runs the same demo (run_demo)",
+    ("index.md", "scripts/test.sh"): "the test command itself",
+    ("guides/savings.md", "INFO scoped_clients scoped_clients.report {"): "output, not code: the report line "
+    "docs/samples/report_sink.py prints and checks",
+    ("development.md", 'pip install -e ".[docs]"'): "installs packages; scripts/docs.sh runs the build in CI",
+    ("development.md", "scripts/docs.sh"): "builds the site; .ci/run runs it, tests/test_docs_site.py builds it",
+    ("development.md", "scripts/docs.sh serve"): "a server that runs until stopped",
+    ("development.md", "python docs/_scripts/diagrams.py"): "redraws the pictures; tests/test_docs_site.py runs it",
+    ("benchmarks/results.md", 'pip install -e ".[demo]"'): "benchmarks take minutes of CPU and are never part "
+    "of the test run (benchmarks/README.md)",
+    ("benchmarks/results.md", "python benchmarks/real_server.py"): "a benchmark against llama.cpp's server: "
+    "minutes of CPU; tests/test_real_server.py covers the behaviour",
+}
+
+FENCE = re.compile(
+    r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$", re.M | re.S
+)
+INCLUDE = re.compile(r'^\s*--8<--\s+"(?P<path>[^"]+?)(?::(?P<section>[\w-]+))?"\s*$')
+
+
+def _expand(text: str) -> str:
+    """Inline the markdown files a page includes whole (``--8<-- "benchmarks/README.md"``)."""
+    out = []
+    in_fence = False
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        m = INCLUDE.match(line)
+        if m and not in_fence and m["path"].endswith(".md"):
+            out.append(_expand((ROOT / m["path"]).read_text()))
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def code_blocks() -> list[tuple[str, str, list[tuple[str, str | None]]]]:
+    """(page, first line, included files and sections) for every fenced block of every page."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        name = page.relative_to(DOCS).as_posix()
+        for m in FENCE.finditer(_expand(page.read_text())):
+            lines = [line for line in m["body"].splitlines() if line.strip()]
+            includes = [INCLUDE.match(line) for line in lines]
+            if lines and all(includes):
+                found.append((name, "", [(i["path"], i["section"]) for i in includes if i]))
+            else:
+                found.append((name, lines[0].strip() if lines else "", []))
+    return found
+
+
+def sample_files() -> list[str]:
+    return sorted(p.name for p in SAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+def load(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"docs_sample_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def vendor_env(provider: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What a reader's environment holds, pointed at the embedded provider."""
+    monkeypatch.setenv("OPENAI_API_KEY", "docs")
+    monkeypatch.setenv("OPENAI_BASE_URL", provider.url + "/v1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "docs")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.url)
+    monkeypatch.setenv("CO_API_KEY", "docs")
+    monkeypatch.setenv("CO_API_URL", provider.url)
+    monkeypatch.setenv("QDRANT_URL", provider.url)
+    monkeypatch.syspath_prepend(str(SAMPLES))  # the samples' shared _harness
+    return provider
+
+
+#: samples that need a Redis (their ``check`` takes ``redis_url``; REDIS_URL is set before the import)
+NEEDS_REDIS = {"celery_jobs.py", "deployment.py"}
+
+
+@pytest.mark.parametrize("name", [n for n in sample_files() if n not in SAMPLES_NOT_RUN])
+def test_sample_runs(
+    name: str, vendor_env: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if name in NEEDS_REDIS:
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
+    module = load(SAMPLES / name)
+    check = module.check
+    kwargs = {p: request.getfixturevalue(p) for p in inspect.signature(check).parameters if p != "provider"}
+    check(vendor_env, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES_NOT_RUN))
+def test_sample_not_run_still_compiles(name: str) -> None:
+    compile((SAMPLES / name).read_text(), name, "exec")
+
+
+def test_every_code_block_runs_or_says_why() -> None:
+    blocks = code_blocks()
+    inline = {(page, first) for page, first, includes in blocks if not includes}
+    assert inline == set(NOT_RUN), "inline code blocks must be listed in NOT_RUN with a reason (or be samples)"
+    shown: set[str] = set()
+    for _, _, includes in blocks:
+        for path, section in includes:
+            target = ROOT / path
+            assert target.is_file(), path
+            if section:
+                assert f"# --8<-- [start:{section}]" in target.read_text(), f"{path}:{section}"
+            if path.startswith("docs/samples/"):
+                shown.add(Path(path).name)
+            else:
+                assert path in RUN_ELSEWHERE, f"{path} is shown in the docs: which test runs it?"
+                runner = (ROOT / RUN_ELSEWHERE[path]).read_text()
+                assert f'"{Path(path).parent.name}"' in runner, f"{RUN_ELSEWHERE[path]} does not run {path}"
+    assert shown == set(sample_files()), "every sample file is shown in the docs, and every shown one exists"
+
+
+def counts() -> Counter[str]:
+    tally: Counter[str] = Counter()
+    for _, _, includes in code_blocks():
+        tally["blocks"] += 1
+        if not includes or all(Path(p).name in SAMPLES_NOT_RUN for p, _ in includes):
+            tally["not run"] += 1
+        elif all(p in RUN_ELSEWHERE for p, _ in includes):
+            tally["run elsewhere"] += 1
+        else:
+            tally["run here"] += 1
+    return tally
+
+
+def test_the_samples_page_states_the_counts() -> None:
+    tally = counts()
+    page = (DOCS / "reference" / "samples.md").read_text()
+    stated = (
+        f"**{tally['blocks']} code blocks**: {tally['run here']} run by `tests/test_docs.py`, "
+        f"{tally['run elsewhere']} by `tests/test_examples.py`, {tally['not run']} not run"
+    )
+    assert stated in page, f"docs/reference/samples.md should say: {stated}"
