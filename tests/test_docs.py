@@ -180,3 +180,59 @@ def test_the_samples_page_states_the_counts() -> None:
         f"{tally['run elsewhere']} by `tests/test_examples.py`, {tally['not run']} not run"
     )
     assert stated in page, f"docs/reference/samples.md should say: {stated}"
+
+
+def _undocumented_parameters() -> list[str]:
+    """``module.name(parameter)`` for every parameter of the public API its docstring does not describe.
+
+    A parameter is described when its docstring (or, for a constructor, the class's) names it (``name``,
+    ``name=`` or in an ``Args:`` section), or, for a dataclass field, when the field has its own doc.
+    """
+    griffe = pytest.importorskip("griffe", reason='the docs extra is not installed: pip install -e ".[docs]"')
+    extensions = griffe.load_extensions("griffe_sphinx")
+    package = griffe.load("scoped_clients", search_paths=[str(ROOT / "src")], extensions=extensions)
+    modules = [package] + [
+        m for name, m in package.modules.items() if not name.startswith("_") and name != "demo"
+    ]
+    missing: list[str] = []
+
+    def described(name: str, *docs: Any) -> bool:
+        text = "\n".join(d.value for d in docs if d is not None)
+        return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
+
+    def check(where: str, function: Any, *docs: Any, fields: Any = None) -> None:
+        for p in function.parameters:
+            if p.name in ("self", "cls") or p.name.startswith("_") or p.kind.value.startswith("variadic"):
+                continue
+            field = fields.get(p.name) if fields is not None else None
+            if field is not None and field.docstring is not None:
+                continue
+            if not described(p.name, function.docstring, *docs):
+                missing.append(f"{where}({p.name})")
+
+    for module in modules:
+        names = module.exports
+        if names is None:  # no __all__: what the module defines itself
+            names = [n for n, m in module.members.items() if not n.startswith("_") and not m.is_alias]
+        for name in names:
+            obj = module[name]
+            target = obj.final_target if obj.is_alias else obj
+            where = f"{module.path}.{name}"
+            if target.is_function:
+                check(where, target)
+            elif target.is_class:
+                init = target.members.get("__init__")
+                if init is not None and not init.is_alias and init.is_function and init.parent is target:
+                    check(where, init, target.docstring, fields=target.members)
+                for method_name, method in target.members.items():
+                    if not method_name.startswith("_") and not method.is_alias and method.is_function:
+                        if "property" not in method.labels:
+                            check(f"{where}.{method_name}", method)
+    return sorted(set(missing))
+
+
+def test_every_public_parameter_is_documented() -> None:
+    missing = _undocumented_parameters()
+    assert not missing, "describe these parameters in their docstrings (the API reference shows them):\n" + "\n".join(
+        missing
+    )

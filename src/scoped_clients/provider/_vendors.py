@@ -537,7 +537,7 @@ class Vendors:
 
 
 def embed(text: str, dim: int = 8) -> list[float]:
-    """A deterministic unit vector for ``text`` (for the embed endpoint and the demo's data)."""
+    """A deterministic unit vector of ``dim`` dimensions for ``text`` (for the embed endpoint and the demo's data)."""
     digest = hashlib.sha256(text.encode()).digest()
     raw = [(b / 255.0) - 0.5 for b in digest[:dim]]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
