@@ -191,9 +191,7 @@ def _undocumented_parameters() -> list[str]:
     griffe = pytest.importorskip("griffe", reason='the docs extra is not installed: pip install -e ".[docs]"')
     extensions = griffe.load_extensions("griffe_sphinx")
     package = griffe.load("scoped_clients", search_paths=[str(ROOT / "src")], extensions=extensions)
-    modules = [package] + [
-        m for name, m in package.modules.items() if not name.startswith("_") and name != "demo"
-    ]
+    modules = [package] + [m for name, m in package.modules.items() if not name.startswith("_") and name != "demo"]
     missing: list[str] = []
 
     def described(name: str, *docs: Any) -> bool:
@@ -225,9 +223,9 @@ def _undocumented_parameters() -> list[str]:
                 if init is not None and not init.is_alias and init.is_function and init.parent is target:
                     check(where, init, target.docstring, fields=target.members)
                 for method_name, method in target.members.items():
-                    if not method_name.startswith("_") and not method.is_alias and method.is_function:
-                        if "property" not in method.labels:
-                            check(f"{where}.{method_name}", method)
+                    public = not method_name.startswith("_") and not method.is_alias
+                    if public and method.is_function and "property" not in method.labels:
+                        check(f"{where}.{method_name}", method)
     return sorted(set(missing))
 
 
@@ -236,3 +234,17 @@ def test_every_public_parameter_is_documented() -> None:
     assert not missing, "describe these parameters in their docstrings (the API reference shows them):\n" + "\n".join(
         missing
     )
+
+
+def test_the_readme_is_a_landing_page_whose_sample_is_the_quickstart() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    # the two commands, exactly
+    assert 'python3 -m venv .venv && .venv/bin/pip install -q -e ".[demo]" && .venv/bin/scoped-clients demo' in readme
+    assert "\nscripts/test.sh\n" in readme
+    sample = (SAMPLES / "quickstart.py").read_text()
+    section = sample.split("# --8<-- [start:app]\n", 1)[1].split("# --8<-- [end:app]", 1)[0].rstrip("\n")
+    (block,) = [m["body"].rstrip("\n") for m in FENCE.finditer(readme) if m["info"].strip() == "python"]
+    assert block == section, "README.md's sample must be docs/samples/quickstart.py's (the one the tests run)"
+    for link in re.findall(r"\]\(((?:docs|benchmarks|examples)/[^)#]+)", readme):
+        assert (ROOT / link).exists(), f"README.md links to {link}, which does not exist"
