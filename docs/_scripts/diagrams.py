@@ -19,8 +19,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 OUT = Path(__file__).resolve().parent.parent / "images"
 RAW = "#c0392b"
@@ -72,7 +72,9 @@ def layers(path: Path) -> None:
     ax.text(9.05, (top + bottom) / 2 + 1.2, "a call goes down", rotation=90, va="center", color=GREY)
     ax.add_patch(FancyArrowPatch((10.2, 4.4), (10.2, 0.6), arrowstyle="-|>", mutation_scale=16, color=RAW, lw=1.5))
     ax.text(10.35, 2.5, "scope.cancel(): the call's socket closes", rotation=90, va="center", color=RAW)
-    ax.text(11.2, 2.5, "async: in the task that owns it; sync: shutdown()", rotation=90, va="center", color=RAW, fontsize=9)
+    ax.text(
+        11.2, 2.5, "async: in the task that owns it; sync: shutdown()", rotation=90, va="center", color=RAW, fontsize=9
+    )
     ax.set_title("The path of one call", fontsize=13, loc="left")
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None})
@@ -104,9 +106,8 @@ def timeline(path: Path) -> None:
                 ax.text(start + 0.05, y, text, va="center", color="white", fontsize=9)
         if label.endswith("scoped"):
             seen = spans[0][1]
-            note = "stopped: the provider saw the disconnect {:.1f} ms after the user left; no call started after".format(
-                seen * 1000
-            )
+            note = f"stopped: the provider saw the disconnect {seen * 1000:.1f} ms after the user left"
+            note += "; no call started after"
             ax.text(0.05, y, note, va="center", color=SCOPED, fontsize=9)
     ax.axvline(0, color=GREY, lw=1.2, ls="--")
     ax.text(0.02, len(lanes) - 0.35, "the user closes the tab", color=GREY, fontsize=9)
