@@ -33,7 +33,8 @@ from scoped_clients.asgi import ScopeMiddleware  # noqa: E402
 from scoped_clients.openai import AsyncOpenAI  # noqa: E402
 from scoped_clients.redis import RedisCancelBus  # noqa: E402
 
-bus = RedisCancelBus.from_url(os.environ.get("REDIS_URL", "redis://redis:6379/0"))  # one per process
+# one per process; or RedisCancelBus(redis_asyncio_client)
+bus = RedisCancelBus.from_url(os.environ.get("REDIS_URL", "redis://redis:6379/0"))
 app = FastAPI()
 app.add_middleware(ScopeMiddleware, bus=bus)  # every request's scope joins the bus, by its id (x-request-id)
 client = AsyncOpenAI()
