@@ -4,7 +4,8 @@
 # instead, rebuilt on every change.  Needs the `docs` extra (pip install -e ".[docs]"; the dev extra has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ] && [ -z "${VIRTUAL_ENV:-}" ]; then
+if [ -z "${VIRTUAL_ENV:-}" ]; then  # the project's .venv (scripts/test.sh's), made if missing
+    [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
     # shellcheck disable=SC1091
     . .venv/bin/activate
 fi
