@@ -70,6 +70,14 @@ def test_every_public_module_has_a_reference_page(site: Path) -> None:
         assert 'class="doc doc-contents' in page.read_text(), f"{page} has no rendered docstrings"
 
 
+def test_the_package_page_lists_every_name_of_the_package() -> None:
+    import scoped_clients
+
+    page = (ROOT / "docs" / "api" / "scoped_clients.md").read_text()
+    listed = re.findall(r"^ {8}- (\w+)$", page, re.M)
+    assert sorted(listed) == sorted(scoped_clients.__all__), "docs/api/scoped_clients.md's members must be __all__"
+
+
 def test_no_page_loads_anything_from_the_network(site: Path) -> None:
     remote = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.I)
     for page in site.rglob("*.html"):

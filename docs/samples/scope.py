@@ -21,7 +21,7 @@ async def answer(question: str) -> str:
 async def main() -> ScopeReport:
     async with RequestScope(name="chat", timeout=30.0) as scope:
         scope.spawn(answer, "Why is the sky blue?")  # a child task owned by the scope
-        await anyio.sleep(0.3)  # ... the user leaves (a disconnect, a Stop button) ...
+        await anyio.sleep(1.0)  # ... the user leaves (a disconnect, a Stop button) ...
         scope.cancel("client_disconnected")  # from any task or thread; idempotent
     # The cancel stopped the body and was absorbed when the block exited.
     print(scope.cancelled, scope.cancel_reason)  # True client_disconnected
@@ -38,7 +38,7 @@ if __name__ == "__main__":
 def check(provider: object) -> None:
     from _harness import assert_stopped
 
-    provider.token_interval = 0.05  # type: ignore[attr-defined]  # the answer outlasts the 0.3 s
+    provider.token_interval = 0.1  # type: ignore[attr-defined]  # the answer (5 s) outlasts the 1 s
     report = anyio.run(main)
     (log,) = provider.requests  # type: ignore[attr-defined]
     (call,) = report.calls

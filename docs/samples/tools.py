@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 # --8<-- [start:tools]
-import sys
-
 from scoped_clients import RequestScope, ScopeReport
 from scoped_clients.tools import run_command, run_tool, tool
 
@@ -19,13 +17,13 @@ async def fetch_page(url: str) -> str:  # an async tool is cancelled with the sc
 
 
 async def main() -> ScopeReport:
-    async with RequestScope(name="agent", timeout=1.0) as scope:
+    async with RequestScope(name="agent", timeout=2.0) as scope:
         print(await lookup_weather("Paris"))
         print(await run_tool(fetch_page, "https://example.com"))
-        listing = await run_command([sys.executable, "-c", "print('ok')"])  # its own process group
+        listing = await run_command(["ls", "-l"])  # its own process group
         print(listing.returncode, listing.stdout)
         # The scope's timeout ends this one: SIGTERM to the whole group, then SIGKILL after `grace`.
-        await run_command([sys.executable, "-c", "import time; time.sleep(30)"], grace=0.5)
+        await run_command(["sleep", "30"], grace=0.5)
     assert scope.report is not None
     return scope.report
 
