@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from scoped_clients import RequestScope, ScopeReport
 
 # --8<-- [start:anthropic]
@@ -22,9 +20,13 @@ async def ask_claude(question: str) -> str:
 # --8<-- [end:anthropic]
 
 # --8<-- [start:cohere]
+import os  # noqa: E402
+
 from scoped_clients.cohere import AsyncClientV2  # noqa: E402  # was: from cohere import AsyncClientV2
 
-co = AsyncClientV2()  # CO_API_KEY and CO_API_URL, as the vendor's
+# The key comes from CO_API_KEY, as with the vendor's class; cohere reads CO_API_URL only once, when it
+# is first imported (a default argument), so pass base_url= for a URL set later.
+co = AsyncClientV2(base_url=os.environ["CO_API_URL"])
 
 
 async def rank(query: str, documents: list[str]) -> list[int]:
