@@ -93,13 +93,19 @@ class CancelBus(Protocol):
     """What ``RequestScope(bus=...)`` and ``ScopeMiddleware(bus=...)`` need of a bus."""
 
     def join(self, scope: RequestScope) -> Callable[[], None]:
-        """Called as ``scope`` opens (any thread); returns the function called as it ends."""
+        """Called as ``scope`` (a ``RequestScope``) opens, in any thread; returns the function called as it ends."""
         ...
 
     async def cancel(
         self, scope_id: str, reason: str | CancelReason = ReasonCode.CANCELLED, message: str | None = None
     ) -> int:
-        """Cancel the scopes with that id; returns how many this process cancelled at once."""
+        """Cancel the scopes with that id; returns how many this process cancelled at once.
+
+        Args:
+            scope_id: the id of the scopes to cancel (``RequestScope(id=...)``, the ``x-request-id``, a job id).
+            reason: a reason code (an identifier, such as ``"user_stopped"``) or a ``CancelReason``.
+            message: a human-readable message kept with the reason (ignored with a ``CancelReason``).
+        """
         ...
 
 
@@ -131,6 +137,10 @@ class LocalCancelBus:
     # ----------------------------------------------------------------- scopes
 
     def join(self, scope: RequestScope) -> Callable[[], None]:
+        """Add ``scope`` (opening, in any thread) to the bus; returns the function that removes it.
+
+        A cancel kept pending for its id is applied at once.
+        """
         scope_id = scope.id
         now = time.monotonic()
         with self._lock:
@@ -164,7 +174,7 @@ class LocalCancelBus:
         """Hook for subclasses: a scope with this id ended in this process."""
 
     def scopes(self, scope_id: str) -> list[RequestScope]:
-        """The open scopes of this process with that id."""
+        """The open scopes of this process whose id is ``scope_id``."""
         with self._lock:
             return list(self._scopes.get(scope_id, ()))
 
@@ -177,17 +187,29 @@ class LocalCancelBus:
 
         None open: the cancel is kept for ``pending_ttl`` seconds and applied when
         one opens, unless a scope with that id has already ended here.
+
+        Args:
+            scope_id: the id of the scopes to cancel (``RequestScope(id=...)``, the ``x-request-id``, a job id).
+            reason: a reason code (an identifier, such as ``"user_stopped"``) or a ``CancelReason``.
+            message: a human-readable message kept with the reason (ignored with a ``CancelReason``).
         """
         return self.cancel_local(scope_id, coerce_reason(reason, message))
 
     def cancel_sync(
         self, scope_id: str, reason: str | CancelReason = ReasonCode.CANCELLED, message: str | None = None
     ) -> int:
-        """``cancel`` for sync code (any thread)."""
+        """``cancel`` for sync code (any thread).
+
+        Args:
+            scope_id: the id of the scopes to cancel (``RequestScope(id=...)``, the ``x-request-id``, a job id).
+            reason: a reason code (an identifier, such as ``"user_stopped"``) or a ``CancelReason``.
+            message: a human-readable message kept with the reason (ignored with a ``CancelReason``).
+        """
         return self.cancel_local(scope_id, coerce_reason(reason, message))
 
     def cancel_local(self, scope_id: str, reason: CancelReason) -> int:
-        """Cancel this process's scopes with that id, or keep the cancel pending; returns how many."""
+        """Cancel this process's scopes whose id is ``scope_id`` with ``reason`` (a ``CancelReason``), or
+        keep the cancel pending; returns how many."""
         if not valid_scope_id(scope_id):
             return 0  # nobody can hold such an id: nothing to cancel or keep
         now = time.monotonic()

@@ -20,12 +20,17 @@ UsageSource = Literal["provider", "estimated"]
 class CallInfo:
     """What a call is: filled once per request, off the hot path."""
 
+    #: who serves the call: ``"openai"``, ``"anthropic"``, ``"cohere"``, ``"qdrant"``, ``"tool"``, ``"http"``
     provider: str
+    #: what the call does, in the vendor's terms (``"chat.completions"``, ``"query_points"``...)
     operation: str
+    #: the model the request names, if any
     model: str | None = None
     #: the request's own output bound (``max_tokens``, ``max_output_tokens``...)
     max_tokens: int | None = None
+    #: the request asked for a streamed answer
     streaming: bool = False
+    #: anything else a profile wants in the call's record (``CallRecord.detail``)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -56,7 +61,7 @@ class Meter:
         self.error: str | None = None
 
     def feed(self, data: bytes) -> None:
-        """Account for one raw body chunk, as received from the socket."""
+        """Account for ``data``, one raw body chunk as received from the socket."""
 
     def close(self) -> None:
         """The body ended (or was aborted): flush any partial event."""
@@ -66,9 +71,10 @@ class Profile(Protocol):
     """A vendor's wire protocol, as the scoped transport needs it."""
 
     def describe(self, method: str, url: str, body: bytes) -> CallInfo:
-        """Name the call from its request (``body`` is b"" when streamed)."""
+        """Name the call from its request: its HTTP ``method``, its ``url`` and its ``body`` (b"" when streamed)."""
         ...
 
     def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
-        """A fresh meter for one response."""
+        """A fresh meter for one response to the call ``info`` describes, given its ``status_code`` and
+        ``content_type``."""
         ...

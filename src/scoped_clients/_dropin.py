@@ -239,6 +239,13 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     copies, belong to the ambient ``RequestScope``.  An HTTP client of the SDK's
     own class is scoped in place; any other (the caller's) is left as it is and
     the vendor instance gets a scoped copy of it.
+
+    Args:
+        client: a client of a supported SDK (``openai.AsyncOpenAI``, ``anthropic.Anthropic``,
+            ``cohere.ClientV2``, ``qdrant_client.AsyncQdrantClient``...).
+        always_stream: send non-streamed generations as streams (OpenAI, Anthropic).
+        finish_policy: ``"abort"`` (default) or ``"finish_if_done"``: let a stream whose finish reason
+            already arrived complete on cancel.
     """
     check_options(finish_policy, always_stream)
     for base in type(client).__mro__:  # register the drop-ins of the client's SDK

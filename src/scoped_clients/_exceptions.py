@@ -35,6 +35,10 @@ class ScopeCancelled(ScopedClientsError):
     Raised to code that runs outside the scope's body (another task, a thread);
     inside ``async with RequestScope()`` the cancellation is absorbed when the
     block exits.  Never retried by the SDKs (it is not an ``Exception``).
+
+    Args:
+        reason: why the scope was cancelled (kept as ``.reason``: code, message, time).
+        scope_name: the cancelled scope's name, if it has one (kept as ``.scope_name``).
     """
 
     def __init__(self, reason: CancelReason, scope_name: str | None = None) -> None:

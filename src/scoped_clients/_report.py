@@ -33,16 +33,25 @@ ScopeOutcome = Literal["completed", "cancelled", "failed"]
 class CallRecord:
     """What one wrapped call did.  Token figures say where they come from."""
 
+    #: who served the call: ``"openai"``, ``"anthropic"``, ``"cohere"``, ``"qdrant"``, ``"tool"``, ``"http"``
     provider: str
+    #: what the call did, in the vendor's terms (``"chat.completions"``, ``"query_points"``...)
     operation: str
+    #: the model the request named, if any
     model: str | None
+    #: ``"completed"``, ``"aborted"`` (stopped in flight), ``"refused"`` (never sent) or ``"failed"``
     outcome: Outcome
+    #: ``time.monotonic()`` when the call started
     started_at: float
+    #: seconds from the start to the call settled
     duration: float
+    #: input tokens (``None``: unknown, e.g. a refused call)
     tokens_in: int | None = None
+    #: output tokens received
     tokens_out: int = 0
     #: where tokens_in / tokens_out come from: the provider's usage, or our count
     tokens_in_source: UsageSource = "estimated"
+    #: where ``tokens_out`` comes from: ``"provider"`` (its usage) or ``"estimated"`` (our count)
     tokens_out_source: UsageSource = "estimated"
     #: aborted calls only: expected tokens the provider did not produce
     tokens_saved: int | None = None
@@ -52,22 +61,29 @@ class CallRecord:
     saved_method: str | None = None
     #: how each savings figure was obtained: ``exact``, ``estimate`` or ``upper_bound``
     tokens_saved_source: FigureSource | None = None
+    #: how ``tokens_saved_max`` was obtained: ``upper_bound`` (or ``exact``)
     tokens_saved_max_source: FigureSource | None = None
     #: aborted calls only: output tokens the provider produced before the abort, as far as we can tell
     #: (what a stream delivered; for a non-streamed call, elapsed time times the model's learned rate)
     tokens_produced: int | None = None
+    #: how ``tokens_produced`` was obtained: ``estimate`` (or ``exact``)
     tokens_produced_source: FigureSource | None = None
     #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
     cost_saved: float | None = None
+    #: aborted and refused calls: the reason code of the cancel (``"client_disconnected"``, ``"timeout"``...)
     cancel_reason: str | None = None
     #: aborted calls: ``time.monotonic()`` of the cancel that stopped the call (cancel latency:
     #: ``started_at + duration - cancelled_at``)
     cancelled_at: float | None = None
     #: aborted because the scope ended while nobody awaited the call
     orphan: bool = False
+    #: failed calls: what went wrong (``"HTTP 500"``, the exception)
     error: str | None = None
+    #: the provider's finish reason, when it arrived (``"stop"``, ``"length"``...)
     finish_reason: str | None = None
+    #: vendor units other than tokens (search units, billed units...)
     units: dict[str, float] = field(default_factory=dict)
+    #: anything else the vendor's profile recorded
     detail: dict[str, object] = field(default_factory=dict)
 
 
@@ -75,13 +91,21 @@ class CallRecord:
 class ScopeReport:
     """The final account of one scope, built once when its block exits."""
 
+    #: the scope's name (``ScopeMiddleware``: the method and path)
     scope: str | None
+    #: the scope's id (``scope.id``)
     scope_id: str
+    #: ``"completed"``, ``"cancelled"`` or ``"failed"`` (an error left the block)
     outcome: ScopeOutcome
+    #: the cancel's reason code, if it was cancelled
     cancel_reason: str | None
+    #: the cancel's message, if it had one
     cancel_message: str | None
+    #: ``time.monotonic()`` when the scope opened
     started_at: float
+    #: seconds the scope was open
     duration: float
+    #: one record per call, in the order they started
     calls: tuple[CallRecord, ...]
 
     def _sum(self, name: str) -> int:
@@ -89,26 +113,32 @@ class ScopeReport:
 
     @property
     def tokens_in(self) -> int:
+        """Input tokens of every call, summed."""
         return self._sum("tokens_in")
 
     @property
     def tokens_out(self) -> int:
+        """Output tokens received, summed."""
         return self._sum("tokens_out")
 
     @property
     def tokens_saved(self) -> int:
+        """The ``tokens_saved`` estimates of the aborted calls, summed (see ``source_of``)."""
         return self._sum("tokens_saved")
 
     @property
     def tokens_saved_max(self) -> int:
+        """The ``tokens_saved_max`` upper bounds of the aborted calls, summed."""
         return self._sum("tokens_saved_max")
 
     @property
     def tokens_produced(self) -> int:
+        """Output the providers produced before the aborts, summed."""
         return self._sum("tokens_produced")
 
     def source_of(self, name: str) -> FigureSource | None:
-        """How the sum of a savings figure was obtained: the weakest of its parts.
+        """How the sum of the savings figure ``name`` (``"tokens_saved"``, ``"tokens_saved_max"``,
+        ``"tokens_produced"``) was obtained: the weakest of its parts.
 
         A sum of exact figures is exact; exact and upper bounds sum to an upper
         bound; anything with an estimate in it is an estimate.  None when no call
@@ -125,9 +155,11 @@ class ScopeReport:
 
     @property
     def orphans(self) -> int:
+        """How many calls were orphans (still in flight when the block ended normally)."""
         return sum(1 for c in self.calls if c.orphan)
 
     def count(self, outcome: Outcome) -> int:
+        """How many calls ended with ``outcome`` (``"completed"``, ``"aborted"``, ``"refused"``, ``"failed"``)."""
         return sum(1 for c in self.calls if c.outcome == outcome)
 
     def summary(self) -> dict[str, object]:
@@ -154,6 +186,7 @@ class ScopeReport:
         }
 
     def to_dict(self) -> dict[str, object]:
+        """``summary()`` with every call record (``"calls"``), JSON-ready."""
         data = self.summary()
         data["calls"] = [asdict(c) for c in self.calls]
         return data

@@ -179,6 +179,18 @@ class RequestScope:
     while open, so that ``await bus.cancel(scope.id)`` reaches it from another
     request, process or machine.  A child scope is cancelled with its parent: it
     needs no bus of its own.
+
+    Args:
+        name: a name for reports, logs and spans (at most 200 characters; ``ScopeMiddleware`` uses the
+            method and path).
+        timeout: seconds until the scope cancels itself with reason ``timeout`` (``None`` or
+            ``float("inf")``: none).
+        deadline: the same as a ``time.monotonic()`` value; a child keeps the earlier of its own and its
+            parent's.
+        parent: the scope to nest under (default: the ambient scope; ``None``: no parent).
+        hook_timeout: seconds each ``on_cancel`` hook may run before it is abandoned.
+        id: the scope's id (see above).
+        bus: a cancel bus to join while open (see above).
     """
 
     def __init__(
@@ -420,7 +432,8 @@ class RequestScope:
         """Start ``fn(*args)`` as a child task owned by the scope.
 
         The child is cancelled with the scope and the block does not exit before it
-        settles.  Only inside ``async with``.
+        settles.  Only inside ``async with``.  ``name`` names the task (for debuggers and
+        task listings).
         """
         if inspect.iscoroutine(fn):
             fn.close()

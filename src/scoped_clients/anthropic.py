@@ -55,7 +55,15 @@ def async_http_client(
     """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (pydantic-ai's
     ``http_client``): built as ``anthropic.DefaultAsyncHttpxClient(**kwargs)`` (the SDK's
     timeouts, limits and keep-alive socket options), its calls owned by the ambient scope
-    and reported as Anthropic calls (model, tokens, savings)."""
+    and reported as Anthropic calls (model, tokens, savings).
+
+    Args:
+        finish_policy: ``"abort"`` (default) aborts every stream on cancel; ``"finish_if_done"``
+            lets a stream whose finish reason already arrived complete, so the billed usage is received.
+        always_stream: send non-streamed generations as streams, so that the provider notices a
+            cancel at its next token (see the ``always_stream`` guide).
+        **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
+    """
     from ._clients import vendor_http_client
     from ._profiles.anthropic import AnthropicProfile
 
@@ -72,7 +80,15 @@ def async_http_client(
 
 
 def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``anthropic.DefaultHttpxClient(**kwargs)``, scoped)."""
+    """The sync twin of ``async_http_client`` (``anthropic.DefaultHttpxClient(**kwargs)``, scoped).
+
+    Args:
+        finish_policy: ``"abort"`` (default) aborts every stream on cancel; ``"finish_if_done"``
+            lets a stream whose finish reason already arrived complete, so the billed usage is received.
+        always_stream: send non-streamed generations as streams, so that the provider notices a
+            cancel at its next token (see the ``always_stream`` guide).
+        **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
+    """
     from ._clients import vendor_http_client
     from ._profiles.anthropic import AnthropicProfile
 

@@ -82,7 +82,8 @@ class JobCancelled(ScopedClientsError, Exception):
     """A scoped arq job's scope was cancelled (by the bus, or its own ``timeout=``).
 
     An ``Exception``, unlike ``ScopeCancelled``: arq records the job as failed with it and
-    does not retry it.  ``code`` / ``message``: the cancel's reason.
+    does not retry it.  ``job_id``: the job's id (its scope's id); ``code`` / ``message``: the
+    cancel's reason.
     """
 
     def __init__(self, job_id: str, code: str, message: str = "") -> None:
@@ -117,7 +118,8 @@ def scoped_job(
     ``bus``: the cancel bus its scopes join (default: this process's ``LocalCancelBus``);
     ``name``: the scope's name (default: the function's); ``timeout``: the scope's
     timeout in seconds; ``abort_poll``: seconds between two looks at arq's abort set
-    (``None``: leave aborts to arq's own poll).  Works bare (``@scoped_job``) or called.
+    (``None``: leave aborts to arq's own poll).  Works bare (``@scoped_job``, ``fn`` being the
+    job function) or called (``@scoped_job(bus=bus)``).
     """
     if abort_poll is not None and (
         isinstance(abort_poll, bool) or not isinstance(abort_poll, int | float) or abort_poll <= 0

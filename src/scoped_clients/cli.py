@@ -7,6 +7,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``scoped-clients <command>``; returns the exit status.
+
+    Args:
+        argv: the command line after the program name (default: ``sys.argv[1:]``); ``["demo"]`` runs the demo.
+    """
     parser = argparse.ArgumentParser(prog="scoped-clients", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(

@@ -52,7 +52,15 @@ def async_http_client(
     """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (LangChain's
     ``http_async_client``, pydantic-ai's ``http_client``): built as
     ``openai.DefaultAsyncHttpx2Client(**kwargs)`` (the SDK's timeouts and limits), its
-    calls owned by the ambient scope and reported as OpenAI calls (model, tokens, savings)."""
+    calls owned by the ambient scope and reported as OpenAI calls (model, tokens, savings).
+
+    Args:
+        finish_policy: ``"abort"`` (default) aborts every stream on cancel; ``"finish_if_done"``
+            lets a stream whose finish reason already arrived complete, so the billed usage is received.
+        always_stream: send non-streamed generations as streams, so that the provider notices a
+            cancel at its next token (see the ``always_stream`` guide).
+        **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
+    """
     from ._clients import vendor_http_client
     from ._profiles.openai import OpenAIProfile
 
@@ -69,7 +77,15 @@ def async_http_client(
 
 
 def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``openai.DefaultHttpx2Client(**kwargs)``, scoped)."""
+    """The sync twin of ``async_http_client`` (``openai.DefaultHttpx2Client(**kwargs)``, scoped).
+
+    Args:
+        finish_policy: ``"abort"`` (default) aborts every stream on cancel; ``"finish_if_done"``
+            lets a stream whose finish reason already arrived complete, so the billed usage is received.
+        always_stream: send non-streamed generations as streams, so that the provider notices a
+            cancel at its next token (see the ``always_stream`` guide).
+        **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
+    """
     from ._clients import vendor_http_client
     from ._profiles.openai import OpenAIProfile
 

@@ -95,6 +95,11 @@ def instrument(
     later ones are counted as ``"other"`` (spans keep the real name).  Calling it
     again with the same arguments changes nothing; with others, it replaces the
     previous instrumentation.
+
+    Args:
+        tracer_provider: where the spans go (``None``: the global tracer provider).
+        meter_provider: where the metrics go (``None``: the global meter provider).
+        max_models: how many distinct model names metric attributes keep before ``"other"``.
     """
     labeller = Labeller(max_models)
     return _installation.install(

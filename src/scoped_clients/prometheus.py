@@ -50,6 +50,10 @@ def instrument(registry: CollectorRegistry | None = None, *, max_models: int = M
     Returns a function that stops counting and unregisters the metrics.  Calling
     it again with the same registry changes nothing; with another, the metrics
     move there (from zero).
+
+    Args:
+        registry: the ``CollectorRegistry`` to register the metrics in (``None``: the default one).
+        max_models: how many distinct model names the ``model`` label keeps; later ones are ``"other"``.
     """
     target = prometheus_client.REGISTRY if registry is None else registry
     labeller = Labeller(max_models)

@@ -266,6 +266,11 @@ class RedisCancelBus(LocalCancelBus):
         ``publish_timeout``.  It never raises because of Redis: a cancel that could
         not be published is queued and sent when Redis is back (``bus.connected``
         says which).  An id no scope can have (``valid_scope_id``) is ignored.
+
+        Args:
+            scope_id: the id of the scopes to cancel (``RequestScope(id=...)``, the ``x-request-id``, a job id).
+            reason: a reason code (an identifier, such as ``"user_stopped"``) or a ``CancelReason``.
+            message: a human-readable message kept with the reason (ignored with a ``CancelReason``).
         """
         why = coerce_reason(reason, message)
         count = self.cancel_local(scope_id, why)
@@ -278,7 +283,13 @@ class RedisCancelBus(LocalCancelBus):
     def cancel_sync(
         self, scope_id: str, reason: str | CancelReason = ReasonCode.CANCELLED, message: str | None = None
     ) -> int:
-        """``cancel`` for sync code (any thread): blocks at most ``publish_timeout``."""
+        """``cancel`` for sync code (any thread): blocks at most ``publish_timeout``.
+
+        Args:
+            scope_id: the id of the scopes to cancel (``RequestScope(id=...)``, the ``x-request-id``, a job id).
+            reason: a reason code (an identifier, such as ``"user_stopped"``) or a ``CancelReason``.
+            message: a human-readable message kept with the reason (ignored with a ``CancelReason``).
+        """
         why = coerce_reason(reason, message)
         count = self.cancel_local(scope_id, why)
         future = self._submit_publish(scope_id, why)

@@ -77,7 +77,7 @@ class _Waiter:
 
 
 async def sleep(seconds: float) -> None:
-    """``anyio.sleep`` that ends with ``ScopeCancelled`` as soon as the ambient scope is cancelled."""
+    """``anyio.sleep(seconds)`` that ends with ``ScopeCancelled`` as soon as the ambient scope is cancelled."""
     scope = current_scope()
     if scope is None:
         await anyio.sleep(seconds)
@@ -97,7 +97,8 @@ async def sleep(seconds: float) -> None:
 
 
 def sleep_sync(seconds: float) -> None:
-    """``time.sleep`` that ends with ``ScopeCancelled`` as soon as the ambient scope is cancelled (any thread)."""
+    """``time.sleep(seconds)`` that ends with ``ScopeCancelled`` as soon as the ambient scope is cancelled (any
+    thread)."""
     scope = current_scope()
     if scope is None:
         threading.Event().wait(seconds)

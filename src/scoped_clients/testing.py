@@ -34,7 +34,13 @@ __all__ = ["LeftRun", "leave_mid_answer", "serve"]
 
 @contextmanager
 def serve(app: Any, server: Literal["uvicorn", "hypercorn"] = "uvicorn", *, log_level: str = "error") -> Iterator[int]:
-    """Serve ``app`` on 127.0.0.1 until the block exits; yields the port."""
+    """Serve ``app`` (an ASGI application) on 127.0.0.1 until the block exits; yields the port.
+
+    Args:
+        app: the ASGI application.
+        server: ``"uvicorn"`` or ``"hypercorn"``, run in a daemon thread with its own event loop.
+        log_level: uvicorn's log level (``"error"``: quiet).
+    """
     if server == "uvicorn":
         with _uvicorn(app, log_level) as port:
             yield port
@@ -106,7 +112,8 @@ class LeftRun:
     """What ``leave_mid_answer`` did: the scope (its report is final) and when it was cancelled."""
 
     scope: RequestScope
-    t_cancel: float  # time.monotonic() of the cancel
+    #: ``time.monotonic()`` of the cancel
+    t_cancel: float
 
 
 async def leave_mid_answer(

@@ -300,15 +300,28 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) ->
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What ``run_command`` ran and what it produced."""
+
+    #: the program and its arguments, as run
     argv: tuple[str, ...]
+    #: the exit status (negative: killed by that signal; ``None``: not reaped)
     returncode: int | None
+    #: everything the command wrote to its standard output (up to the cancel, for a cancelled one)
     stdout: bytes
+    #: everything it wrote to its standard error
     stderr: bytes
+    #: its process id (also its process group's)
     pid: int
 
 
 class CommandCancelled(ScopeCancelled):
-    """``run_command`` was stopped by its scope; ``result`` holds the output produced before."""
+    """``run_command`` was stopped by its scope; ``result`` holds the output produced before.
+
+    Args:
+        reason: why the scope was cancelled.
+        scope_name: the cancelled scope's name, if it has one.
+        result: the ``CommandResult`` up to the cancel.
+    """
 
     def __init__(self, reason: CancelReason, scope_name: str | None, result: CommandResult) -> None:
         super().__init__(reason, scope_name)
@@ -351,6 +364,14 @@ async def run_command(
     carrying that output; a cancel of the calling task re-raises the task's own
     cancellation.  A missing program raises the OS's ``FileNotFoundError``; with
     ``check=True`` a non-zero exit raises ``subprocess.CalledProcessError``.
+
+    Args:
+        argv: the program and its arguments, as a list (never one shell string).
+        grace: seconds between SIGTERM and SIGKILL.
+        cwd: the working directory (default: this process's).
+        env: the whole environment of the command (default: this process's).
+        input: bytes written to its standard input, which is then closed (default: no input).
+        check: raise ``subprocess.CalledProcessError`` on a non-zero exit.
     """
     argv = _check_command(argv, grace, input)
     call = _admit(os.path.basename(argv[0]), "command")

@@ -61,7 +61,16 @@ __all__ = ["LocalProvider", "Reply", "RequestLog", "ToolCall", "embed"]
 
 
 class LocalProvider:
-    """The loopback provider, running on its own event loop in a daemon thread."""
+    """The loopback provider, running on its own event loop in a daemon thread.
+
+    Args:
+        host: the address to listen on.
+        port: the port to listen on (0: any free one; see ``port`` and ``url``).
+        token_interval: seconds between two tokens (0: as fast as the client reads).
+        default_tokens: tokens produced for models without a ``local-N`` suffix.
+        search_delay: seconds a qdrant query or a cohere rerank works before answering.
+        ssl_context: serve HTTPS with this context (default: plain HTTP).
+    """
 
     def __init__(
         self,
@@ -109,10 +118,12 @@ class LocalProvider:
 
     @property
     def port(self) -> int:
+        """The port it listens on."""
         return self._server.port
 
     @property
     def url(self) -> str:
+        """Its base URL (``http://127.0.0.1:<port>``): OpenAI clients take ``url + "/v1"``, the others ``url``."""
         return f"{self._scheme}://{self._host}:{self.port}"
 
     @property
@@ -121,7 +132,7 @@ class LocalProvider:
         return list(self._server.requests)
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RequestLog]:
-        """Block until ``n`` requests have arrived; returns them."""
+        """Block until ``n`` requests have arrived, at most ``timeout`` seconds; returns them."""
         return self._server.wait_for_requests(n, timeout)
 
     def reset(self) -> None:

@@ -18,21 +18,33 @@ class RequestLog:
     server saw the client go while the request was still being served.
     """
 
+    #: the request's number on this server, from 1
     id: int
+    #: the HTTP method
     method: str
+    #: the URL's path
     path: str
+    #: the URL's query parameters
     query: dict[str, str]
+    #: the request headers, names lowercased
     headers: dict[str, str]
+    #: the request body
     body: bytes = b""
+    #: ``time.monotonic()`` when the request arrived
     started_at: float = field(default_factory=time.monotonic)
+    #: ``time.monotonic()`` of every unit of work produced
     units: list[float] = field(default_factory=list)
+    #: when the server saw the client go while serving it (``None``: it did not)
     disconnected_at: float | None = None
+    #: when the server finished the response (``None``: it did not)
     completed_at: float | None = None
+    #: the response's status code, once sent
     status: int | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     @property
     def json(self) -> Any:
+        """The body parsed as JSON (``None``: empty or not JSON)."""
         try:
             return json.loads(self.body) if self.body else None
         except ValueError:
@@ -40,6 +52,7 @@ class RequestLog:
 
     @property
     def done(self) -> bool:
+        """The request completed or its client went away."""
         return self.completed_at is not None or self.disconnected_at is not None
 
     def units_after(self, t: float) -> int:
@@ -61,6 +74,7 @@ class RequestLog:
                 self._cond.notify_all()
 
     def mark_completed(self, status: int) -> None:
+        """Server side: the response, with that ``status``, was sent to its end."""
         with self._cond:
             self.status = status
             if self.disconnected_at is None:
@@ -68,6 +82,7 @@ class RequestLog:
             self._cond.notify_all()
 
     def set_status(self, status: int) -> None:
+        """Server side: the response's ``status`` code was chosen."""
         with self._cond:
             self.status = status
 
@@ -79,18 +94,18 @@ class RequestLog:
                 raise TimeoutError(f"request #{self.id} {self.path}: {what} within {timeout}s")
 
     def wait_units(self, n: int, timeout: float = 5.0) -> None:
-        """Block until the server has produced ``n`` units for this request."""
+        """Block until the server has produced ``n`` units for this request (``TimeoutError`` after ``timeout`` s)."""
         self._wait(lambda: len(self.units) >= n or self.done, timeout, f"no {n} units")
         if len(self.units) < n:
             raise TimeoutError(f"request #{self.id} {self.path} ended after {len(self.units)} of {n} units")
 
     def wait_disconnect(self, timeout: float = 5.0) -> float:
-        """Block until the server saw the client go; returns when it did."""
+        """Block until the server saw the client go, at most ``timeout`` seconds; returns when it did."""
         self._wait(lambda: self.disconnected_at is not None or self.completed_at is not None, timeout, "no disconnect")
         if self.disconnected_at is None:
             raise AssertionError(f"request #{self.id} {self.path} completed: the client never disconnected")
         return self.disconnected_at
 
     def wait_done(self, timeout: float = 5.0) -> None:
-        """Block until the request completed or its client went away."""
+        """Block until the request completed or its client went away (at most ``timeout`` seconds)."""
         self._wait(lambda: self.done, timeout, "not done")

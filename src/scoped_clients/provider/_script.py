@@ -32,6 +32,7 @@ class ToolCall:
 
     ``arguments``: a dict (sent as JSON), a JSON string, or a list of strings, which are
     then the exact streamed pieces.  ``id`` defaults to ``call_<n>`` / ``toolu_<n>``.
+    ``name``: the tool's name.
     """
 
     name: str

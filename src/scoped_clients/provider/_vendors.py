@@ -599,7 +599,7 @@ class Vendors:
 
 
 def embed(text: str, dim: int = 8) -> list[float]:
-    """A deterministic unit vector for ``text`` (for the embed endpoints and the demo's data)."""
+    """A deterministic unit vector of ``dim`` dimensions for ``text`` (for the embed endpoints and the demo's data)."""
     digest = hashlib.sha256(text.encode()).digest()
     block = 1
     while len(digest) < dim:  # dimensions beyond 32: more hashes of the text (the first 32 do not change)
