@@ -44,10 +44,11 @@ Lengths are learned from completed calls apart for each operation
 300): one shape never teaches the other.  A completed call's shape is what its
 response said (finish reason ``tool_calls`` / ``tool_use`` / ``TOOL_CALL``, or tool
 calls in its body or stream).  A cut call's shape is ``tool_call`` once a tool call
-started streaming in before the cut; else what its request says (no tools offered
-or ``tool_choice`` "none": ``text``; a tool forced: ``tool_call``); else (the model
-chooses and nothing told yet: a non-streamed call, or a stream of text so far) a
-mixture of both shapes, weighted by how often the model chose each when it could.
+started streaming in before the cut, ``text`` once a stream delivered other output;
+else what its request says (no tools offered or ``tool_choice`` "none": ``text``; a
+tool forced: ``tool_call``); else (the model chooses, and nothing arrived yet: a
+non-streamed call) a mixture of both shapes, weighted by the generation time each
+takes (how often the model chose it times its mean length).
 
 A call is assumed cut at a uniformly random point of its answer (the user stops an
 answer somewhere while it streams).  Given ``produced`` tokens, an answer of length
@@ -134,16 +135,20 @@ def requested_shape(body: Mapping[str, Any]) -> Shape | None:
     return None
 
 
-def call_shape(requested: object, tool_calls_seen: bool, finish_reason: str | None) -> Shape | None:
+def call_shape(
+    requested: object, tool_calls_seen: bool, finish_reason: str | None, *, output_seen: bool = False
+) -> Shape | None:
     """What a call is, as far as its response and then its request tell.
 
     ``tool_call`` once a tool call was seen (in the stream before a cut, or in the body)
-    or the finish reason says so; ``text`` for any other finish reason; without one,
-    the ``requested`` shape (``requested_shape``), None when the model chooses.
+    or the finish reason says so; ``text`` for any other finish reason, or when a stream
+    delivered output and no tool call (``output_seen``: it is writing an answer; a turn
+    that writes a preamble before its tool call is taken for an answer until the call
+    starts); else the ``requested`` shape (``requested_shape``), None when the model chooses.
     """
     if tool_calls_seen or finish_reason in TOOL_CALL_FINISH:
         return "tool_call"
-    if finish_reason is not None:
+    if finish_reason is not None or output_seen:
         return "text"
     return requested if requested == "text" or requested == "tool_call" else None
 
@@ -179,13 +184,12 @@ class LengthPrior:
         ``exp(-mu + sigma**2 / 2) * (1 - Phi(z + sigma))`` with ``z = (ln p - mu) / sigma``;
         the answers the bound cuts short all have length ``bound``.
         """
-        p = max(produced, 0.5)
-        if bound is not None and p >= bound:
+        if bound is not None and produced >= bound:
             return 0.0, 0.0
-        mass, inverse = self._tail(p, bound)
+        mass, inverse = self._tail(max(produced, 1e-9), bound)
         if inverse <= 0:  # far in the tail: floating point gives out, and the tail is nearly flat
-            return float(p), 0.0
-        return mass / inverse - p, inverse / self._tail(1e-9, bound)[1]
+            return float(produced), 0.0
+        return mass / inverse - produced, inverse / self._tail(1e-9, bound)[1]
 
     def mean(self, bound: int | None) -> float:
         """The mean answer length, ``E[min(L, bound)]``."""
@@ -415,10 +419,12 @@ class SavingsEstimator:
         mean length, method)``, from the model's lengths, else the provider's (same operation),
         else the prior."""
         keys = (((provider, operation, model), "model_history"), ((provider, operation, None), "provider_history"))
+        learned = False
         for key, method in keys:
             lengths = self._lengths.get((key, shape))
             if not lengths:
                 continue
+            learned = True
             inverse = [1.0 / length for length in lengths if length > produced]
             if inverse:
                 weight = sum(inverse)
@@ -427,7 +433,9 @@ class SavingsEstimator:
                 expected = (len(inverse) - produced * weight) / weight
                 return expected, weight / everything, sum(lengths) / len(lengths), method
         expected, running = self._prior.remaining(produced, bound)
-        return expected, running, self._prior.mean(bound), "default"
+        # A shape learned, none of it this long: not this shape, as far as a mixture goes (alone,
+        # it still gets the prior's figure: never 0).
+        return expected, 0.0 if learned else running, self._prior.mean(bound), "default"
 
 
 _default = SavingsEstimator()

@@ -335,7 +335,7 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> 
     meter, info = call.meter, call.info
     estimator = default_estimator()
     requested = info.extra.get("shape", "text")
-    shape = call_shape(requested, meter.tool_calls, meter.finish_reason)
+    shape = call_shape(requested, meter.tool_calls, meter.finish_reason, output_seen=meter.streamed and received > 0)
     if outcome == "completed":
         if received > 0:
             seconds = now - call.started_at
