@@ -1,7 +1,7 @@
 """How right the savings figures are, against the provider's ground truth.
 
     python benchmarks/savings.py [--calls 90] [--text-seeds 1] [--suite text|agents|all]
-                                 [--cold-runs 24] [--warm-runs 20] [--warm-seeds 3]
+                                 [--cold-runs 24] [--warm-runs 20] [--warm-seeds 10]
 
 For each kind of call (streamed and non-streamed text, streamed and non-streamed
 tool calls, and the non-streamed ones again with ``always_stream=True``), a
@@ -460,7 +460,7 @@ def main() -> None:
     parser.add_argument("--agent", action="append", choices=list(AGENT_ROWS), help="only these agent loops")
     parser.add_argument("--cold-runs", type=int, default=24, help="fresh processes per agent loop")
     parser.add_argument("--warm-runs", type=int, default=20, help="cut loops per warm-up")
-    parser.add_argument("--warm-seeds", type=int, default=3, help="warm-ups (fresh estimators) per agent loop")
+    parser.add_argument("--warm-seeds", type=int, default=10, help="warm-ups (fresh estimators) per agent loop")
     parser.add_argument("--cold-one", choices=list(AGENT_ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -56,7 +56,7 @@ answer somewhere while it streams).  Given ``produced`` tokens, an answer of len
 remainder is the mean of ``L - produced`` over the learned lengths ``L`` longer than
 ``produced``, each weighted by ``1 / L``.  (Unweighted, it would assume the cut came
 at a random *time*, which favours long answers; on answers cut at a random point
-that overestimated by some 40 %.)
+that overestimated by some 30 %: ``benchmarks/README.md``.)
 
 A cut generation never gets 0: with no learned length longer than what it already
 produced (nothing learned yet for its shape, or an answer longer than all those
@@ -166,10 +166,11 @@ class LengthPrior:
     the assistant answers in LMSYS-Chat-1M (one million conversations with 25 models,
     Zheng et al., ICLR 2024: 214.5 tokens per response).  The paper gives the mean;
     sigma 1.0 (a tenth of the answers under 36 tokens, a tenth over 470) is our choice
-    of a long right tail.  On the answers of ``benchmarks/savings.py`` (an independent
-    lognormal, median ~150) it misses the summed savings by a few percent; on answers
-    twice as long it underestimates by about a third, on answers half as long it
-    overestimates about twice.  Any history of the call's own shape replaces it.
+    of a long right tail.  On the agent loops of ``benchmarks/savings.py`` (answers from
+    an independent lognormal, median ~150, cut at a random point) the summed figure of
+    the first answer of fresh processes was within 4 % of the provider's truth; simulated,
+    answers twice as long are underestimated by about a third, answers half as long
+    overestimated about twice.  Any learned length of the call's own shape replaces it.
     """
 
     median: float = 130.0
