@@ -68,6 +68,11 @@ async def test_agent_example_stops_when_cancelled(
     assert answer.completed_at is None  # it never ran to the end
     calls = [(c.provider, c.outcome) for c in run.scope.report.calls]
     assert calls == [("openai", "completed"), ("tool", "completed"), ("openai", "aborted")]
+    # Issue 25: the tool turn taught the answer nothing (it was estimated 0): the prior, never 0, and
+    # no more than the provider really had left of its 300 tokens.
+    cut = run.scope.report.calls[-1]
+    assert cut.saved_method == "default" and cut.tokens_saved_max is not None
+    assert 0 < cut.tokens_saved <= min(cut.tokens_saved_max, 300 - len(answer.units))
     assert run.scope.cancel_reason.code == "client_disconnected"
     assert "provider saw the disconnect" in capsys.readouterr().out
 

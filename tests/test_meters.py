@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from scoped_clients._calls import Meter
-from scoped_clients._profiles.anthropic import MessagesStreamMeter
+from scoped_clients._profiles.anthropic import MessagesBodyMeter, MessagesStreamMeter
 from scoped_clients._profiles.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
-from scoped_clients._profiles.openai import ChatBodyMeter, ChatStreamMeter, ResponsesStreamMeter
+from scoped_clients._profiles.openai import ChatBodyMeter, ChatStreamMeter, ResponsesBodyMeter, ResponsesStreamMeter
 
 
 def _sse(events: list[tuple[str | None, Any]]) -> bytes:
@@ -258,3 +258,61 @@ def test_a_spaced_json_body_is_read() -> None:
         "provider",
         None,
     )
+
+
+COHERE_V1_TOOLS = (
+    b'{"is_finished":false,"event_type":"stream-start"}\n'
+    b'{"is_finished":false,"event_type":"tool-calls-chunk","tool_call_delta":{"name":"f"}}\n'
+)
+_TOOL_BLOCK_OPENED = ANTHROPIC_TOOLS[: ANTHROPIC_TOOLS.index(b"event: content_block_delta")]
+
+
+@pytest.mark.parametrize(
+    ("make", "stream", "tool_calls"),
+    [
+        (ChatStreamMeter, CHAT, False),
+        (ChatStreamMeter, CHAT_TOOLS, True),
+        (ChatStreamMeter, CHAT_TOOLS[: CHAT_TOOLS.index(b"get_weather") + 200], True),  # cut after the call opened
+        (ResponsesStreamMeter, RESPONSES, False),
+        (ResponsesStreamMeter, RESPONSES_TOOLS, True),
+        (ResponsesStreamMeter, RESPONSES_TOOLS_UNNAMED, True),
+        (MessagesStreamMeter, ANTHROPIC, False),
+        (MessagesStreamMeter, ANTHROPIC_TOOLS, True),
+        (MessagesStreamMeter, _TOOL_BLOCK_OPENED, True),  # a tool_use block opened, no delta yet
+        (ChatV2StreamMeter, COHERE_TOOLS, True),
+        (ChatV1StreamMeter, COHERE_V1_TOOLS, True),
+    ],
+)
+def test_stream_meters_see_a_tool_call_before_the_stream_ends(
+    make: Callable[[], Meter], stream: bytes, tool_calls: bool
+) -> None:
+    """What tells a cut turn's shape (the savings estimator learns tool-call turns apart from answers)."""
+    for chunks in (_splits(stream)[0], _splits(stream)[1]):  # whole, and byte by byte
+        meter = make()
+        for chunk in chunks:
+            meter.feed(chunk)
+        assert meter.tool_calls is tool_calls
+
+
+_CALL_MESSAGE = {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}
+
+
+@pytest.mark.parametrize(
+    ("make", "body", "tool_calls"),
+    [
+        (ChatBodyMeter, {"choices": [{"message": _CALL_MESSAGE, "finish_reason": "stop"}]}, True),  # a forced tool
+        (ChatBodyMeter, {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}, False),
+        (ResponsesBodyMeter, {"status": "completed", "output": [{"type": "function_call", "name": "f"}]}, True),
+        (ResponsesBodyMeter, {"status": "completed", "output": [{"type": "message", "content": []}]}, False),
+        (MessagesBodyMeter, {"stop_reason": "max_tokens", "content": [{"type": "tool_use", "input": {}}]}, True),
+        (MessagesBodyMeter, {"stop_reason": "end_turn", "content": [{"type": "text", "text": "hi"}]}, False),
+        (CohereBodyMeter, {"finish_reason": "TOOL_CALL", "message": {"tool_calls": [{"id": "c"}]}}, True),
+        (CohereBodyMeter, {"text": "", "tool_calls": [{"name": "f"}]}, True),  # v1
+        (CohereBodyMeter, {"finish_reason": "COMPLETE", "message": {"content": []}}, False),
+    ],
+)
+def test_body_meters_see_tool_calls(make: Callable[[], Meter], body: dict[str, Any], tool_calls: bool) -> None:
+    meter = make()
+    meter.feed(json.dumps(body).encode())
+    meter.close()
+    assert meter.tool_calls is tool_calls

@@ -124,6 +124,8 @@ async def test_a_cancelled_stream_is_a_span_under_its_scope(provider: LocalProvi
     assert attrs["scoped_clients.tokens_saved"] == record.tokens_saved
     assert attrs["scoped_clients.tokens_saved_source"] == "estimate"
     assert attrs["scoped_clients.tokens_produced_source"] == "estimate"
+    # nothing learned yet: the prior, for a text answer (no tools offered)
+    assert (attrs["scoped_clients.saved_method"], attrs["scoped_clients.saved_shape"]) == ("default", "text")
     # The bound holds at the server: it produced no more than the client was told it could have saved.
     assert MAX_TOKENS - len(log.units) <= attrs["scoped_clients.tokens_saved_max"]
     # Real times: the call inside the scope, the cancel event inside the call (one clock conversion: exact),

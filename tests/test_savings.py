@@ -8,6 +8,7 @@ so ``M - len(log.units)`` tokens were really saved.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -19,10 +20,18 @@ from _helpers import cancel_sync_call, read_chat_stream, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._profiles.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients._report import CallRecord, ScopeReport
-from scoped_clients._savings import RateModel, SavingsEstimator, default_estimator
+from scoped_clients._savings import (
+    LengthPrior,
+    RateModel,
+    SavingsEstimator,
+    call_shape,
+    default_estimator,
+    requested_shape,
+)
 from scoped_clients._transport import _savings_of
+from scoped_clients.anthropic import AsyncAnthropic
 from scoped_clients.openai import AsyncOpenAI, OpenAI
-from scoped_clients.provider import LocalProvider
+from scoped_clients.provider import LocalProvider, Reply, RequestLog, ToolCall
 
 MAX_TOKENS = 300
 MESSAGES: Any = [{"role": "user", "content": "go"}]
@@ -75,11 +84,12 @@ def test_estimates_say_how_they_were_obtained() -> None:
     for tokens in (100, 200, 300):
         estimator.observe("p", "m", tokens, tokens / 100)
     stream = estimator.estimate("p", "m", 50, 400, streamed=True, elapsed=9.0)
-    assert (stream.tokens_produced, stream.tokens_saved_max, stream.tokens_saved) == (50, 350, 150)
+    # the remainders 50, 150 and 250, each weighted 1 / L (a uniform cut at 50 is likelier in a short answer)
+    assert (stream.tokens_produced, stream.tokens_saved_max, stream.tokens_saved) == (50, 350, 114)
     assert (stream.tokens_saved_max_source, stream.tokens_saved_source) == ("upper_bound", "estimate")
     plain = estimator.estimate("p", "m", 0, 400, streamed=False, elapsed=1.2)
     assert plain.tokens_produced == 120 and plain.tokens_saved_max == 280  # 1.2 s at 100 tokens/s
-    assert plain.tokens_saved == 130  # mean of (200 - 120, 300 - 120)
+    assert plain.tokens_saved == 120  # (80 / 200 + 180 / 300) / (1 / 200 + 1 / 300)
     assert plain.tokens_produced_source == "estimate" and plain.tokens_saved_max_source == "upper_bound"
     assert estimator.estimate("p", "m", 0, 400, streamed=False, elapsed=60).tokens_saved_max == 0
     unknown = estimator.estimate("p", "other", 0, 400, streamed=False, elapsed=1.2)
@@ -260,3 +270,248 @@ async def test_exact_only_when_the_provider_had_finished(provider: LocalProvider
     assert (record.tokens_saved, record.tokens_saved_max, record.tokens_produced) == (0, 0, 5)
     assert set(_sources(record).values()) == {"exact"}
     assert scope.report.summary()["tokens_saved_source"] == "exact"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------- call shapes and the prior (issue 25)
+
+
+@pytest.mark.parametrize(
+    ("body", "shape"),
+    [
+        ({"model": "m", "messages": []}, "text"),  # no tools offered
+        ({"model": "m", "tools": []}, "text"),
+        ({"model": "m", "tools": [{}]}, None),  # the model chooses
+        ({"model": "m", "tools": [{}], "tool_choice": "auto"}, None),
+        ({"model": "m", "tools": [{}], "tool_choice": "none"}, "text"),
+        ({"model": "m", "tools": [{}], "tool_choice": "required"}, "tool_call"),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_call"),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "function", "name": "f"}}, "tool_call"),  # Responses
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "allowed_tools", "mode": "required"}}, "tool_call"),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "allowed_tools", "mode": "auto"}}, None),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "auto"}}, None),  # Anthropic
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "any"}}, "tool_call"),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "tool", "name": "f"}}, "tool_call"),
+        ({"model": "m", "tools": [{}], "tool_choice": {"type": "none"}}, "text"),
+        ({"model": "m", "tools": [{}], "tool_choice": "REQUIRED"}, "tool_call"),  # Cohere
+        ({"model": "m", "tools": [{}], "tool_choice": "NONE"}, "text"),
+        ({}, None),  # a body that could not be read tells nothing
+    ],
+)
+def test_the_request_tells_the_shape(body: dict[str, Any], shape: str | None) -> None:
+    assert requested_shape(body) == shape
+
+
+def test_the_response_tells_the_shape_before_the_request() -> None:
+    assert call_shape("text", True, None) == "tool_call"  # a tool-call delta arrived before the cut
+    assert call_shape(None, False, "tool_calls") == "tool_call"
+    assert call_shape(None, False, "tool_use") == "tool_call"
+    assert call_shape(None, False, "TOOL_CALL") == "tool_call"
+    assert call_shape("tool_call", False, "stop") == "text"  # it finished without calling a tool
+    assert call_shape("tool_call", False, None) == "tool_call"  # cut before anything told
+    assert call_shape(None, False, None) is None
+    assert call_shape(None, False, None, output_seen=True) == "text"  # a stream writing, no tool call yet
+    assert call_shape(None, True, None, output_seen=True) == "tool_call"
+
+
+def test_the_prior_is_the_measured_mean_answer_and_never_0_below_the_bound() -> None:
+    prior = LengthPrior()
+    assert prior.mean(None) == pytest.approx(214.5, abs=0.5)  # LMSYS-Chat-1M's mean answer
+    for produced in range(400):
+        expected, running = prior.remaining(produced, 400)
+        assert 0 < expected <= 400 - produced and 0 < running <= 1
+    assert prior.remaining(400, 400) == (0.0, 0.0)
+    assert prior.remaining(10_000, None)[0] > 0  # unbounded: the tail goes on
+
+
+@pytest.mark.parametrize(("produced", "bound"), [(0, 400), (10, 400), (150, 400), (390, 400), (10, None), (900, None)])
+def test_the_prior_closed_form_is_the_uniform_cut_posterior(produced: int, bound: int | None) -> None:
+    """Against a numeric integral: answers L > produced weighted f(L) / L, capped at the bound."""
+    prior = LengthPrior()
+    mu, sigma = math.log(prior.median), prior.sigma
+    top = bound or 200_000
+    weight = total = 0.0
+    steps = 200_000
+    lo, hi = math.log(max(produced, 0.5)), math.log(top)
+    for i in range(steps):  # midpoint rule in log space: dL = L d(ln L), and f(L) dL = phi(z) d(ln L) / sigma
+        x = lo + (i + 0.5) * (hi - lo) / steps
+        length = math.exp(x)
+        density = math.exp(-(((x - mu) / sigma) ** 2) / 2) / (sigma * math.sqrt(2 * math.pi)) * (hi - lo) / steps
+        weight += density / length
+        total += density / length * (length - produced)
+    if bound is not None:  # answers the bound cut: length bound, probability P(L > bound)
+        cut = 0.5 * math.erfc((math.log(bound) - mu) / (sigma * math.sqrt(2)))
+        weight += cut / bound
+        total += cut / bound * (bound - produced)
+    assert prior.remaining(produced, bound)[0] == pytest.approx(total / weight, rel=2e-3)
+
+
+def test_one_shape_never_teaches_the_other() -> None:
+    estimator = SavingsEstimator()
+    estimator.observe("openai", "m", 6, 0.1, operation="chat.completions", shape="tool_call", chosen=True)
+    # The issue: the only completed call was a 6-token tool turn; an answer cut at 10 tokens was estimated 0.
+    text = estimator.estimate("openai", "m", 10, 400, operation="chat.completions", shape="text")
+    assert text.method == "default" and text.tokens_saved == round(LengthPrior().remaining(10, 400)[0])
+    mixed = estimator.estimate("openai", "m", 10, 400, operation="chat.completions", shape=None)
+    assert mixed.tokens_saved == text.tokens_saved  # no tool turn runs past 10 tokens: it is an answer
+    estimator.observe("openai", "m", 300, 3.0, operation="chat.completions", shape="text", chosen=True)
+    estimator.observe("openai", "m", 40, 0.4, operation="chat.completions", shape="tool_call", chosen=True)
+    assert estimator.estimate("openai", "m", 10, 400, operation="chat.completions", shape="text").tokens_saved == 290
+    tool = estimator.estimate("openai", "m", 10, 400, operation="chat.completions", shape="tool_call")
+    assert (tool.tokens_saved, tool.method, tool.shape) == (30, "model_history", "tool_call")
+    # Not told: both, by the generation time each takes (300 vs 40 tokens), and which explains a cut at 10.
+    assert 30 < estimator.estimate("openai", "m", 10, 400, operation="chat.completions", shape=None).tokens_saved < 290
+    assert estimator.estimate("openai", "m", 50, 400, operation="chat.completions", shape=None).tokens_saved == 250
+
+
+def test_operations_never_teach_each_other() -> None:
+    estimator = SavingsEstimator()
+    estimator.observe("openai", "m", 300, 3.0, operation="responses", shape="text")
+    assert estimator.estimate("openai", "m", 10, 400, operation="responses").tokens_saved == 290
+    assert estimator.estimate("openai", "m", 10, 400, operation="chat.completions").method == "default"
+    estimator.observe("openai", "other", 200, 2.0, operation="chat.completions", shape="text")
+    pooled = estimator.estimate("openai", "m", 10, 400, operation="chat.completions")
+    assert (pooled.tokens_saved, pooled.method) == (190, "provider_history")
+
+
+def test_a_cut_generation_is_never_estimated_0_but_stays_under_its_bound() -> None:
+    estimator = SavingsEstimator()
+    estimator.observe("p", "m", 50, 0.5, operation="chat")
+    longer = estimator.estimate("p", "m", 80, 400, operation="chat")  # longer than all it learned
+    assert longer.method == "default" and longer.tokens_saved == round(LengthPrior().remaining(80, 400)[0]) > 0
+    unbounded = estimator.estimate("p", "m", 80, None, operation="chat")
+    assert unbounded.tokens_saved == round(LengthPrior().remaining(80, None)[0]) and unbounded.tokens_saved_max is None
+    assert estimator.estimate("p", "m", 49, 400, operation="chat").tokens_saved == 1  # 0.02 rounds up to 1 token
+    capped = estimator.estimate("p", "m", 98, 100, operation="chat")
+    assert (capped.tokens_saved, capped.tokens_saved_max, capped.tokens_saved_source) == (2, 2, "estimate")
+    assert estimator.estimate("p", "m", 100, 100, operation="chat").tokens_saved == 0  # the bound: nothing left
+
+
+# The same, through the real SDKs and the provider: figures set against what the provider produced.
+
+ANSWER = 120  # words of a text answer: one unit each
+TOOL_PIECES = 40  # streamed pieces of a tool call's arguments: one unit each
+CHAT_TOOLS: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+ANTHROPIC_TOOLS: Any = [{"name": "lookup", "input_schema": {"type": "object"}}]
+RESPONSES_TOOLS: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+
+
+def _tool_reply() -> Reply:
+    call = ToolCall("lookup", {"query": "x" * (4 * TOOL_PIECES - 13)})  # JSON cut in 4-character pieces
+    assert len(call.pieces()) == TOOL_PIECES
+    return Reply(tool_calls=[call])
+
+
+def _answer_reply() -> Reply:
+    return Reply(text=" ".join(f"w{i}" for i in range(ANSWER)))
+
+
+async def _stream_turn(vendor: str, client: Any, **extra: Any) -> None:
+    if vendor == "anthropic":
+        request = {"model": "agent", "max_tokens": MAX_TOKENS, "tools": ANTHROPIC_TOOLS, "messages": MESSAGES}
+        async with client.messages.stream(**request, **extra) as events:
+            async for _ in events:
+                pass
+    elif vendor == "responses":
+        request = {"model": "agent", "max_output_tokens": MAX_TOKENS, "tools": RESPONSES_TOOLS, "input": "go"}
+        async for _ in await client.responses.create(stream=True, **request, **extra):
+            pass
+    else:
+        request = {"model": "agent", "max_tokens": MAX_TOKENS, "tools": CHAT_TOOLS, "messages": MESSAGES}
+        usage = {"stream_options": {"include_usage": True}}
+        async for _ in await client.chat.completions.create(stream=True, **usage, **request, **extra):
+            pass
+
+
+async def _turn(
+    provider: LocalProvider, vendor: str, client: Any, reply: Reply, cut_after: int | None = None, **extra: Any
+) -> tuple[CallRecord, RequestLog]:
+    """One streamed turn in its own scope, answered with ``reply``; cut once the provider produced
+    ``cut_after`` units (None: it runs to the end)."""
+    provider.script(reply, model="agent")
+    before = len(provider.requests)
+    scope = RequestScope("turn")
+
+    async def consume() -> None:
+        with contextlib.suppress(ScopeCancelled):
+            await _stream_turn(vendor, client, **extra)
+
+    with anyio.fail_after(20):
+        if cut_after is None:
+            async with scope:
+                await consume()
+        else:
+            async with anyio.create_task_group() as tg, scope:
+                tg.start_soon(consume)
+                await wait(provider.wait_for_requests, before + 1)
+                await wait(provider.requests[before].wait_units, cut_after)
+                scope.cancel("client_disconnected")
+        log = provider.requests[before]
+        await wait(log.wait_done)
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    return record, log
+
+
+def _client(provider: LocalProvider, vendor: str) -> Any:
+    if vendor == "anthropic":
+        return AsyncAnthropic(base_url=provider.url, api_key="x", max_retries=0)
+    return AsyncOpenAI(base_url=provider.url + "/v1", api_key="x", max_retries=0)
+
+
+VENDORS = ["chat.completions", "responses", "anthropic"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_an_answer_cut_after_a_tool_turn_gets_the_prior(provider: LocalProvider, vendor: str) -> None:
+    """The issue's loop: a tool turn completes, the answer is cut 10 units in.  Nothing learned fits a
+    text answer: the prior, never 0, and the provider really had that much and more left."""
+    provider.token_interval = 0.002
+    client = _client(provider, vendor)
+    tool, _ = await _turn(provider, vendor, client, _tool_reply())
+    assert tool.outcome == "completed"
+    record, log = await _turn(provider, vendor, client, _answer_reply(), cut_after=10)
+    await client.close()
+    truly_saved = ANSWER - len(log.units)  # what the provider did not produce
+    # tools were offered, and the answer's text streaming in told its shape
+    assert record.outcome == "aborted" and record.saved_method == "default" and record.saved_shape == "text"
+    assert record.tokens_produced == record.tokens_out and abs(record.tokens_out - len(log.units)) <= 2
+    assert record.tokens_saved == round(LengthPrior().remaining(record.tokens_out, MAX_TOKENS)[0]) > 0
+    assert record.tokens_saved_max is not None and truly_saved <= record.tokens_saved_max
+    assert truly_saved >= 100  # and the estimate is an estimate: the prior expects a shorter answer
+    assert record.tokens_saved_source == "estimate"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_text_answer_the_request_asks_for_learns_from_answers_only(
+    provider: LocalProvider, vendor: str
+) -> None:
+    """``tool_choice: none`` tells a text answer: it is estimated from the answers, not the tool turns."""
+    provider.token_interval = 0.002
+    client = _client(provider, vendor)
+    none: Any = {"type": "none"} if vendor == "anthropic" else "none"
+    await _turn(provider, vendor, client, _tool_reply())
+    await _turn(provider, vendor, client, _answer_reply(), tool_choice=none)
+    await _turn(provider, vendor, client, _tool_reply())
+    record, log = await _turn(provider, vendor, client, _answer_reply(), cut_after=10, tool_choice=none)
+    await client.close()
+    assert (record.saved_method, record.saved_shape) == ("model_history", "text")
+    assert record.tokens_saved == ANSWER - record.tokens_out  # the one answer learned: 120 tokens
+    assert abs(record.tokens_saved - (ANSWER - len(log.units))) <= 2  # the provider's truth, give or take in flight
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_tool_call_streaming_in_is_estimated_from_tool_turns(provider: LocalProvider, vendor: str) -> None:
+    """Tools offered, the model chooses: the tool-call deltas seen before the cut tell the shape."""
+    provider.token_interval = 0.002
+    client = _client(provider, vendor)
+    await _turn(provider, vendor, client, _tool_reply())
+    await _turn(provider, vendor, client, _answer_reply())
+    record, log = await _turn(provider, vendor, client, _tool_reply(), cut_after=10)
+    await client.close()
+    assert (record.saved_method, record.saved_shape) == ("model_history", "tool_call")
+    truly_saved = TOOL_PIECES - len(log.units)
+    # learned: the provider's count of the tool turn (40); received: its pieces, plus the call's opening
+    # event where the meter counts one (chat, Responses): off by what was in flight or that one token
+    assert abs(record.tokens_saved - truly_saved) <= 2  # type: ignore[operator]

@@ -11,6 +11,9 @@ the node, no later turn is sent, and the report lists every call.  Needs
 scopes the clients ChatOpenAI built and keeps a cancel a cancellation (not the
 ``AttributeError`` langchain-core makes of it); ``retry_policy()`` never retries once
 the scope is cancelled.  Runs on the embedded provider (no API key), on asyncio.
+
+The answer's ``tokens_saved`` is never 0: tool-calling turns are learned apart from text answers, so with
+no answer learned yet it comes from the prior (``saved_method="default"``, see the README).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ answer starts to stream in.  The provider sees the disconnect within a few ms, n
 later turn or retry is sent, and the report lists every call.  pydantic-ai needs
 no adapter: give its provider a scoped ``AsyncOpenAI``.  Runs on the embedded
 provider (no API key).
+
+The answer's ``tokens_saved`` is never 0: tool-calling turns are learned apart from text answers, so with
+no answer learned yet it comes from the prior (``saved_method="default"``, see the README).
 """
 
 from __future__ import annotations

@@ -41,7 +41,16 @@ class Meter:
     implementations must not JSON-parse events that carry no usage.
     """
 
-    __slots__ = ("error", "finish_reason", "input_source", "output_source", "tokens_in", "tokens_out", "units")
+    __slots__ = (
+        "error",
+        "finish_reason",
+        "input_source",
+        "output_source",
+        "tokens_in",
+        "tokens_out",
+        "tool_calls",
+        "units",
+    )
 
     #: the response is a stream of tokens (SSE, JSON lines), read as it is generated;
     #: False for a body the provider sends only once it is done
@@ -55,6 +64,8 @@ class Meter:
         self.output_source: UsageSource = "estimated"
         #: set once the provider said why it stopped (for finish-or-abort)
         self.finish_reason: str | None = None
+        #: a tool call was seen (a streamed delta, or in the body): the turn ends in tool calls
+        self.tool_calls = False
         #: vendor units other than tokens (search units, billed units...)
         self.units: dict[str, float] = {}
         #: set when the body was not what the protocol promised (a malformed event)

@@ -109,7 +109,8 @@ TOKENS_SAVED = MetricSpec(
     "scoped_clients_tokens_saved",
     "counter",
     _CANCEL,
-    "Output tokens aborted calls saved: an estimate (expected length from completed calls minus what was produced).",
+    "Output tokens aborted calls saved: an estimate (expected length from completed calls of the same shape, "
+    "or a prior, minus what was produced).",
 )
 TOKENS_SAVED_MAX = MetricSpec(
     "scoped_clients.tokens.saved_max",

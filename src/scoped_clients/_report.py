@@ -57,8 +57,11 @@ class CallRecord:
     tokens_saved: int | None = None
     #: aborted calls only: the request's own bound minus ``tokens_produced``
     tokens_saved_max: int | None = None
-    #: which history gave the expected output length behind ``tokens_saved``
+    #: what gave the expected output length behind ``tokens_saved``: ``model_history``,
+    #: ``provider_history``, ``default`` (the prior: nothing learned fits) or ``finished``
     saved_method: str | None = None
+    #: the call's shape behind ``tokens_saved``: ``text``, ``tool_call``, or None (both: the model chose)
+    saved_shape: str | None = None
     #: how each savings figure was obtained: ``exact``, ``estimate`` or ``upper_bound``
     tokens_saved_source: FigureSource | None = None
     #: how ``tokens_saved_max`` was obtained: ``upper_bound`` (or ``exact``)

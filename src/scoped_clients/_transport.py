@@ -43,7 +43,7 @@ from ._loop import LoopHandle
 from ._reasons import CancelReason
 from ._reassemble import StreamPlan, plan_stream
 from ._report import CallRecord, Outcome
-from ._savings import SavingsEstimate, default_estimator, get_prices
+from ._savings import SavingsEstimate, call_shape, default_estimator, get_prices
 from ._scope import RequestScope, current_scope
 
 FinishPolicy = Literal["abort", "finish_if_done"]
@@ -306,6 +306,7 @@ def _build_record(call: HttpCall) -> CallRecord:
         tokens_saved=saved,
         tokens_saved_max=None if savings is None else savings.tokens_saved_max,
         saved_method=None if savings is None else savings.method,
+        saved_shape=None if savings is None else savings.shape,
         tokens_saved_source=None if savings is None else savings.tokens_saved_source,
         tokens_saved_max_source=None if savings is None else savings.tokens_saved_max_source,
         tokens_produced=None if savings is None else savings.tokens_produced,
@@ -333,9 +334,21 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> 
     """
     meter, info = call.meter, call.info
     estimator = default_estimator()
+    requested = info.extra.get("shape", "text")
+    shape = call_shape(requested, meter.tool_calls, meter.finish_reason, output_seen=meter.streamed and received > 0)
     if outcome == "completed":
         if received > 0:
-            estimator.observe(info.provider, info.model, received, now - call.started_at)
+            seconds = now - call.started_at
+            chosen = requested is None
+            estimator.observe(
+                info.provider,
+                info.model,
+                received,
+                seconds,
+                operation=info.operation,
+                shape=shape or "text",
+                chosen=chosen,
+            )
         return None
     if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or received):
         return None
@@ -351,6 +364,8 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> 
         streamed=meter.streamed and call.status_code is not None and not call.orphan,
         elapsed=max(0.0, aborted_at - call.started_at),
         finished=meter.finish_reason is not None and choices == 1,
+        operation=info.operation,
+        shape=shape,
     )
 
 

@@ -237,6 +237,8 @@ def _cancel_attributes(record: CallRecord) -> Mapping[str, str | bool | int | fl
             attributes[f"scoped_clients.{figure}_source"] = source
     if record.saved_method is not None:
         attributes["scoped_clients.saved_method"] = record.saved_method
+    if record.saved_shape is not None:
+        attributes["scoped_clients.saved_shape"] = record.saved_shape
     if record.cost_saved is not None:
         attributes["scoped_clients.cost_saved"] = record.cost_saved
     return attributes

@@ -138,7 +138,8 @@ async def leave_mid_answer(
     report = scope.report
     assert report is not None
     for call in report.calls:
-        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}")
+        how = f" ({call.saved_method})" if call.saved_method else ""
+        print(f"  {call.provider:6} {call.operation:24} {call.outcome:9} tokens_saved={call.tokens_saved}{how}")
     seen = await anyio.to_thread.run_sync(logs[requests - 1].wait_disconnect)
     print(f"provider saw the disconnect {(seen - t_cancel) * 1000:.1f} ms after the cancel")
     print(f"tokens saved: {report.tokens_saved} (estimate), at most {report.tokens_saved_max}")

@@ -12,6 +12,7 @@ import json
 from typing import Any, ClassVar
 
 from .._calls import CallInfo, Meter
+from .._savings import requested_shape
 
 MAX_BUFFERED_BODY = 8 * 1024 * 1024
 
@@ -31,16 +32,16 @@ def call_info(provider: str, operation: str, body: dict[str, Any], *bound_keys: 
     bound = next((body[k] for k in bound_keys if isinstance(body.get(k), int)), None)
     model = body.get("model")
     choices = body.get("n")
+    # several choices (OpenAI's n): the bound is per choice, and one finish reason is not the end
+    several = isinstance(choices, int) and not isinstance(choices, bool) and choices > 1
     return CallInfo(
         provider=provider,
         operation=operation,
         model=model if isinstance(model, str) else None,
         max_tokens=bound,
         streaming=bool(body.get("stream")),
-        # several choices (OpenAI's n): the bound is per choice, and one finish reason is not the end
-        extra={"choices": choices}
-        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1
-        else {},
+        # "shape": what the request asks for (tools offered, forced, none), for the savings estimator
+        extra={"choices": choices, "shape": requested_shape(body)} if several else {"shape": requested_shape(body)},
     )
 
 

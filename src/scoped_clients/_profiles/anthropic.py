@@ -24,10 +24,12 @@ class MessagesStreamMeter(SSEMeter):
 
     def on_event(self, event: bytes) -> None:
         if b"content_block_delta" in event:
-            if self.output_source == "estimated" and (
-                b'"text_delta"' in event or b'"input_json_delta"' in event or b'"thinking_delta"' in event
-            ):
+            tool = b'"input_json_delta"' in event
+            self.tool_calls = self.tool_calls or tool
+            if self.output_source == "estimated" and (tool or b'"text_delta"' in event or b'"thinking_delta"' in event):
                 self.tokens_out += 1
+        elif b"content_block_start" in event:  # a tool_use block opens before its first delta
+            self.tool_calls = self.tool_calls or b'"tool_use"' in event
         elif b"message_start" in event:
             data = event_data(event)
             message = data.get("message") if isinstance(data, dict) else None
@@ -50,6 +52,9 @@ class MessagesBodyMeter(JSONBodyMeter):
     __slots__ = ()
 
     def on_body(self, body: dict[str, Any]) -> None:
+        content = body.get("content")
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content):
+            self.tool_calls = True
         if body.get("stop_reason"):
             self.finish_reason = str(body["stop_reason"])
         usage = body.get("usage")

@@ -32,8 +32,12 @@ class ChatV2StreamMeter(SSEMeter):
 
     def on_event(self, event: bytes) -> None:
         if b"content-delta" in event or b"tool-call-delta" in event or b"tool-plan-delta" in event:
+            # a tool plan is what the model writes before its tool calls
+            self.tool_calls = self.tool_calls or b"content-delta" not in event
             if self.output_source == "estimated":
                 self.tokens_out += 1
+        elif b"tool-call-start" in event:
+            self.tool_calls = True
         elif b"message-end" in event:
             data = event_data(event)
             delta = data.get("delta") if isinstance(data, dict) else None
@@ -62,6 +66,7 @@ class ChatV1StreamMeter(Meter):
         for line in lines:
             if b'"text-generation"' in line or b'"tool-calls-chunk"' in line:
                 self.tokens_out += 1 if self.output_source == "estimated" else 0
+                self.tool_calls = self.tool_calls or b'"tool-calls-chunk"' in line
             elif b'"stream-end"' in line:
                 self._end(line)
 
@@ -91,6 +96,9 @@ class CohereBodyMeter(JSONBodyMeter):
     def on_body(self, body: dict[str, Any]) -> None:
         if body.get("finish_reason"):
             self.finish_reason = str(body["finish_reason"])
+        message = body.get("message")
+        if body.get("tool_calls") or (isinstance(message, dict) and message.get("tool_calls")):  # v1, v2
+            self.tool_calls = True
         usage = body.get("usage")
         if isinstance(usage, dict):  # v2 chat
             _billed(self, usage.get("billed_units"), usage.get("tokens"))

@@ -33,7 +33,7 @@ class ChatStreamMeter(SSEMeter):
     def on_event(self, event: bytes) -> None:
         if self.output_source == "estimated" and (
             has_text(event, b'"content"')
-            or has_items(event, b'"tool_calls"')
+            or self._tool_delta(event)
             or has_text(event, b'"refusal"')
             or has_text(event, b'"reasoning_content"')
         ):
@@ -55,12 +55,21 @@ class ChatStreamMeter(SSEMeter):
             if isinstance(usage_data, dict):
                 _chat_usage(self, usage_data)
 
+    def _tool_delta(self, event: bytes) -> bool:
+        if has_items(event, b'"tool_calls"'):
+            self.tool_calls = True
+            return True
+        return False
+
 
 class ChatBodyMeter(JSONBodyMeter):
     __slots__ = ()
 
     def on_body(self, body: dict[str, Any]) -> None:
         for choice in body.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict) and message.get("tool_calls"):
+                self.tool_calls = True
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
         if isinstance(body.get("usage"), dict):
@@ -79,6 +88,9 @@ _RESPONSES_OUTPUT = (
     b"response.refusal.delta",
 )
 _RESPONSES_FINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+#: of those, the deltas of a tool call, and the output items that are tool calls
+_RESPONSES_TOOL = (b"response.function_call_arguments.delta", b"response.custom_tool_call_input.delta")
+_RESPONSES_TOOL_ITEMS = frozenset({"function_call", "custom_tool_call"})
 
 
 class ResponsesStreamMeter(SSEMeter):
@@ -92,6 +104,7 @@ class ResponsesStreamMeter(SSEMeter):
             kind = event[6:end].strip() if end > 0 else b""
             if kind in _RESPONSES_OUTPUT:
                 self.tokens_out += 1
+                self.tool_calls = self.tool_calls or kind in _RESPONSES_TOOL
             elif kind in _RESPONSES_FINAL:
                 self._final(event)
             return
@@ -99,6 +112,7 @@ class ResponsesStreamMeter(SSEMeter):
         # first, so that text quoting a final event's name cannot pass for one)
         if any(name in event for name in _RESPONSES_OUTPUT):
             self.tokens_out += 1
+            self.tool_calls = self.tool_calls or any(name in event for name in _RESPONSES_TOOL)
         elif any(name in event for name in _RESPONSES_FINAL):
             self._final(event)
 
@@ -119,6 +133,9 @@ def _responses_final(meter: Meter, response: dict[str, Any]) -> None:
     status = response.get("status")
     if isinstance(status, str):
         meter.finish_reason = status
+    for item in response.get("output") or []:
+        if isinstance(item, dict) and item.get("type") in _RESPONSES_TOOL_ITEMS:
+            meter.tool_calls = True
     usage = response.get("usage")
     if isinstance(usage, dict):
         provider_usage(meter, usage)
