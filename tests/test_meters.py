@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from scoped_clients._calls import Meter
-from scoped_clients._profiles.anthropic import MessagesStreamMeter
-from scoped_clients._profiles.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
-from scoped_clients._profiles.openai import ChatBodyMeter, ChatStreamMeter, ResponsesStreamMeter
+from scoped_clients._vendors.anthropic import MessagesStreamMeter
+from scoped_clients._vendors.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
+from scoped_clients._vendors.openai import ChatBodyMeter, ChatStreamMeter, ResponsesStreamMeter
 
 
 def _sse(events: list[tuple[str | None, Any]]) -> bytes:

@@ -21,7 +21,7 @@ HTTP2_UNSUPPORTED = (
 
 
 def _default_profile() -> Profile:
-    from ._profiles.generic import GenericProfile
+    from ._vendors.generic import GenericProfile
 
     return GenericProfile()
 

@@ -28,7 +28,6 @@ client from a plain one.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import types
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 from ._calls import Profile
 from ._clients import check_options, is_scoped, scope_http_client
 from ._transport import FinishPolicy
+from ._vendors import by_sdk
 
 _EXTRA_OPTIONS = {
     "always_stream": inspect.Parameter("always_stream", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
@@ -175,6 +175,14 @@ class DropIn(type):
         return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
 
 
+def declare(
+    module: str, name: str, vendor: type, doc: str, *, profile: Callable[[], Profile], **options: Any
+) -> DropIn:
+    """A drop-in name for ``vendor``, as its public module ``module`` exports it (a vendor module's declaration)."""
+    namespace = {"__module__": module, "__qualname__": name, "__doc__": doc}
+    return DropIn(name, (), namespace, vendor=vendor, profile=profile, **options)
+
+
 def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., Any]:
     """``copy()`` / ``with_options()`` for a scoped vendor instance: the vendor's, then scoped."""
 
@@ -224,14 +232,6 @@ def _signature(vendor: type, options: tuple[str, ...]) -> inspect.Signature:
     return signature.replace(parameters=[*plain, *extras, *var_keyword])
 
 
-_DROPIN_MODULES = {
-    "openai": "scoped_clients.openai",
-    "anthropic": "scoped_clients.anthropic",
-    "cohere": "scoped_clients.cohere",
-    "qdrant_client": "scoped_clients.qdrant",
-}
-
-
 def scope_client(client: T, *, always_stream: bool = False, finish_policy: FinishPolicy = "abort") -> T:
     """Scope a vendor client someone else built (a framework, a factory) and return it.
 
@@ -242,9 +242,9 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     """
     check_options(finish_policy, always_stream)
     for base in type(client).__mro__:  # register the drop-ins of the client's SDK
-        module = _DROPIN_MODULES.get(base.__module__.split(".", 1)[0])
-        if module is not None:
-            importlib.import_module(module)
+        vendor = by_sdk(base.__module__.split(".", 1)[0])
+        if vendor is not None and vendor.dropins is not None:
+            vendor.dropins()
     for vendor_cls in type(client).__mro__:
         dropin = _REGISTRY.get(vendor_cls)
         if dropin is not None:

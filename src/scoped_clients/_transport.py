@@ -41,16 +41,15 @@ from ._calls import CallInfo, Meter, Profile
 from ._exceptions import ScopeCancelled
 from ._loop import LoopHandle
 from ._reasons import CancelReason
-from ._reassemble import StreamPlan, plan_stream
 from ._report import CallRecord, Outcome
 from ._savings import SavingsEstimate, default_estimator, get_prices
 from ._scope import RequestScope, current_scope
+from ._vendors import generates_tokens, plan_stream
+from ._vendors._assemble import StreamPlan
 
 FinishPolicy = Literal["abort", "finish_if_done"]
 _PENDING, _BODY, _DONE = 0, 1, 2
 _NULL_METER = Meter()
-#: operations that generate tokens: an aborted one gets a tokens_saved estimate
-GENERATIVE_OPERATIONS = frozenset({"chat.completions", "responses", "messages", "chat", "chat_stream"})
 
 
 def shutdown_socket(sock: Any) -> None:
@@ -337,7 +336,7 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> 
         if received > 0:
             estimator.observe(info.provider, info.model, received, now - call.started_at)
         return None
-    if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or received):
+    if outcome != "aborted" or not (received or generates_tokens(info.provider, info.operation)):
         return None
     aborted_at = now if call.aborted is None else min(now, call.aborted.time)
     # Several choices (OpenAI's n): the bound is per choice, and the first finish reason is not the end.
@@ -397,7 +396,7 @@ async def send_async(
     """``handle_async_request`` under the ambient scope (pass-through without one).
 
     ``always_stream``: a non-streamed generation is sent as a stream, read here to its
-    end, and handed over as the non-streamed response (see ``_reassemble``).
+    end, and handed over as the non-streamed response (see ``_vendors._assemble``).
     """
     scope = current_scope()
     if scope is None:

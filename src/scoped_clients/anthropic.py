@@ -14,78 +14,17 @@ retried nor wrapped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
-import anthropic
-import httpx2
+import anthropic  # noqa: F401  (ImportError without the extra)
 
-__all__ = ["Anthropic", "AsyncAnthropic"]
+from ._vendors.anthropic import async_http_client as async_http_client
+from ._vendors.anthropic import http_client as http_client
+
+__all__ = ["Anthropic", "AsyncAnthropic", "async_http_client", "http_client"]
 
 if TYPE_CHECKING:
     from anthropic import Anthropic as Anthropic
     from anthropic import AsyncAnthropic as AsyncAnthropic
-
-    from ._transport import FinishPolicy
 else:
-    from ._dropin import DropIn
-    from ._profiles.anthropic import AnthropicProfile
-
-    class AsyncAnthropic(
-        metaclass=DropIn,
-        vendor=anthropic.AsyncAnthropic,
-        profile=AnthropicProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``anthropic.AsyncAnthropic`` with a scoped HTTP layer."""
-
-    class Anthropic(
-        metaclass=DropIn,
-        vendor=anthropic.Anthropic,
-        profile=AnthropicProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``anthropic.Anthropic`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""
-
-
-def async_http_client(
-    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
-) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (pydantic-ai's
-    ``http_client``): built as ``anthropic.DefaultAsyncHttpxClient(**kwargs)`` (the SDK's
-    timeouts, limits and keep-alive socket options), its calls owned by the ambient scope
-    and reported as Anthropic calls (model, tokens, savings)."""
-    from ._clients import vendor_http_client
-    from ._profiles.anthropic import AnthropicProfile
-
-    return cast(
-        "httpx2.AsyncClient",
-        vendor_http_client(
-            anthropic.DefaultAsyncHttpxClient,
-            AnthropicProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
-    )
-
-
-def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``anthropic.DefaultHttpxClient(**kwargs)``, scoped)."""
-    from ._clients import vendor_http_client
-    from ._profiles.anthropic import AnthropicProfile
-
-    return cast(
-        "httpx2.Client",
-        vendor_http_client(
-            anthropic.DefaultHttpxClient,
-            AnthropicProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
-    )
-
-
-__all__ += ["async_http_client", "http_client"]
+    from ._vendors.anthropic import Anthropic, AsyncAnthropic

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import cohere
+import cohere  # noqa: F401  (ImportError without the extra)
 
 __all__ = ["AsyncClient", "AsyncClientV2", "Client", "ClientV2"]
 
@@ -25,24 +25,4 @@ if TYPE_CHECKING:
     from cohere import Client as Client
     from cohere import ClientV2 as ClientV2
 else:
-    from ._dropin import DropIn
-    from ._profiles.cohere import CohereProfile
-
-    _COHERE = {
-        "profile": CohereProfile,
-        "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
-        "http_arg": "httpx_client",
-        "options": ("finish_policy",),
-    }
-
-    class AsyncClientV2(metaclass=DropIn, vendor=cohere.AsyncClientV2, **_COHERE):
-        """``cohere.AsyncClientV2`` with a scoped HTTP layer."""
-
-    class ClientV2(metaclass=DropIn, vendor=cohere.ClientV2, **_COHERE):
-        """``cohere.ClientV2`` with a scoped HTTP layer."""
-
-    class AsyncClient(metaclass=DropIn, vendor=cohere.AsyncClient, **_COHERE):
-        """``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer."""
-
-    class Client(metaclass=DropIn, vendor=cohere.Client, **_COHERE):
-        """``cohere.Client`` (v1 API) with a scoped HTTP layer."""
+    from ._vendors.cohere import AsyncClient, AsyncClientV2, Client, ClientV2

@@ -15,79 +15,17 @@ runtime keywords (or use ``scoped_clients.scope_client(openai.AsyncOpenAI(...), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
-import httpx2
-import openai
+import openai  # noqa: F401  (ImportError without the extra)
 
-__all__ = ["AsyncOpenAI", "OpenAI"]
+from ._vendors.openai import async_http_client as async_http_client
+from ._vendors.openai import http_client as http_client
+
+__all__ = ["AsyncOpenAI", "OpenAI", "async_http_client", "http_client"]
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI as AsyncOpenAI
     from openai import OpenAI as OpenAI
-
-    from ._transport import FinishPolicy
 else:
-    from ._dropin import DropIn
-    from ._profiles.openai import OpenAIProfile
-
-    class AsyncOpenAI(
-        metaclass=DropIn,
-        vendor=openai.AsyncOpenAI,
-        profile=OpenAIProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``openai.AsyncOpenAI`` with a scoped HTTP layer."""
-
-    class OpenAI(
-        metaclass=DropIn, vendor=openai.OpenAI, profile=OpenAIProfile, http_path=("_client",), http_arg="http_client"
-    ):
-        """``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""
-
-
-def async_http_client(
-    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
-) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (LangChain's
-    ``http_async_client``, pydantic-ai's ``http_client``): built as
-    ``openai.DefaultAsyncHttpx2Client(**kwargs)`` (the SDK's timeouts and limits), its
-    calls owned by the ambient scope and reported as OpenAI calls (model, tokens, savings)."""
-    from ._clients import vendor_http_client
-    from ._profiles.openai import OpenAIProfile
-
-    return cast(
-        "httpx2.AsyncClient",
-        vendor_http_client(
-            _default_client("DefaultAsyncHttpx2Client", "DefaultAsyncHttpxClient"),
-            OpenAIProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
-    )
-
-
-def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``openai.DefaultHttpx2Client(**kwargs)``, scoped)."""
-    from ._clients import vendor_http_client
-    from ._profiles.openai import OpenAIProfile
-
-    return cast(
-        "httpx2.Client",
-        vendor_http_client(
-            _default_client("DefaultHttpx2Client", "DefaultHttpxClient"),
-            OpenAIProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
-    )
-
-
-def _default_client(name: str, name_before_3: str) -> Any:
-    """The SDK's default HTTP client class (openai 3.x: httpx2; openai 2.x: httpx)."""
-    return getattr(openai, name, None) or getattr(openai, name_before_3)
-
-
-__all__ += ["async_http_client", "http_client"]
+    from ._vendors.openai import AsyncOpenAI, OpenAI

@@ -24,60 +24,14 @@ HTTP client it ends up with, proxy mounts included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import qdrant_client
-
-from ._clients import HTTP2_UNSUPPORTED
-from ._exceptions import UnsupportedError
+import qdrant_client  # noqa: F401  (ImportError without the extra)
 
 __all__ = ["AsyncQdrantClient", "QdrantClient"]
-
-_GRPC_SYNC_UNSUPPORTED = (
-    "a blocking gRPC call can only be stopped by closing the channel every request shares: use "
-    "prefer_grpc=False (REST) with the scoped QdrantClient, or AsyncQdrantClient for gRPC"
-)
-
-
-def _is_local(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    location = args[0] if args else kwargs.get("location")
-    return location == ":memory:" or kwargs.get("path") is not None
-
-
-def _check_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    if kwargs.get("http2") and not _is_local(args, kwargs):
-        raise UnsupportedError(HTTP2_UNSUPPORTED)
-
-
-def _check_sync(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    _check_async(args, kwargs)
-    if kwargs.get("prefer_grpc") and not _is_local(args, kwargs):
-        raise UnsupportedError(_GRPC_SYNC_UNSUPPORTED)
-
 
 if TYPE_CHECKING:
     from qdrant_client import AsyncQdrantClient as AsyncQdrantClient
     from qdrant_client import QdrantClient as QdrantClient
 else:
-    from ._dropin import DropIn
-    from ._profiles.qdrant import QdrantProfile
-
-    class AsyncQdrantClient(
-        metaclass=DropIn,
-        vendor=qdrant_client.AsyncQdrantClient,
-        profile=QdrantProfile,
-        http_path=("_client", "openapi_client", "client", "_async_client"),
-        options=(),
-        check=_check_async,
-    ):
-        """``qdrant_client.AsyncQdrantClient`` with scoped REST calls."""
-
-    class QdrantClient(
-        metaclass=DropIn,
-        vendor=qdrant_client.QdrantClient,
-        profile=QdrantProfile,
-        http_path=("_client", "openapi_client", "client", "_client"),
-        options=(),
-        check=_check_sync,
-    ):
-        """``qdrant_client.QdrantClient`` with scoped REST calls; ``cancel()`` from another thread unblocks them."""
+    from ._vendors.qdrant import AsyncQdrantClient, QdrantClient

@@ -1,14 +1,23 @@
-"""Cohere: v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in ``meta``)."""
+"""Cohere: everything scoped_clients knows about it.
+
+v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in
+``meta``): how a call is named, its meters, and the drop-in names
+``ClientV2`` / ``AsyncClientV2`` / ``Client`` / ``AsyncClient``.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
+from . import Vendor
 from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
+PROVIDER = "cohere"
 _OPERATIONS = {"chat": "chat", "rerank": "rerank", "embed": "embed", "classify": "classify", "tokenize": "tokenize"}
 
 
@@ -100,7 +109,7 @@ class CohereBodyMeter(JSONBodyMeter):
 
 
 class CohereProfile:
-    provider = "cohere"
+    provider = PROVIDER
 
     def describe(self, method: str, url: str, body: bytes) -> CallInfo:
         path = urlsplit(url).path.rstrip("/")
@@ -119,3 +128,62 @@ class CohereProfile:
         if info.operation == "chat_stream":
             return ChatV1StreamMeter() if info.extra.get("api") == "v1" else ChatV2StreamMeter()
         return CohereBodyMeter()
+
+
+# ------------------------------------------------------------------ drop-ins
+
+_SHIM = "scoped_clients.cohere"
+DROPIN_NAMES = ("AsyncClient", "AsyncClientV2", "Client", "ClientV2")
+
+
+@functools.cache
+def dropins() -> Mapping[str, type]:
+    """The drop-in names of ``scoped_clients.cohere`` (imports the SDK)."""
+    import cohere
+
+    from .._dropin import declare
+
+    options: dict[str, Any] = {
+        "profile": CohereProfile,
+        "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
+        "http_arg": "httpx_client",
+        "options": ("finish_policy",),
+    }
+    return {
+        "AsyncClientV2": declare(
+            _SHIM,
+            "AsyncClientV2",
+            cohere.AsyncClientV2,
+            "``cohere.AsyncClientV2`` with a scoped HTTP layer.",
+            **options,
+        ),
+        "ClientV2": declare(
+            _SHIM, "ClientV2", cohere.ClientV2, "``cohere.ClientV2`` with a scoped HTTP layer.", **options
+        ),
+        "AsyncClient": declare(
+            _SHIM,
+            "AsyncClient",
+            cohere.AsyncClient,
+            "``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer.",
+            **options,
+        ),
+        "Client": declare(
+            _SHIM, "Client", cohere.Client, "``cohere.Client`` (v1 API) with a scoped HTTP layer.", **options
+        ),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name in DROPIN_NAMES:
+        return dropins()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+VENDOR = Vendor(
+    provider=PROVIDER,
+    profile=CohereProfile,
+    sdk="cohere",
+    generative=frozenset({"chat", "chat_stream"}),
+    gen_ai_operations={"chat": "chat", "chat_stream": "chat", "embed": "embeddings", "rerank": "rerank"},
+    dropins=dropins,
+)
