@@ -19,7 +19,7 @@ from _helpers import cancel_sync_call, read_chat_stream, wait
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._report import CallRecord, ScopeReport
 from scoped_clients._savings import RateModel, SavingsEstimator, default_estimator
-from scoped_clients._transport import _savings_of
+from scoped_clients._transport._record import _savings_of
 from scoped_clients._vendors.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider

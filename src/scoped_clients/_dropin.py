@@ -28,15 +28,17 @@ client from a plain one.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._calls import Profile
-from ._clients import check_options, is_scoped, scope_http_client
-from ._transport import FinishPolicy
-from ._vendors import by_sdk
+from ._transport import FinishPolicy, check_options
+from ._transport._base import is_scoped, scope_http_client
+from ._transport._base import vendor_http_client as scope_vendor_http_client
+from ._vendors import Vendor, by_sdk
 
 _EXTRA_OPTIONS = {
     "always_stream": inspect.Parameter("always_stream", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
@@ -175,12 +177,42 @@ class DropIn(type):
         return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
 
 
-def declare(
-    module: str, name: str, vendor: type, doc: str, *, profile: Callable[[], Profile], **options: Any
-) -> DropIn:
-    """A drop-in name for ``vendor``, as its public module ``module`` exports it (a vendor module's declaration)."""
-    namespace = {"__module__": module, "__qualname__": name, "__doc__": doc}
-    return DropIn(name, (), namespace, vendor=vendor, profile=profile, **options)
+_built: dict[str, dict[str, DropIn]] = {}
+
+
+def dropins(vendor: Vendor) -> dict[str, DropIn]:
+    """The drop-in names a vendor module declares, built once (this imports the vendor's SDK)."""
+    built = _built.get(vendor.provider)
+    if built is None:
+        assert vendor.sdk is not None and vendor.shim is not None, f"{vendor.provider} declares no drop-in names"
+        sdk = importlib.import_module(vendor.sdk)
+        built = {}
+        for declared in vendor.dropins:
+            namespace = {"__module__": vendor.shim, "__qualname__": declared.name, "__doc__": declared.doc}
+            built[declared.name] = DropIn(
+                declared.name,
+                (),
+                namespace,
+                vendor=getattr(sdk, declared.name),
+                profile=vendor.profile,
+                http_path=declared.http_path,
+                http_arg=declared.http_arg,
+                options=declared.options,
+                check=declared.check,
+            )
+        _built[vendor.provider] = built
+    return built
+
+
+def vendor_http_client(
+    vendor: Vendor, kind: str, kwargs: dict[str, Any], *, finish_policy: FinishPolicy, always_stream: bool
+) -> Any:
+    """The vendor SDK's own default HTTP client (``kind``: ``"async"`` or ``"sync"``), scoped with its profile."""
+    sdk = importlib.import_module(str(vendor.sdk))
+    factory = next(getattr(sdk, name) for name in vendor.http_clients[kind] if hasattr(sdk, name))
+    return scope_vendor_http_client(
+        factory, vendor.profile(), kwargs, finish_policy=finish_policy, always_stream=always_stream
+    )
 
 
 def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., Any]:
@@ -243,8 +275,8 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     check_options(finish_policy, always_stream)
     for base in type(client).__mro__:  # register the drop-ins of the client's SDK
         vendor = by_sdk(base.__module__.split(".", 1)[0])
-        if vendor is not None and vendor.dropins is not None:
-            vendor.dropins()
+        if vendor is not None and vendor.dropins:
+            dropins(vendor)
     for vendor_cls in type(client).__mro__:
         dropin = _REGISTRY.get(vendor_cls)
         if dropin is not None:

@@ -14,12 +14,14 @@ retried nor wrapped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anthropic  # noqa: F401  (ImportError without the extra)
+import httpx2
 
-from ._vendors.anthropic import async_http_client as async_http_client
-from ._vendors.anthropic import http_client as http_client
+from ._dropin import dropins, vendor_http_client
+from ._transport import FinishPolicy
+from ._vendors.anthropic import VENDOR
 
 __all__ = ["Anthropic", "AsyncAnthropic", "async_http_client", "http_client"]
 
@@ -27,4 +29,26 @@ if TYPE_CHECKING:
     from anthropic import Anthropic as Anthropic
     from anthropic import AsyncAnthropic as AsyncAnthropic
 else:
-    from ._vendors.anthropic import Anthropic, AsyncAnthropic
+    Anthropic = dropins(VENDOR)["Anthropic"]
+    AsyncAnthropic = dropins(VENDOR)["AsyncAnthropic"]
+
+
+def async_http_client(
+    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
+) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (pydantic-ai's
+    ``http_client``): built as ``anthropic.DefaultAsyncHttpxClient(**kwargs)`` (the SDK's
+    timeouts, limits and keep-alive socket options), its calls owned by the ambient scope
+    and reported as Anthropic calls (model, tokens, savings)."""
+    client: httpx2.AsyncClient = vendor_http_client(
+        VENDOR, "async", kwargs, finish_policy=finish_policy, always_stream=always_stream
+    )
+    return client
+
+
+def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
+    """The sync twin of :func:`async_http_client` (``anthropic.DefaultHttpxClient(**kwargs)``, scoped)."""
+    client: httpx2.Client = vendor_http_client(
+        VENDOR, "sync", kwargs, finish_policy=finish_policy, always_stream=always_stream
+    )
+    return client

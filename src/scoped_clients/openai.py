@@ -15,12 +15,14 @@ runtime keywords (or use ``scoped_clients.scope_client(openai.AsyncOpenAI(...), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import httpx2
 import openai  # noqa: F401  (ImportError without the extra)
 
-from ._vendors.openai import async_http_client as async_http_client
-from ._vendors.openai import http_client as http_client
+from ._dropin import dropins, vendor_http_client
+from ._transport import FinishPolicy
+from ._vendors.openai import VENDOR
 
 __all__ = ["AsyncOpenAI", "OpenAI", "async_http_client", "http_client"]
 
@@ -28,4 +30,26 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI as AsyncOpenAI
     from openai import OpenAI as OpenAI
 else:
-    from ._vendors.openai import AsyncOpenAI, OpenAI
+    AsyncOpenAI = dropins(VENDOR)["AsyncOpenAI"]
+    OpenAI = dropins(VENDOR)["OpenAI"]
+
+
+def async_http_client(
+    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
+) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (LangChain's
+    ``http_async_client``, pydantic-ai's ``http_client``): built as
+    ``openai.DefaultAsyncHttpx2Client(**kwargs)`` (the SDK's timeouts and limits), its
+    calls owned by the ambient scope and reported as OpenAI calls (model, tokens, savings)."""
+    client: httpx2.AsyncClient = vendor_http_client(
+        VENDOR, "async", kwargs, finish_policy=finish_policy, always_stream=always_stream
+    )
+    return client
+
+
+def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
+    """The sync twin of :func:`async_http_client` (``openai.DefaultHttpx2Client(**kwargs)``, scoped)."""
+    client: httpx2.Client = vendor_http_client(
+        VENDOR, "sync", kwargs, finish_policy=finish_policy, always_stream=always_stream
+    )
+    return client

@@ -28,7 +28,16 @@ from .._calls import Profile
 if TYPE_CHECKING:
     from ._assemble import StreamPlan
 
-__all__ = ["Vendor", "by_provider", "by_sdk", "gen_ai_operation", "generates_tokens", "plan_stream", "vendors"]
+__all__ = [
+    "DropInName",
+    "Vendor",
+    "by_provider",
+    "by_sdk",
+    "gen_ai_operation",
+    "generates_tokens",
+    "plan_stream",
+    "vendors",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +56,30 @@ class Vendor:
     gen_ai_operations: Mapping[str, str] = field(default_factory=dict)
     #: ``always_stream``: the streamed form of one of its non-streamed generation requests, or None
     plan_stream: Callable[[Any], StreamPlan | None] | None = None
-    #: its drop-in names (importing its SDK): name -> drop-in class
-    dropins: Callable[[], Mapping[str, type]] | None = None
+    #: its public module (``"scoped_clients.openai"``), which exports the drop-in names
+    shim: str | None = None
+    #: its drop-in names (``_dropin`` builds them from these, importing the SDK only then)
+    dropins: tuple[DropInName, ...] = ()
+    #: the SDK's own HTTP client classes, async and sync (the first that exists), for
+    #: ``async_http_client()`` / ``http_client()``
+    http_clients: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DropInName:
+    """One drop-in name, as its vendor module declares it."""
+
+    #: the SDK's class name, which the drop-in name repeats (``"AsyncOpenAI"``)
+    name: str
+    doc: str
+    #: where a vendor instance keeps its httpx(2) client
+    http_path: tuple[str, ...]
+    #: the constructor argument through which a caller passes their own HTTP client
+    http_arg: str | None = None
+    #: the keyword options the drop-in adds to the vendor's constructor
+    options: tuple[str, ...] = ("always_stream", "finish_policy")
+    #: checks the constructor's arguments before the vendor's constructor runs (raises to refuse)
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
 
 
 class _Registry:

@@ -8,14 +8,12 @@ assembler with the error table, and the drop-in names ``Anthropic`` /
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from . import Vendor
+from . import DropInName, Vendor
 from ._assemble import Assembler, StreamPlan, final, fresh, merge, stream_plan
 from ._wire import (
     JSONBodyMeter,
@@ -26,11 +24,6 @@ from ._wire import (
     provider_usage,
     request_json,
 )
-
-if TYPE_CHECKING:
-    import httpx2
-
-    from .._transport import FinishPolicy
 
 PROVIDER = "anthropic"
 
@@ -203,77 +196,15 @@ class MessagesAssembler(Assembler):
 
 # ------------------------------------------------------------------ drop-ins
 
-_SHIM = "scoped_clients.anthropic"
-DROPIN_NAMES = ("Anthropic", "AsyncAnthropic")
-
-
-@functools.cache
-def dropins() -> Mapping[str, type]:
-    """The drop-in names of ``scoped_clients.anthropic`` (imports the SDK)."""
-    import anthropic
-
-    from .._dropin import declare
-
-    options: dict[str, Any] = {"profile": AnthropicProfile, "http_path": ("_client",), "http_arg": "http_client"}
-    return {
-        "AsyncAnthropic": declare(
-            _SHIM,
-            "AsyncAnthropic",
-            anthropic.AsyncAnthropic,
-            "``anthropic.AsyncAnthropic`` with a scoped HTTP layer.",
-            **options,
-        ),
-        "Anthropic": declare(
-            _SHIM,
-            "Anthropic",
-            anthropic.Anthropic,
-            "``anthropic.Anthropic`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads.",
-            **options,
-        ),
-    }
-
-
-def __getattr__(name: str) -> Any:
-    if name in DROPIN_NAMES:
-        return dropins()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def async_http_client(
-    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
-) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (pydantic-ai's
-    ``http_client``): built as ``anthropic.DefaultAsyncHttpxClient(**kwargs)`` (the SDK's
-    timeouts, limits and keep-alive socket options), its calls owned by the ambient scope
-    and reported as Anthropic calls (model, tokens, savings)."""
-    import anthropic
-
-    from .._clients import vendor_http_client
-
-    client: httpx2.AsyncClient = vendor_http_client(
-        anthropic.DefaultAsyncHttpxClient,
-        AnthropicProfile(),
-        kwargs,
-        finish_policy=finish_policy,
-        always_stream=always_stream,
-    )
-    return client
-
-
-def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``anthropic.DefaultHttpxClient(**kwargs)``, scoped)."""
-    import anthropic
-
-    from .._clients import vendor_http_client
-
-    client: httpx2.Client = vendor_http_client(
-        anthropic.DefaultHttpxClient,
-        AnthropicProfile(),
-        kwargs,
-        finish_policy=finish_policy,
-        always_stream=always_stream,
-    )
-    return client
+_HTTP: dict[str, Any] = {"http_path": ("_client",), "http_arg": "http_client"}
+DROPINS = (
+    DropInName("AsyncAnthropic", "``anthropic.AsyncAnthropic`` with a scoped HTTP layer.", **_HTTP),
+    DropInName(
+        "Anthropic",
+        "``anthropic.Anthropic`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads.",
+        **_HTTP,
+    ),
+)
 
 
 VENDOR = Vendor(
@@ -283,5 +214,7 @@ VENDOR = Vendor(
     generative=frozenset({"messages"}),
     gen_ai_operations={"messages": "chat"},
     plan_stream=plan_stream,
-    dropins=dropins,
+    shim="scoped_clients.anthropic",
+    dropins=DROPINS,
+    http_clients={"async": ("DefaultAsyncHttpxClient",), "sync": ("DefaultHttpxClient",)},
 )

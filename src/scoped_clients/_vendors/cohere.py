@@ -7,14 +7,12 @@ v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from . import Vendor
+from . import DropInName, Vendor
 from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
 PROVIDER = "cohere"
@@ -132,51 +130,17 @@ class CohereProfile:
 
 # ------------------------------------------------------------------ drop-ins
 
-_SHIM = "scoped_clients.cohere"
-DROPIN_NAMES = ("AsyncClient", "AsyncClientV2", "Client", "ClientV2")
-
-
-@functools.cache
-def dropins() -> Mapping[str, type]:
-    """The drop-in names of ``scoped_clients.cohere`` (imports the SDK)."""
-    import cohere
-
-    from .._dropin import declare
-
-    options: dict[str, Any] = {
-        "profile": CohereProfile,
-        "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
-        "http_arg": "httpx_client",
-        "options": ("finish_policy",),
-    }
-    return {
-        "AsyncClientV2": declare(
-            _SHIM,
-            "AsyncClientV2",
-            cohere.AsyncClientV2,
-            "``cohere.AsyncClientV2`` with a scoped HTTP layer.",
-            **options,
-        ),
-        "ClientV2": declare(
-            _SHIM, "ClientV2", cohere.ClientV2, "``cohere.ClientV2`` with a scoped HTTP layer.", **options
-        ),
-        "AsyncClient": declare(
-            _SHIM,
-            "AsyncClient",
-            cohere.AsyncClient,
-            "``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer.",
-            **options,
-        ),
-        "Client": declare(
-            _SHIM, "Client", cohere.Client, "``cohere.Client`` (v1 API) with a scoped HTTP layer.", **options
-        ),
-    }
-
-
-def __getattr__(name: str) -> Any:
-    if name in DROPIN_NAMES:
-        return dropins()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_HTTP: dict[str, Any] = {
+    "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
+    "http_arg": "httpx_client",
+    "options": ("finish_policy",),
+}
+DROPINS = (
+    DropInName("AsyncClientV2", "``cohere.AsyncClientV2`` with a scoped HTTP layer.", **_HTTP),
+    DropInName("ClientV2", "``cohere.ClientV2`` with a scoped HTTP layer.", **_HTTP),
+    DropInName("AsyncClient", "``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer.", **_HTTP),
+    DropInName("Client", "``cohere.Client`` (v1 API) with a scoped HTTP layer.", **_HTTP),
+)
 
 
 VENDOR = Vendor(
@@ -185,5 +149,6 @@ VENDOR = Vendor(
     sdk="cohere",
     generative=frozenset({"chat", "chat_stream"}),
     gen_ai_operations={"chat": "chat", "chat_stream": "chat", "embed": "embeddings", "rerank": "rerank"},
-    dropins=dropins,
+    shim="scoped_clients.cohere",
+    dropins=DROPINS,
 )

@@ -8,13 +8,11 @@ assemblers with the error table, and the drop-in names ``OpenAI`` /
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
-from . import Vendor
+from . import DropInName, Vendor
 from ._assemble import Assembler, StreamPlan, final, merge, stream_plan
 from ._wire import (
     JSONBodyMeter,
@@ -28,11 +26,6 @@ from ._wire import (
     request_json,
     value_at,
 )
-
-if TYPE_CHECKING:
-    import httpx2
-
-    from .._transport import FinishPolicy
 
 PROVIDER = "openai"
 
@@ -332,76 +325,15 @@ class ResponsesAssembler(Assembler):
 
 # ------------------------------------------------------------------ drop-ins
 
-_SHIM = "scoped_clients.openai"
-DROPIN_NAMES = ("AsyncOpenAI", "OpenAI")
-
-
-@functools.cache
-def dropins() -> Mapping[str, type]:
-    """The drop-in names of ``scoped_clients.openai`` (imports the SDK)."""
-    import openai
-
-    from .._dropin import declare
-
-    options: dict[str, Any] = {"profile": OpenAIProfile, "http_path": ("_client",), "http_arg": "http_client"}
-    return {
-        "AsyncOpenAI": declare(
-            _SHIM, "AsyncOpenAI", openai.AsyncOpenAI, "``openai.AsyncOpenAI`` with a scoped HTTP layer.", **options
-        ),
-        "OpenAI": declare(
-            _SHIM,
-            "OpenAI",
-            openai.OpenAI,
-            "``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads.",
-            **options,
-        ),
-    }
-
-
-def __getattr__(name: str) -> Any:
-    if name in DROPIN_NAMES:
-        return dropins()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def async_http_client(
-    *, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any
-) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` for frameworks that take only an HTTP client (LangChain's
-    ``http_async_client``, pydantic-ai's ``http_client``): built as
-    ``openai.DefaultAsyncHttpx2Client(**kwargs)`` (the SDK's timeouts and limits), its
-    calls owned by the ambient scope and reported as OpenAI calls (model, tokens, savings)."""
-    from .._clients import vendor_http_client
-
-    client: httpx2.AsyncClient = vendor_http_client(
-        _default_client("DefaultAsyncHttpx2Client", "DefaultAsyncHttpxClient"),
-        OpenAIProfile(),
-        kwargs,
-        finish_policy=finish_policy,
-        always_stream=always_stream,
-    )
-    return client
-
-
-def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
-    """The sync twin of :func:`async_http_client` (``openai.DefaultHttpx2Client(**kwargs)``, scoped)."""
-    from .._clients import vendor_http_client
-
-    client: httpx2.Client = vendor_http_client(
-        _default_client("DefaultHttpx2Client", "DefaultHttpxClient"),
-        OpenAIProfile(),
-        kwargs,
-        finish_policy=finish_policy,
-        always_stream=always_stream,
-    )
-    return client
-
-
-def _default_client(name: str, name_before_3: str) -> Any:
-    """The SDK's default HTTP client class (openai 3.x: httpx2; openai 2.x: httpx)."""
-    import openai
-
-    return getattr(openai, name, None) or getattr(openai, name_before_3)
+_HTTP: dict[str, Any] = {"http_path": ("_client",), "http_arg": "http_client"}
+DROPINS = (
+    DropInName("AsyncOpenAI", "``openai.AsyncOpenAI`` with a scoped HTTP layer.", **_HTTP),
+    DropInName(
+        "OpenAI",
+        "``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads.",
+        **_HTTP,
+    ),
+)
 
 
 VENDOR = Vendor(
@@ -416,5 +348,11 @@ VENDOR = Vendor(
         "embeddings": "embeddings",
     },
     plan_stream=plan_stream,
-    dropins=dropins,
+    shim="scoped_clients.openai",
+    dropins=DROPINS,
+    # openai 3.x: httpx2; openai 2.x: httpx
+    http_clients={
+        "async": ("DefaultAsyncHttpx2Client", "DefaultAsyncHttpxClient"),
+        "sync": ("DefaultHttpx2Client", "DefaultHttpxClient"),
+    },
 )

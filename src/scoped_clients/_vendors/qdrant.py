@@ -7,16 +7,14 @@ they refuse (HTTP/2, a blocking gRPC call).
 
 from __future__ import annotations
 
-import functools
 import math
 import re
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .._calls import CallInfo, Meter
-from .._exceptions import UnsupportedError
-from . import Vendor
+from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
+from . import DropInName, Vendor
 
 if TYPE_CHECKING:
     from .._scope import RequestScope
@@ -71,8 +69,6 @@ class QdrantProfile:
 
 # ------------------------------------------------------------------ drop-ins
 
-_SHIM = "scoped_clients.qdrant"
-DROPIN_NAMES = ("AsyncQdrantClient", "QdrantClient")
 _GRPC_SYNC_UNSUPPORTED = (
     "a blocking gRPC call can only be stopped by closing the channel every request shares: use "
     "prefer_grpc=False (REST) with the scoped QdrantClient, or AsyncQdrantClient for gRPC"
@@ -85,8 +81,6 @@ def _is_local(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 
 def _check_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    from .._clients import HTTP2_UNSUPPORTED
-
     if kwargs.get("http2") and not _is_local(args, kwargs):
         raise UnsupportedError(HTTP2_UNSUPPORTED)
 
@@ -97,41 +91,22 @@ def _check_sync(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         raise UnsupportedError(_GRPC_SYNC_UNSUPPORTED)
 
 
-@functools.cache
-def dropins() -> Mapping[str, type]:
-    """The drop-in names of ``scoped_clients.qdrant`` (imports the SDK)."""
-    import qdrant_client
-
-    from .._dropin import declare
-
-    return {
-        "AsyncQdrantClient": declare(
-            _SHIM,
-            "AsyncQdrantClient",
-            qdrant_client.AsyncQdrantClient,
-            "``qdrant_client.AsyncQdrantClient`` with scoped REST calls.",
-            profile=QdrantProfile,
-            http_path=("_client", "openapi_client", "client", "_async_client"),
-            options=(),
-            check=_check_async,
-        ),
-        "QdrantClient": declare(
-            _SHIM,
-            "QdrantClient",
-            qdrant_client.QdrantClient,
-            "``qdrant_client.QdrantClient`` with scoped REST calls; ``cancel()`` from another thread unblocks them.",
-            profile=QdrantProfile,
-            http_path=("_client", "openapi_client", "client", "_client"),
-            options=(),
-            check=_check_sync,
-        ),
-    }
-
-
-def __getattr__(name: str) -> Any:
-    if name in DROPIN_NAMES:
-        return dropins()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+DROPINS = (
+    DropInName(
+        "AsyncQdrantClient",
+        "``qdrant_client.AsyncQdrantClient`` with scoped REST calls.",
+        http_path=("_client", "openapi_client", "client", "_async_client"),
+        options=(),
+        check=_check_async,
+    ),
+    DropInName(
+        "QdrantClient",
+        "``qdrant_client.QdrantClient`` with scoped REST calls; ``cancel()`` from another thread unblocks them.",
+        http_path=("_client", "openapi_client", "client", "_client"),
+        options=(),
+        check=_check_sync,
+    ),
+)
 
 
 #: Qdrant's searches are the GenAI conventions' ``retrieval``
@@ -142,5 +117,6 @@ VENDOR = Vendor(
     profile=QdrantProfile,
     sdk="qdrant_client",
     gen_ai_operations=dict.fromkeys(_RETRIEVAL, "retrieval"),
-    dropins=dropins,
+    shim="scoped_clients.qdrant",
+    dropins=DROPINS,
 )
