@@ -57,7 +57,7 @@ class CallRecord:
     #: (what a stream delivered; for a non-streamed call, elapsed time times the model's learned rate)
     tokens_produced: int | None = None
     tokens_produced_source: FigureSource | None = None
-    #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
+    #: tokens_saved in money, with a price table installed (``scoped_clients.set_prices``)
     cost_saved: float | None = None
     cancel_reason: str | None = None
     #: aborted calls: ``time.monotonic()`` of the cancel that stopped the call (cancel latency:
