@@ -58,6 +58,9 @@ def test_instances_are_the_vendors_class(ours: Any, vendor: type, kwargs: dict[s
     client = ours(**kwargs)
     assert type(client) is vendor
     assert isinstance(client, ours)
+    # the name is a subclass of the vendor's class (code that enumerates client classes counts it)
+    assert issubclass(ours, vendor) and vendor in ours.__mro__ and ours in vendor.__subclasses__()
+    assert not issubclass(vendor, ours)
     assert not isinstance(vendor(**kwargs), ours) or vendor is qdrant_client.QdrantClient  # local mode: no HTTP
     vendor_parameters = list(inspect.signature(vendor).parameters)
     our_parameters = list(inspect.signature(ours).parameters)

@@ -1,10 +1,11 @@
-"""The drop-in client names: the vendor's own client, with a scoped HTTP layer.
+"""The drop-in client names: subclasses of the vendor's classes whose instances are the vendor's own.
 
-Why not subclasses (the first design): a subclass is not the vendor's class, and
-the SDKs test exactly that.  anthropic resolves credential profiles, workload
-identity and OAuth, and carries ``credentials=`` through ``copy()``, only when
-``type(client) in (Anthropic, AsyncAnthropic)``; a subclass could not
-authenticate through a profile.  A subclass also had to replace the SDK's
+Why the instances are not of our class (the first design): a subclass instance
+is not an instance of the vendor's class, and the SDKs test exactly that.
+anthropic resolves credential profiles, workload identity and OAuth, and
+carries ``credentials=`` through ``copy()``, only when ``type(client) in
+(Anthropic, AsyncAnthropic)``; an instance of a subclass could not authenticate
+through a profile.  A subclass's constructor also had to replace the SDK's
 default HTTP client (losing the SDK's own class, its limits and its close on
 garbage collection) and to change the caller's ``http_client`` before the SDK
 validated it.
@@ -20,6 +21,11 @@ then scopes the HTTP client the SDK ended up with, one layer below the SDK:
   whose transports are scoped.
 
 The result *is* a vendor instance (``type(client) is openai.AsyncOpenAI``).
+The name itself is a subclass of the vendor's class
+(``issubclass(scoped_clients.openai.AsyncOpenAI, openai.AsyncOpenAI)``), so that
+code that enumerates or checks client classes (anthropic's own tests collect
+every exported ``BaseClient`` subclass) treats it as the vendor's; its metaclass
+(``DropIn``) makes calling it build the vendor's instance.
 ``copy()`` / ``with_options()`` pass the scoped HTTP client on, so copies stay
 scoped; ``isinstance(client, scoped_clients.openai.AsyncOpenAI)`` tells a scoped
 client from a plain one.
@@ -59,10 +65,11 @@ _REGISTRY: dict[type, DropIn] = {}
 class DropIn(type):
     """Metaclass of the drop-in names.
 
-    A drop-in name is declared as a class with keyword arguments::
+    A drop-in name is a subclass of the vendor's class, declared with keyword arguments
+    (``dropins()`` builds them from a vendor module's ``DropInName`` declarations)::
 
-        class AsyncOpenAI(metaclass=DropIn, vendor=openai.AsyncOpenAI, profile=OpenAIProfile,
-                          http_path=("_client",), http_arg="http_client"): ...
+        class AsyncOpenAI(openai.AsyncOpenAI, metaclass=DropIn, vendor=openai.AsyncOpenAI,
+                          profile=OpenAIProfile, http_path=("_client",), http_arg="http_client"): ...
 
     ``http_path`` is where the vendor instance keeps its httpx(2) client;
     ``http_arg`` the constructor argument through which a caller passes their own.
@@ -93,6 +100,8 @@ class DropIn(type):
             return parent.subclass(name, bases, namespace)  # type: ignore[return-value]
         if vendor is None or profile is None or not http_path:
             raise TypeError(f"{name}: a drop-in name needs vendor=, profile= and http_path=")
+        if bases != (vendor,):
+            raise TypeError(f"{name}: a drop-in name subclasses its vendor's class and nothing else")
         namespace.setdefault("__doc__", vendor.__doc__)
         cls = super().__new__(mcs, name, bases, namespace)
         cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
@@ -167,12 +176,6 @@ class DropIn(type):
     def __subclasscheck__(cls, subclass: type) -> bool:
         return subclass is cls or (hasattr(subclass, "__scoped_dropin__") and issubclass(subclass, cls.vendor))
 
-    def __getattr__(cls, name: str) -> Any:
-        # Class-level attributes are the vendor's (``AsyncOpenAI.copy``, constants, nested types).
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(cls.vendor, name)
-
     def __repr__(cls) -> str:
         return f"<scoped drop-in for {cls.vendor.__module__}.{cls.vendor.__qualname__}>"
 
@@ -189,11 +192,12 @@ def dropins(vendor: Vendor) -> dict[str, DropIn]:
         built = {}
         for declared in vendor.dropins:
             namespace = {"__module__": vendor.shim, "__qualname__": declared.name, "__doc__": declared.doc}
+            vendor_cls = getattr(sdk, declared.name)
             built[declared.name] = DropIn(
                 declared.name,
-                (),
+                (vendor_cls,),
                 namespace,
-                vendor=getattr(sdk, declared.name),
+                vendor=vendor_cls,
                 profile=vendor.profile,
                 http_path=declared.http_path,
                 http_arg=declared.http_arg,
