@@ -115,8 +115,8 @@ class DropIn(type):
         if cls.check is not None:
             cls.check(args, kwargs)
         client = cls.vendor(*args, **kwargs)  # the SDK validates and builds everything its own way
-        owned = cls.http_arg is None or kwargs.get(cls.http_arg) is None
-        cls.scope(client, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+        built_by_sdk = cls.http_arg is None or kwargs.get(cls.http_arg) is None
+        cls.scope_instance(client, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy)
         return client
 
     def subclass(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> type:
@@ -134,8 +134,10 @@ class DropIn(type):
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             always_stream, finish_policy = dropin.options_from(kwargs)
             init(self, *args, **kwargs)
-            owned = dropin.http_arg is None or kwargs.get(dropin.http_arg) is None
-            dropin.scope(self, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+            built_by_sdk = dropin.http_arg is None or kwargs.get(dropin.http_arg) is None
+            dropin.scope_instance(
+                self, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy
+            )
 
         real.__init__ = __init__  # type: ignore[misc]
         real.__scoped_dropin__ = cls  # type: ignore[attr-defined]
@@ -151,15 +153,15 @@ class DropIn(type):
         check_options(finish_policy, always_stream)
         return always_stream, finish_policy
 
-    def scope(
-        cls, client: Any, *, owned: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
+    def scope_instance(
+        cls, client: Any, *, built_by_sdk: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
     ) -> None:
         """Scope the HTTP client a vendor instance holds (nothing to do for one without HTTP)."""
         holder, attribute = _holder(client, cls.http_path)
         if holder is None:
             return
         http = getattr(holder, attribute)
-        scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, owned=owned)
+        scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built_by_sdk)
         setattr(holder, attribute, scoped)
         vendor_copy = getattr(type(client), "copy", None)
         if vendor_copy is not None:
@@ -228,7 +230,7 @@ def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., An
         result = vendor_copy(self, *args, **kwargs)
         current = _options_of(self, dropin)
         merged = {**current, **options}
-        dropin.scope(result, owned=False, **merged)  # a scoped HTTP client passed on is kept as it is
+        dropin.scope_instance(result, built_by_sdk=False, **merged)  # a scoped HTTP client passed on is kept as it is
         return result
 
     return copy
@@ -292,6 +294,6 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     if holder is None:
         return client
     vendor_root = dropin.vendor.__module__.split(".", 1)[0]
-    owned = type(getattr(holder, attribute)).__module__.split(".", 1)[0] == vendor_root
-    dropin.scope(client, owned=owned, always_stream=always_stream, finish_policy=finish_policy)
+    built_by_sdk = type(getattr(holder, attribute)).__module__.split(".", 1)[0] == vendor_root
+    dropin.scope_instance(client, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy)
     return client

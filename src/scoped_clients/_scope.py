@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from enum import Enum
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, TypeVarTuple
+from typing import Any, Self, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -33,7 +33,8 @@ from ._bus import CancelBus, check_bus, check_scope_id, new_scope_id
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
-from ._report import CallRecord, ScopeOutcome, ScopeReport, emit
+from ._registry import CallRegistry, Owned
+from ._report import ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
 
 logger = logging.getLogger("scoped_clients")
@@ -62,16 +63,9 @@ class _State(Enum):
     ENDED = "ended"
 
 
-class Owned(Protocol):
-    """What the scope needs from a registered call (HTTP call, tool run...)."""
-
-    def abort(self, reason: CancelReason, *, orphan: bool = False) -> None: ...
-
-    def final_record(self) -> CallRecord | None: ...
-
-    async def aclose_on_exit(self) -> None: ...
-
-    def close_on_exit(self) -> None: ...
+def registry(scope: RequestScope) -> CallRegistry:
+    """What ``scope`` owns: where HTTP calls, tool runs and retry waits are admitted and released."""
+    return scope._registry
 
 
 def current_scope() -> RequestScope | None:
@@ -220,8 +214,8 @@ class RequestScope:
         self._is_async = False
         self._cancel_reason: CancelReason | None = None
         self._closed_reason: CancelReason | None = None
-        self._calls: dict[int, Owned] = {}
-        self._records: list[CallRecord] = []
+        #: the calls it owns (``registry(scope)``: the contract with HTTP calls, tools, retries)
+        self._registry = CallRegistry(self, self._lock, self._is_shielded)
         self._children: set[RequestScope] = set()
         self._hooks: list[Hook] = []
         self._hook_runner: anyio.CancelScope | None = None
@@ -286,7 +280,7 @@ class RequestScope:
             if self._state is _State.ENDED or self._cancel_reason is not None:
                 return False
             self._cancel_reason = why
-            calls = list(self._calls.values())
+            calls = self._registry.in_flight()
             children = list(self._children)
             if self._timer is not None:
                 self._timer.cancel()
@@ -475,22 +469,8 @@ class RequestScope:
         finally:
             _shielded.reset(token)
 
-    # ------------------------------------------------- registration (internal)
-
-    def _admit(self, call: Owned) -> bool:
-        """Register an in-flight call; raise ``ScopeCancelled`` if the scope refuses it.
-
-        Returns True if the call is shielded (must not be aborted by this scope).
-        """
-        shielded = self._is_shielded()
-        with self._lock:
-            reason = self._cancel_reason or self._closed_reason
-            if reason is not None and not shielded:
-                raise ScopeCancelled(reason, self.name)
-            self._calls[id(call)] = call
-        return shielded
-
     def _is_shielded(self) -> bool:
+        """Whether the current context is inside ``shield()`` of this scope or an ancestor."""
         shield = _shielded.get()
         scope: RequestScope | None = self
         while shield is not None and scope is not None:
@@ -498,18 +478,6 @@ class RequestScope:
                 return True
             scope = scope.parent
         return False
-
-    def _release(self, call: Owned, record: CallRecord | None) -> None:
-        """A call finished: unregister it and keep its record (ignored once the report is final)."""
-        with self._lock:
-            registered = self._calls.pop(id(call), None) is not None
-            if registered and record is not None and self._state is not _State.ENDED:
-                self._records.append(record)
-
-    def _refused(self, record: CallRecord) -> None:
-        with self._lock:
-            if self._state is not _State.ENDED:
-                self._records.append(record)
 
     # ---------------------------------------------------------------- enter
 
@@ -570,7 +538,7 @@ class RequestScope:
             orphans = self._close_registry()
             for call in orphans:
                 call.close_on_exit()
-            self._record_in_flight(orphans)
+            self._registry.record_in_flight(orphans)
             if self.cancelled:
                 self._run_sync_hooks()
         finally:
@@ -579,7 +547,7 @@ class RequestScope:
         return self._absorbs(exc)
 
     async def __aenter__(self) -> Self:
-        self._loop = LoopHandle()
+        self._loop = self._registry.loop = LoopHandle()
         self._enter_common(is_async=True)
         self._cancel_scope = anyio.CancelScope()
         self._cancel_scope.__enter__()
@@ -617,7 +585,7 @@ class RequestScope:
                 for call in orphans:
                     with anyio.move_on_after(self._hook_timeout):
                         await call.aclose_on_exit()
-                self._record_in_flight(orphans)
+                self._registry.record_in_flight(orphans)
                 if self.cancelled:
                     await self._run_async_hooks()
         finally:
@@ -680,17 +648,10 @@ class RequestScope:
                 )
             reason = self._cancel_reason or self._closed_reason
             assert reason is not None
-            orphans = list(self._calls.values())
+            orphans = self._registry.in_flight()
         for call in orphans:
             call.abort(reason, orphan=self._cancel_reason is None)
         return orphans
-
-    def _record_in_flight(self, calls: list[Owned]) -> None:
-        """After the exit path closed them: record the calls that have not settled by themselves."""
-        with self._lock:
-            for call in calls:
-                if self._calls.pop(id(call), None) is not None and (record := call.final_record()) is not None:
-                    self._records.append(record)
 
     def _end(self, exc: BaseException | None) -> None:
         if self._leave_bus is not None:
@@ -703,8 +664,7 @@ class RequestScope:
             self._state = _State.ENDED
             if self._closed_reason is None and self._cancel_reason is None:
                 self._closed_reason = CancelReason(ReasonCode.SCOPE_CLOSED, "the scope has ended")
-            records = tuple(self._records)
-            self._calls.clear()
+            records = self._registry.seal()
             self._hooks.clear()
         if self.parent is not None:
             with self.parent._lock:

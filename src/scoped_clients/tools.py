@@ -42,8 +42,9 @@ import sniffio
 from ._exceptions import ScopeCancelled
 from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode
+from ._registry import join
 from ._report import CallRecord, Outcome
-from ._scope import RequestScope, current_scope
+from ._scope import RequestScope, current_scope, registry
 
 __all__ = ["CommandCancelled", "CommandResult", "run_command", "run_tool", "tool"]
 
@@ -62,6 +63,7 @@ class _ToolCall:
 
     def __init__(self, scope: RequestScope, name: str, operation_kind: str) -> None:
         self.scope = scope
+        self.registry = registry(scope)
         self.name = name
         self.kind = operation_kind
         self.loop = LoopHandle()
@@ -116,11 +118,12 @@ class _ToolCall:
         self.outcome = outcome
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
-        self.scope._release(self, self.final_record())
+        self.registry.release(self, self.final_record())
 
-    def refuse(self, reason: CancelReason) -> None:
+    def refused(self, reason: CancelReason) -> CallRecord:
+        """The scope refused the run: its record."""
         self.aborted, self.outcome, self.done = reason, "refused", True
-        self.scope._refused(self.final_record())
+        return self.final_record()
 
     # ------------------------------------------------- a sync tool's thread
 
@@ -185,11 +188,7 @@ def _admit(name: str, kind: str) -> _ToolCall | None:
     if scope is None:
         return None
     call = _ToolCall(scope, name, kind)
-    try:
-        scope._admit(call)
-    except ScopeCancelled as refused:
-        call.refuse(refused.reason)
-        raise
+    join(call.registry, call, call.refused)
     return call
 
 

@@ -174,11 +174,11 @@ def scope_http_client(
     finish_policy: FinishPolicy = "abort",
     always_stream: bool = False,
     *,
-    owned: bool,
+    built_by_sdk: bool,
 ) -> Any:
     """The HTTP client a vendor SDK instance should use: ``client``, scoped.
 
-    ``owned``: the SDK built ``client`` for this instance and nobody else holds it,
+    ``built_by_sdk``: the SDK built ``client`` for this instance and nobody else holds it,
     so its transports are wrapped in place and its class (the SDK's own default
     client, which closes its connections when collected) is kept.  Otherwise it is
     the caller's: it is left exactly as they gave it, and the SDK gets a shallow
@@ -196,7 +196,7 @@ def scope_http_client(
         target._transport, target._mounts = scoped.transport, unwrap
         wrap_client(target, profile, finish_policy, always_stream)
         return target
-    if owned:
+    if built_by_sdk:
         wrap_client(client, profile, finish_policy, always_stream)
         return client
     view = copy.copy(client)
@@ -314,7 +314,9 @@ class LibraryClasses:
             f"``{name}.AsyncClient`` whose requests are owned by the ambient scope.",
         )
         self.Client = build(
-            "Client", (ClientMixin, library.Client), f"``{name}.Client`` whose requests are owned by the ambient scope."
+            "Client",
+            (ClientMixin, library.Client),
+            f"``{name}.Client`` whose requests are owned by the ambient scope.",
         )
 
 

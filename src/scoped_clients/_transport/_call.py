@@ -38,8 +38,9 @@ from .._calls import CallInfo, Meter, Preparing, Profile
 from .._exceptions import ScopeCancelled
 from .._loop import LoopHandle
 from .._reasons import CancelReason
+from .._registry import join
 from .._report import CallRecord, Outcome
-from .._scope import RequestScope
+from .._scope import RequestScope, registry
 from .._vendors import plan_stream
 from .._vendors._assemble import StreamPlan
 from . import FinishPolicy
@@ -59,7 +60,7 @@ def _request_body(request: Any) -> bytes:
 
 
 class HttpCall:
-    """One HTTP request in flight under a scope (the scope's ``Owned`` protocol)."""
+    """One HTTP request in flight under a scope (an ``Owned`` of its ``CallRegistry``)."""
 
     __slots__ = (
         "_lock",
@@ -78,6 +79,7 @@ class HttpCall:
         "profile",
         "read_scope",
         "record",
+        "registry",
         "scope",
         "shielded",
         "sock",
@@ -95,6 +97,7 @@ class HttpCall:
         finish_policy: FinishPolicy,
     ) -> None:
         self.scope = scope
+        self.registry = registry(scope)
         self.info = info
         self.profile = profile
         self.loop = loop
@@ -154,6 +157,13 @@ class HttpCall:
             elif self.sock is not None:
                 shutdown_socket(self.sock)
 
+    def refused(self, reason: CancelReason) -> CallRecord:
+        """The scope refused the call before it was sent: its record (``refused``)."""
+        self.aborted = reason
+        self.phase = _DONE
+        self.outcome = "refused"
+        return build_record(self)
+
     def cancelled_error(self) -> ScopeCancelled:
         assert self.aborted is not None
         return ScopeCancelled(self.aborted, self.scope.name)
@@ -189,7 +199,7 @@ class HttpCall:
             elif self.meter.error is not None:
                 outcome, self.error = "failed", self.meter.error
         self.outcome = outcome
-        self.scope._release(self, self.final_record())
+        self.registry.release(self, self.final_record())
 
     def _close_meter(self) -> None:
         try:
@@ -246,15 +256,7 @@ def open_call(
     call = HttpCall(scope, info, profile, loop, finish_policy)
     if _prepares(profile):
         profile.prepare(request, scope)  # type: ignore[attr-defined]
-    try:
-        call.shielded = scope._admit(call)
-    except ScopeCancelled as refused:
-        call.aborted = refused.reason
-        call.phase = _DONE
-        call.outcome = "refused"
-        record = build_record(call)
-        scope._refused(record)
-        raise
+    call.shielded = join(call.registry, call, call.refused)
     return call
 
 
