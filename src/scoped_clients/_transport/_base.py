@@ -22,7 +22,7 @@ import anyio
 from .._calls import Profile
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from .._loop import LoopHandle
-from .._scope import current_scope
+from .._scope import current_scope, registry
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
 from ._call import AsyncBodyMixin, SyncBodyMixin, open_call, planned, raise_for, received
@@ -73,13 +73,12 @@ class AsyncTransportMixin(TransportBase):
         scope = current_scope()
         if scope is None:
             sent, plan = planned(request, self.always_stream, None)
-            response, reading = received(
-                plan, await self.transport.handle_async_request(sent), None, self._body_cls, ""
-            )
+            response = await self.transport.handle_async_request(sent)
+            response, reading = received(plan, response, None, self._body_cls, "")
             return response if reading is None else await reading.read_async(response)
-        loop = (
-            scope._loop if scope._loop is not None and scope._loop.thread_id == threading.get_ident() else LoopHandle()
-        )
+        loop = registry(scope).loop  # the scope's loop, when the call runs on it
+        if loop is None or loop.thread_id != threading.get_ident():
+            loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
         sent, plan = planned(request, self.always_stream, call)
         try:

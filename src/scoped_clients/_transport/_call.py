@@ -63,13 +63,13 @@ class HttpCall:
     """One HTTP request in flight under a scope (an ``Owned`` of its ``CallRegistry``)."""
 
     __slots__ = (
-        "_lock",
         "aborted",
         "body_closer",
         "detail",
         "error",
         "finish_policy",
         "info",
+        "lock",
         "loop",
         "meter",
         "orphan",
@@ -102,7 +102,7 @@ class HttpCall:
         self.profile = profile
         self.loop = loop
         self.finish_policy = finish_policy
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.started_at = time.monotonic()
         self.phase = _PENDING
         self.meter: Meter = _NULL_METER
@@ -123,7 +123,7 @@ class HttpCall:
     # -------------------------------------------------------------- aborting
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE or self.aborted is not None or self.shielded:
                 return
             if self.finish_policy == "finish_if_done" and self.meter.finish_reason is not None and not orphan:
@@ -147,7 +147,7 @@ class HttpCall:
             self.read_scope.cancel()
 
     def _shutdown(self) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE:
                 return
             tracked = self.tracked
@@ -176,13 +176,13 @@ class HttpCall:
         self.meter = _meter_for(self, content_type)
         stream = response.extensions.get("network_stream")
         http2 = response.extensions.get("http_version") == b"HTTP/2"
-        with self._lock:
+        with self.lock:
             self.phase = _BODY
             if self.loop is not None and stream is not None and not http2:
                 self.sock = socket_of(stream)
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE:
                 return
             self.phase = _DONE

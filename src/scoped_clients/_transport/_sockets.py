@@ -87,7 +87,7 @@ class TrackedStream:
     def _claim(self) -> None:
         call: HttpCall | None = getattr(current, "call", None)
         if call is not None and self.owner is not call:
-            with call._lock:
+            with call.lock:
                 self.owner = call
                 call.tracked = self
                 aborted = call.aborted
@@ -108,7 +108,7 @@ class TrackedStream:
     def close(self) -> None:
         owner = self.owner
         if owner is not None:
-            with owner._lock:  # never shut down a socket whose descriptor is being released
+            with owner.lock:  # never shut down a socket whose descriptor is being released
                 self.owner = None
                 self._inner.close()
         else:
