@@ -8,6 +8,15 @@ hooks, and the report says what that saved.
 
 Body semantics follow ``anyio.CancelScope``: a cancel stops the body at its
 next await and is absorbed when the block exits.
+
+This module is the context manager users hold, and only that: one class,
+``RequestScope``, whose state machine (enter, cancel, exit, for sync and async
+blocks, with children, shields and deadlines) is one job and reads best in one
+place, which is why it runs past 500 lines.  Its plumbing lives apart, as trio
+keeps ``CancelStatus`` apart from ``CancelScope``: the calls it owns and their
+records in ``_registry`` (the contract HTTP calls, tools and retries use), its
+``on_cancel`` hooks in ``_hooks``, the sync deadline timer in ``_timer``, the
+argument checks in ``_checks`` and bus membership in ``_bus``.
 """
 
 from __future__ import annotations
@@ -16,10 +25,9 @@ import contextlib
 import inspect
 import logging
 import math
-import numbers
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from enum import Enum
 from types import TracebackType
@@ -30,9 +38,12 @@ import anyio.abc
 import sniffio
 
 from ._bus import CancelBus, check_bus, check_scope_id, new_scope_id
+from ._checks import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from ._checks import check_deadline, check_name, check_timeout, seconds
 from ._exceptions import ScopeCancelled, ScopeStateError
+from ._hooks import Hook, Hooks
 from ._loop import LoopHandle
-from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
+from ._reasons import CancelReason, ReasonCode, coerce_reason
 from ._registry import CallRegistry, Owned
 from ._report import ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
@@ -42,12 +53,8 @@ logger = logging.getLogger("scoped_clients")
 _current: ContextVar[RequestScope | None] = ContextVar("scoped_clients.scope", default=None)
 _shielded: ContextVar[RequestScope | None] = ContextVar("scoped_clients.shielded", default=None)
 
-#: longest kept scope name (characters): names are free text, longer ones are truncated
-MAX_NAME_LENGTH = 200
-
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
-Hook = Callable[[], object] | Callable[[], Awaitable[object]]
 
 
 class _Ambient(Enum):
@@ -106,59 +113,6 @@ def detached() -> _Detached:
     return _Detached()
 
 
-# ------------------------------------------------------------ argument checks
-# Each error says what to pass instead.  Seconds are any real number but a bool.
-
-
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds (int or float), not {type(value).__name__}: {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds):
-        raise ValueError(f"{what} must be a number of seconds, not NaN")
-    return seconds
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> float | None:
-    """A timeout in seconds, or ``None`` for none.
-
-    ``inf`` means no timeout (returned as ``None``), as in ``anyio.move_on_after(inf)``, and
-    as a ``float("inf")`` read from configuration means: the scope then has no deadline at
-    all, so nothing downstream (the timer thread, Qdrant's integer ``timeout``) ever sees it.
-    """
-    if timeout is None:
-        return None
-    seconds = _seconds(timeout, what)
-    if seconds < 0:
-        raise ValueError(f"{what} must be >= 0 seconds (None or float('inf') for no timeout), got {timeout!r}")
-    return None if math.isinf(seconds) else seconds
-
-
-def _check_deadline(deadline: object) -> float | None:
-    if deadline is None:
-        return None
-    when = _seconds(deadline, "deadline")
-    if when == math.inf:
-        return None  # like timeout=inf: no deadline
-    if when == -math.inf:
-        raise ValueError("deadline must be a time.monotonic() value, not -inf; pass a finite value or None")
-    wall, mono = time.time(), time.monotonic()
-    if wall - mono > 2 * 366 * 86400 and abs(when - wall) < 366 * 86400:
-        raise ValueError(
-            f"deadline={deadline!r} looks like a time.time() value; RequestScope deadlines are on the "
-            f"time.monotonic() clock: pass deadline=time.monotonic() + seconds, or timeout=seconds"
-        )
-    return when
-
-
-def _check_name(name: object) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, not {type(name).__name__}: {name!r}")
-    return truncate(name, MAX_NAME_LENGTH)
-
-
 class RequestScope:
     """The owner of every wrapped call made while it is current.
 
@@ -191,21 +145,21 @@ class RequestScope:
                 f"parent must be a RequestScope or None (no parent), not {type(parent).__name__}; "
                 f"leave it out to nest under the ambient scope"
             )
-        bound = _seconds(hook_timeout, "hook_timeout")
+        bound = seconds(hook_timeout, "hook_timeout")
         if bound < 0 or math.isinf(bound):
             raise ValueError(
                 f"hook_timeout must be a finite number of seconds >= 0, got {hook_timeout!r}: hooks run "
                 f"shielded, so an unbounded one could hold the request open forever"
             )
         #: free text; names longer than ``MAX_NAME_LENGTH`` characters are truncated
-        self.name = _check_name(name)
+        self.name = check_name(name)
         #: who the scope is to a cancel bus, a log line, a page that wants to stop it: unguessable by default
         self.id: str = new_scope_id() if id is None else check_scope_id(id)
         check_bus(bus, "RequestScope(bus=...)")
         self.bus = bus
         self._leave_bus: Callable[[], None] | None = None
         self._timeout = check_timeout(timeout)
-        self._own_deadline = _check_deadline(deadline)
+        self._own_deadline = check_deadline(deadline)
         self._parent_arg = parent
         self._hook_timeout = bound
         self.parent: RequestScope | None = None
@@ -217,7 +171,7 @@ class RequestScope:
         #: the calls it owns (``registry(scope)``: the contract with HTTP calls, tools, retries)
         self._registry = CallRegistry(self, self._lock, self._is_shielded)
         self._children: set[RequestScope] = set()
-        self._hooks: list[Hook] = []
+        self._hooks = Hooks(self, self._lock, bound)
         self._hook_runner: anyio.CancelScope | None = None
         self._report: ScopeReport | None = None
         self._started_at = 0.0
@@ -294,7 +248,7 @@ class RequestScope:
             # down first: anyio's cancel costs more than a socket shutdown.
             self._loop.post(self._cancel_on_loop)
         elif not self._is_async and self._state is _State.ACTIVE:
-            self._run_sync_hooks()
+            self._hooks.run_sync()
         return True
 
     def _cancel_on_loop(self) -> None:
@@ -336,12 +290,12 @@ class RequestScope:
                     f"on_cancel({hook!r}) is async but {self!r} was entered with plain `with`, which cannot "
                     f"await it: register a sync hook, or use `async with`"
                 )
-            self._hooks.append(hook)
+            self._hooks.add(hook)
             run_now = self._cancel_reason is not None
         if self._is_async and self._loop is not None:
             self._loop.run(self._spawn_hooks if run_now else self._start_hook_runner)
         elif run_now:
-            self._run_sync_hooks()
+            self._hooks.run_sync()
         return hook
 
     def _start_hook_runner(self) -> None:
@@ -364,7 +318,7 @@ class RequestScope:
         """On the loop: run hooks registered after the cancel (best effort; the exit path runs the rest)."""
         if self._tg is not None and self._tg_open:
             try:
-                self._tg.start_soon(self._run_async_hooks, name=f"on_cancel hooks of {self!r}")
+                self._tg.start_soon(self._hooks.run_async, name=f"on_cancel hooks of {self!r}")
             except RuntimeError:  # the task group is closing: the exit path runs the hooks
                 pass
 
@@ -375,36 +329,7 @@ class RequestScope:
         finally:
             if self.cancelled:
                 with anyio.CancelScope(shield=True):
-                    await self._run_async_hooks()
-
-    def _take_hooks(self) -> list[Hook]:
-        with self._lock:
-            hooks, self._hooks = self._hooks, []
-            return hooks
-
-    def _run_sync_hooks(self) -> None:
-        for hook in self._take_hooks():
-            try:
-                result = hook()
-                if isinstance(result, Awaitable):
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-                    logger.error("on_cancel hook %r is async but %r is a sync scope; use a sync hook", hook, self)
-            except Exception:
-                logger.exception("on_cancel hook %r of %r failed", hook, self)
-
-    async def _run_async_hooks(self) -> None:
-        for hook in self._take_hooks():
-            with anyio.move_on_after(self._hook_timeout, shield=True) as bound:
-                try:
-                    result = hook()
-                    if isinstance(result, Awaitable):
-                        await result
-                except Exception:
-                    logger.exception("on_cancel hook %r of %r failed", hook, self)
-            if bound.cancelled_caught:
-                logger.error("on_cancel hook %r of %r did not finish within %ss", hook, self, self._hook_timeout)
+                    await self._hooks.run_async()
 
     # ------------------------------------------------------------- children
 
@@ -540,7 +465,7 @@ class RequestScope:
                 call.close_on_exit()
             self._registry.record_in_flight(orphans)
             if self.cancelled:
-                self._run_sync_hooks()
+                self._hooks.run_sync()
         finally:
             _current.reset(self._token)
             self._end(exc)
@@ -587,7 +512,7 @@ class RequestScope:
                         await call.aclose_on_exit()
                 self._registry.record_in_flight(orphans)
                 if self.cancelled:
-                    await self._run_async_hooks()
+                    await self._hooks.run_async()
         finally:
             _current.reset(self._token)
             self._end(outer)
