@@ -258,3 +258,17 @@ def test_a_spaced_json_body_is_read() -> None:
         "provider",
         None,
     )
+
+
+def test_one_sse_splitter_strips_one_optional_space() -> None:
+    """Meters and always_stream's assemblers split events with the same code, as the SSE spec says."""
+    from scoped_clients._vendors._assemble import Assembler
+    from scoped_clients._vendors._wire import SSEMeter, SSESplitter, data_of, event_data
+
+    assert issubclass(SSEMeter, SSESplitter) and issubclass(Assembler, SSESplitter)
+    assert data_of(b"data:x") == b"x"
+    assert data_of(b"data: x") == b"x"
+    assert data_of(b"data:  x") == b" x"  # only one space is the separator
+    assert data_of(b"event: e\ndata: [1,\ndata:  2]") == b"[1,\n 2]"
+    assert data_of(b"event: e") is None
+    assert event_data(b"data: [1,\ndata:  2]") == [1, 2]
