@@ -90,6 +90,14 @@ def test_copy_keeps_the_vendor_signature_and_takes_our_options() -> None:
     assert again._client._transport.finish_policy == "finish_if_done"  # a new http client keeps the options
 
 
+def test_a_copy_has_the_same_state_as_its_client() -> None:
+    """What the vendor's own tests compare: ``vars()`` of a client and of its copy (our copy method included)."""
+    client = scoped_anthropic.Anthropic(api_key="x")
+    copied = client.copy()
+    assert vars(copied)["copy"] == vars(client)["copy"] and vars(copied)["with_options"] == vars(client)["with_options"]
+    assert vars(copied)["copy"] != vars(scoped_openai.OpenAI(api_key="x"))["copy"]
+
+
 def test_subclass_of_a_dropin_is_a_vendor_subclass_and_scoped() -> None:
     class Prepared(scoped_openai.OpenAI):
         def _prepare_request(self, request: Any) -> None:

@@ -166,8 +166,7 @@ class DropIn(type):
         vendor_copy = getattr(type(client), "copy", None)
         if vendor_copy is not None:
             # Copies stay scoped even when given another HTTP client, and take our options.
-            scoped_copy = types.MethodType(_copier(cls, vendor_copy), client)
-            client.copy = client.with_options = scoped_copy
+            client.copy = client.with_options = ScopedCopy(cls, vendor_copy, client)
 
     def __instancecheck__(cls, instance: Any) -> bool:
         if not isinstance(instance, cls.vendor):
@@ -221,19 +220,42 @@ def vendor_http_client(
     )
 
 
-def _copier(dropin: DropIn, vendor_copy: Callable[..., Any]) -> Callable[..., Any]:
-    """``copy()`` / ``with_options()`` for a scoped vendor instance: the vendor's, then scoped."""
+class ScopedCopy:
+    """``copy()`` / ``with_options()`` of a scoped vendor instance: the vendor's, then scoped.
 
-    @functools.wraps(vendor_copy)
-    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+    Set on the instance (which is of the vendor's class).  Two are equal when they copy
+    the same way (the same drop-in over the same vendor method), as the methods of two
+    clients of one class are: code that compares a client's state with its copy's
+    (anthropic's own tests compare ``vars(client)``) finds them equal.
+    """
+
+    __slots__ = ("__name__", "__signature__", "__wrapped__", "_client", "_dropin")
+
+    def __init__(self, dropin: DropIn, vendor_copy: Callable[..., Any], client: Any) -> None:
+        self._dropin = dropin
+        self._client = client
+        self.__wrapped__ = vendor_copy
+        self.__name__ = getattr(vendor_copy, "__name__", "copy")
+        self.__signature__ = inspect.signature(types.MethodType(vendor_copy, client))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dropin, client = self._dropin, self._client
         options = {name: kwargs.pop(name) for name in dropin.options if name in kwargs}
-        result = vendor_copy(self, *args, **kwargs)
-        current = _options_of(self, dropin)
-        merged = {**current, **options}
+        result = self.__wrapped__(client, *args, **kwargs)
+        merged = {**_options_of(client, dropin), **options}
         dropin.scope_instance(result, built_by_sdk=False, **merged)  # a scoped HTTP client passed on is kept as it is
         return result
 
-    return copy
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScopedCopy):
+            return NotImplemented
+        return self._dropin is other._dropin and self.__wrapped__ is other.__wrapped__
+
+    def __hash__(self) -> int:
+        return hash((id(self._dropin), id(self.__wrapped__)))
+
+    def __repr__(self) -> str:
+        return f"<scoped {self.__name__} of {self._client!r}>"
 
 
 def _options_of(client: Any, dropin: DropIn) -> dict[str, Any]:
