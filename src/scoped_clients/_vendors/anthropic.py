@@ -3,7 +3,7 @@
 Messages (``message_start`` / ``content_block_delta`` / ``message_delta``
 events): how a call is named, its meters, its ``always_stream`` plan and
 assembler with the error table, and the drop-in names ``Anthropic`` /
-``AsyncAnthropic`` with ``http_client`` / ``async_http_client``.
+``AsyncAnthropic`` and the SDK's own HTTP client classes (for ``http_client()``).
 """
 
 from __future__ import annotations

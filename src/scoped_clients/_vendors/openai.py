@@ -3,7 +3,7 @@
 Chat completions (``chat.completion.chunk`` events) and the Responses API (typed
 events): how a call is named, its meters, its ``always_stream`` plan and
 assemblers with the error table, and the drop-in names ``OpenAI`` /
-``AsyncOpenAI`` with ``http_client`` / ``async_http_client``.
+``AsyncOpenAI`` and the SDK's own HTTP client classes (for ``http_client()``).
 """
 
 from __future__ import annotations
