@@ -95,6 +95,8 @@ class CallRegistry:
 
     def record_in_flight(self, calls: list[Owned]) -> None:
         """At exit, once they were closed: record the calls that have not settled by themselves."""
+        if not calls:
+            return
         with self._lock:
             for call in calls:
                 if self._calls.pop(id(call), None) is not None and (record := call.final_record()) is not None:
