@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -25,7 +26,7 @@ class Hooks:
     __slots__ = ("_hooks", "_lock", "_owner", "timeout")
 
     def __init__(self, owner: object, lock: threading.RLock, timeout: float) -> None:
-        self._owner = owner
+        self._owner = weakref.ref(owner)  # for the log lines; no reference cycle with the scope
         self._lock = lock
         self._hooks: list[Hook] = []
         #: seconds each async hook may take
@@ -48,7 +49,7 @@ class Hooks:
             return hooks
 
     def run_sync(self) -> None:
-        owner = self._owner
+        owner = self._owner()
         for hook in self.take():
             try:
                 result = hook()
@@ -61,7 +62,7 @@ class Hooks:
                 logger.exception("on_cancel hook %r of %r failed", hook, owner)
 
     async def run_async(self) -> None:
-        owner = self._owner
+        owner = self._owner()
         for hook in self.take():
             with anyio.move_on_after(self.timeout, shield=True) as bound:
                 try:

@@ -18,6 +18,7 @@ An owner gets its scope's registry with ``registry(scope)`` (``_scope``).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,13 +47,15 @@ class CallRegistry:
     """The calls a scope owns while they run, and the records of those that ended.
 
     It shares the scope's lock: a call is admitted, or refused, atomically with
-    respect to the cancel that aborts every admitted call.
+    respect to the cancel that aborts every admitted call.  It refers to its scope
+    weakly: a scope is freed as soon as nobody holds it, never left to the cycle
+    collector with whatever its calls still reference.
     """
 
     __slots__ = ("_calls", "_is_shielded", "_lock", "_records", "_scope", "_sealed", "loop")
 
-    def __init__(self, scope: RequestScope, lock: threading.RLock, is_shielded: Callable[[], bool]) -> None:
-        self._scope = scope
+    def __init__(self, scope: RequestScope, lock: threading.RLock, is_shielded: Callable[[RequestScope], bool]) -> None:
+        self._scope = weakref.ref(scope)
         self._lock = lock
         self._is_shielded = is_shielded
         self._calls: dict[int, Owned] = {}
@@ -66,10 +69,12 @@ class CallRegistry:
 
         Returns True if the call is shielded (must not be aborted by this scope).
         """
-        shielded = self._is_shielded()
+        scope = self._scope()
+        assert scope is not None, "a call is admitted by a scope someone holds"
+        shielded = self._is_shielded(scope)
         with self._lock:
             if not shielded:
-                self._scope.check()  # a cancelled or ended scope refuses it
+                scope.check()  # a cancelled or ended scope refuses it
             self._calls[id(call)] = call
         return shielded
 

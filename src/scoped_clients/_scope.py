@@ -169,7 +169,7 @@ class RequestScope:
         self._cancel_reason: CancelReason | None = None
         self._closed_reason: CancelReason | None = None
         #: the calls it owns (``registry(scope)``: the contract with HTTP calls, tools, retries)
-        self._registry = CallRegistry(self, self._lock, self._is_shielded)
+        self._registry = CallRegistry(self, self._lock, RequestScope._is_shielded)
         self._children: set[RequestScope] = set()
         self._hooks = Hooks(self, self._lock, bound)
         self._hook_runner: anyio.CancelScope | None = None
