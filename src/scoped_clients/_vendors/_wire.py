@@ -99,12 +99,13 @@ class SSESplitter:
         if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
             buffer = buffer.replace(b"\r\n", b"\n")
         start, size = 0, len(buffer)
+        event = self.event
         while start < size:
             end = buffer.find(b"\n\n", start)
             if end < 0:
                 break
             if end > start:
-                self.event(buffer[start:end])
+                event(buffer[start:end])
             start = end + 2
         self._buffer = buffer[start:] if start < size else b""
 
