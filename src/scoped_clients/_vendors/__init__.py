@@ -10,14 +10,16 @@ and its drop-in client names.  It ends with ``VENDOR = Vendor(...)``.
 The transport, the savings, the metrics and ``always_stream`` never keep a table
 of their own: they ask this registry (``by_provider``, ``generates_tokens``,
 ``gen_ai_operation``, ``plan_stream``, ``by_sdk``).  The registry finds the vendor
-modules by listing this package: adding a vendor is adding its module (see
-CONTRIBUTING.md).  A vendor module must import without its SDK (it imports the
-SDK only when its drop-in names are first used).
+modules by listing this package (those whose source declares ``VENDOR = Vendor(``):
+adding a vendor is adding its module (see CONTRIBUTING.md).  A vendor module must
+import without its SDK (``_dropin`` imports the SDK when the drop-in names are first
+used).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -100,11 +102,8 @@ class _Registry:
             return self
         found: list[Vendor] = []
         for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            if module_info.name.startswith("_"):
-                continue
-            module = importlib.import_module(f"{__name__}.{module_info.name}")
-            vendor = getattr(module, "VENDOR", None)
-            if isinstance(vendor, Vendor):
+            vendor = _vendor_of(f"{__name__}.{module_info.name}") if not module_info.name.startswith("_") else None
+            if vendor is not None:
                 found.append(vendor)
         self.all = tuple(found)
         self.providers = {v.provider: v for v in found}
@@ -115,6 +114,29 @@ class _Registry:
         self.any_gen_ai = {k: v for vendor in found if vendor.generative for k, v in vendor.gen_ai_operations.items()}
         self.loaded = True
         return self
+
+
+def _vendor_of(name: str) -> Vendor | None:
+    """The ``VENDOR`` of module ``name``, importing only a module whose source declares one.
+
+    A module of this package that is not a vendor's (``mcp.py`` imports its SDK at once) is
+    never imported here; a vendor module whose import needs a package that is not
+    installed is skipped (no call can be its without its SDK).
+    """
+    spec = importlib.util.find_spec(name)
+    loader = None if spec is None else spec.loader
+    get_source = getattr(loader, "get_source", None)
+    source = get_source(name) if get_source is not None else None
+    if source is not None and "VENDOR = Vendor(" not in source:
+        return None
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        if exc.name is not None and not exc.name.startswith("scoped_clients"):
+            return None
+        raise
+    vendor = getattr(module, "VENDOR", None)
+    return vendor if isinstance(vendor, Vendor) else None
 
 
 _registry = _Registry()
