@@ -1,4 +1,4 @@
-"""Soak: the randomized cancellation engine of tests/test_fuzz.py for 10,000+ iterations (issue 13).
+"""Soak: the randomized cancellation engine of tests/test_fuzz.py for 10,000+ iterations.
 
 Every client (async and sync), cancel source and cancel point, against the embedded
 provider; the invariants are the engine's (``tests/_fuzz.py``): no unexpected exception,

@@ -1,4 +1,4 @@
-"""The randomized cancellation engine (issue 13), shared by ``tests/test_fuzz.py`` and ``benchmarks/soak.py``.
+"""The randomized cancellation engine, shared by ``tests/test_fuzz.py`` and ``benchmarks/soak.py``.
 
 Each iteration is a ``Case`` drawn from ``random.Random(seed)``: a call shape (every
 scoped client, async and sync, and the tools), where the call runs (the scope's body,

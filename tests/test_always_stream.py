@@ -37,7 +37,7 @@ import scoped_clients.anthropic as scoped_anthropic
 import scoped_clients.openai as scoped_openai
 from _helpers import cancel_sync_call, wait
 from scoped_clients import RequestScope, ScopeCancelled
-from scoped_clients._reassemble import plan_stream
+from scoped_clients._vendors import plan_stream
 from scoped_clients.httpx2 import AsyncScopedTransport
 from scoped_clients.provider import LocalProvider, Reply, ToolCall
 from scoped_clients.testing import serve

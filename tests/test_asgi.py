@@ -237,7 +237,7 @@ def test_websocket_scope_is_cancelled_when_the_client_leaves(provider: LocalProv
     assert report.scope == "WS /ws" and report.cancel_reason == "client_disconnected"
 
 
-# ------------------------------------------- issue 13: request bodies, bounded
+# ------------------------------------------- request bodies, bounded
 
 
 class CountingServer:

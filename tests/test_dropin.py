@@ -58,6 +58,9 @@ def test_instances_are_the_vendors_class(ours: Any, vendor: type, kwargs: dict[s
     client = ours(**kwargs)
     assert type(client) is vendor
     assert isinstance(client, ours)
+    # the name is a subclass of the vendor's class (code that enumerates client classes counts it)
+    assert issubclass(ours, vendor) and vendor in ours.__mro__ and ours in vendor.__subclasses__()
+    assert not issubclass(vendor, ours)
     assert not isinstance(vendor(**kwargs), ours) or vendor is qdrant_client.QdrantClient  # local mode: no HTTP
     vendor_parameters = list(inspect.signature(vendor).parameters)
     our_parameters = list(inspect.signature(ours).parameters)
@@ -85,6 +88,14 @@ def test_copy_keeps_the_vendor_signature_and_takes_our_options() -> None:
     again = copied.with_options(http_client=mine)
     assert isinstance(again, scoped_openai.AsyncOpenAI) and mine._transport is transport
     assert again._client._transport.finish_policy == "finish_if_done"  # a new http client keeps the options
+
+
+def test_a_copy_has_the_same_state_as_its_client() -> None:
+    """What the vendor's own tests compare: ``vars()`` of a client and of its copy (our copy method included)."""
+    client = scoped_anthropic.Anthropic(api_key="x")
+    copied = client.copy()
+    assert vars(copied)["copy"] == vars(client)["copy"] and vars(copied)["with_options"] == vars(client)["with_options"]
+    assert vars(copied)["copy"] != vars(scoped_openai.OpenAI(api_key="x"))["copy"]
 
 
 def test_subclass_of_a_dropin_is_a_vendor_subclass_and_scoped() -> None:
@@ -152,6 +163,7 @@ def test_sdk_default_client_is_kept_and_closes_when_collected(provider: LocalPro
     client = scoped_openai.OpenAI(base_url=provider.url + "/v1", api_key="x")
     assert type(client._client).__name__ == "SyncHttpxClientWrapper"  # the SDK's own, not one of ours
     client.chat.completions.create(model="local-3", messages=MESSAGES)  # type: ignore[arg-type]
+    gc.collect()  # earlier tests' garbage first: the window below sees this client's end only
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         del client

@@ -1,4 +1,4 @@
-"""Randomized cancellation (issue 13): every client, cancel source and cancel point, checked at the provider.
+"""Randomized cancellation: every client, cancel source and cancel point, checked at the provider.
 
 The engine is ``tests/_fuzz.py`` (``benchmarks/soak.py`` runs it for 10,000+ iterations).
 A failure prints the seed and the iteration; replay one case with

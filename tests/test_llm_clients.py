@@ -445,7 +445,7 @@ async def test_finish_policy(policy: str, provider: LocalProvider) -> None:
 
 @pytest.mark.anyio
 async def test_cost_saved_with_a_price_table(provider: LocalProvider) -> None:
-    from scoped_clients._savings import set_prices
+    from scoped_clients import set_prices
 
     set_prices({"local-1000": (1.0, 10.0)})  # $ per million tokens: input, output
     try:

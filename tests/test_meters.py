@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from scoped_clients._calls import Meter
-from scoped_clients._profiles.anthropic import MessagesBodyMeter, MessagesStreamMeter
-from scoped_clients._profiles.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
-from scoped_clients._profiles.openai import ChatBodyMeter, ChatStreamMeter, ResponsesBodyMeter, ResponsesStreamMeter
+from scoped_clients._vendors.anthropic import MessagesBodyMeter, MessagesStreamMeter
+from scoped_clients._vendors.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
+from scoped_clients._vendors.openai import ChatBodyMeter, ChatStreamMeter, ResponsesBodyMeter, ResponsesStreamMeter
 
 
 def _sse(events: list[tuple[str | None, Any]]) -> bytes:
@@ -316,3 +316,17 @@ def test_body_meters_see_tool_calls(make: Callable[[], Meter], body: dict[str, A
     meter.feed(json.dumps(body).encode())
     meter.close()
     assert meter.tool_calls is tool_calls
+
+
+def test_one_sse_splitter_strips_one_optional_space() -> None:
+    """Meters and always_stream's assemblers split events with the same code, as the SSE spec says."""
+    from scoped_clients._vendors._assemble import Assembler
+    from scoped_clients._vendors._wire import SSEMeter, SSESplitter, data_of, event_data
+
+    assert issubclass(SSEMeter, SSESplitter) and issubclass(Assembler, SSESplitter)
+    assert data_of(b"data:x") == b"x"
+    assert data_of(b"data: x") == b"x"
+    assert data_of(b"data:  x") == b" x"  # only one space is the separator
+    assert data_of(b"event: e\ndata: [1,\ndata:  2]") == b"[1,\n 2]"
+    assert data_of(b"event: e") is None
+    assert event_data(b"data: [1,\ndata:  2]") == [1, 2]

@@ -18,7 +18,6 @@ import pytest
 
 from _helpers import cancel_sync_call, read_chat_stream, wait
 from scoped_clients import RequestScope, ScopeCancelled
-from scoped_clients._profiles.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients._report import CallRecord, ScopeReport
 from scoped_clients._savings import (
     LengthPrior,
@@ -28,7 +27,8 @@ from scoped_clients._savings import (
     default_estimator,
     requested_shape,
 )
-from scoped_clients._transport import _savings_of
+from scoped_clients._transport._record import _savings_of
+from scoped_clients._vendors.openai import ChatStreamMeter, OpenAIProfile
 from scoped_clients.anthropic import AsyncAnthropic
 from scoped_clients.openai import AsyncOpenAI, OpenAI
 from scoped_clients.provider import LocalProvider, Reply, RequestLog, ToolCall

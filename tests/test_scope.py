@@ -292,7 +292,7 @@ async def test_a_scope_with_a_timeout_exits_as_soon_as_its_body_ends() -> None:
     assert not scope.cancelled
 
 
-# ------------------------------------------------- issue 13: cancel hardening
+# ------------------------------------------------- cancel hardening
 
 
 @pytest.mark.parametrize("order", ["cancel_first", "abort_first", "from_thread"])

@@ -219,7 +219,7 @@ async def test_thread_that_stops_soon_after_the_cancel_is_not_leaked(
 
     # The thread stops before the block ends, but its last steps (after `stopped`) may be delayed on a loaded
     # machine: a generous grace keeps the verdict from depending on the scheduler (bounded all the same).
-    monkeypatch.setattr(scoped_clients.tools, "THREAD_GRACE", 30.0)
+    monkeypatch.setattr(scoped_clients._tool_call, "THREAD_GRACE", 30.0)
     started, stopped = threading.Event(), threading.Event()
 
     def crawl() -> None:
@@ -289,7 +289,7 @@ async def test_thread_still_stopping_when_the_scope_ends_gets_its_grace(
     """The scope ends right after the cancel: a thread that checks its scope is waited for, not called leaked."""
     import scoped_clients.tools
 
-    monkeypatch.setattr(scoped_clients.tools, "THREAD_GRACE", 30.0)  # bounded; generous for a loaded machine
+    monkeypatch.setattr(scoped_clients._tool_call, "THREAD_GRACE", 30.0)  # bounded; generous for a loaded machine
     started = threading.Event()
 
     def crawl() -> None:

@@ -324,3 +324,22 @@ async def test_run_tool_takes_a_function() -> None:
     with pytest.raises(TypeError, match="not a coroutine"):
         await run_tool(coroutine)  # type: ignore[arg-type]
     coroutine.close()
+
+
+@pytest.mark.parametrize(
+    ("prices", "error"),
+    [
+        ([("gpt-4o", (2.5, 10.0))], TypeError),
+        ({1: (2.5, 10.0)}, TypeError),
+        ({"gpt-4o": 2.5}, ValueError),
+        ({"gpt-4o": (2.5,)}, ValueError),
+        ({"gpt-4o": (2.5, -1.0)}, ValueError),
+        ({"gpt-4o": (2.5, float("nan"))}, ValueError),
+        ({"gpt-4o": (True, 10.0)}, ValueError),
+    ],
+)
+def test_set_prices_says_what_a_price_is(prices: object, error: type[Exception]) -> None:
+    from scoped_clients import set_prices
+
+    with pytest.raises(error, match="set_prices"):
+        set_prices(prices)  # type: ignore[arg-type]

@@ -11,8 +11,11 @@ versions, and runs each suite three times through ``swap_plugin.py``:
 * ``scope``: ours, each test inside an open, never-cancelled ``RequestScope``.
 
 A test that passes with the vendor's classes and fails with ours is a new
-failure: the drop-in is not drop-in there.  Exit status 1 when there is any that
-is not listed in ``KNOWN`` below with its reason.
+failure: the drop-in is not drop-in there.  A test that runs with the vendor's
+classes and is not even collected with ours is *not run*: code that enumerates
+client classes skipped ours (anthropic's ``tests/lib/test_client_copy.py``
+collects every exported ``BaseClient`` subclass).  Exit status 1 when there is
+a new failure not listed in ``KNOWN`` below with its reason, or any test not run.
 
 Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic]``
 
@@ -56,7 +59,13 @@ def suite_deps() -> list[str]:
 #: test files run in CI (a few minutes): the clients' own behaviour, streaming, responses
 CI_SUBSET = {
     "openai": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
-    "anthropic": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
+    "anthropic": [
+        "tests/test_client.py",
+        "tests/test_streaming.py",
+        "tests/test_response.py",
+        # collects every client class the package exports: ours must be among them
+        "tests/lib/test_client_copy.py",
+    ],
 }
 
 #: new failures we accept, with the reason: (sdk, test id prefix) -> reason
@@ -224,15 +233,24 @@ def main() -> int:
             new = sorted(t for t in passed if results.get(t, ("", ""))[0] == "failed")
             reasons = {t: known_reason(sdk, t, results[t][1]) for t in new}
             known = [t for t in new if reasons[t]]
-            unexplained += len(new) - len(known)
-            rows.append(f"| {sdk} {versions[sdk]} | {mode} | {len(passed)} | {len(new)} | {len(known)} |")
+            not_run = sorted(set(baseline) - set(results))
+            unexplained += len(new) - len(known) + len(not_run)
+            rows.append(
+                f"| {sdk} {versions[sdk]} | {mode} | {len(baseline)} | {len(passed)} | {len(not_run)} "
+                f"| {len(new)} | {len(known)} |"
+            )
             for test_id in new:
                 reason = reasons[test_id]
                 note = f"  [known: {reason}]" if reason else f"\n    {results[test_id][1][:300]}"
                 log(f"NEW FAILURE ({mode}): {test_id}{note}")
+            for test_id in not_run:
+                log(f"NOT RUN ({mode}): {test_id} runs with the vendor's classes, not with ours")
     print(f"\nVendor suites ({args.subset} subset): tests passing with the vendor's classes that fail with ours\n")
-    print("| suite | mode | passing with the vendor's classes | new failures with ours | of which known |")
-    print("|---|---|---|---|---|")
+    print(
+        "| suite | mode | run with the vendor's classes | passing | not run with ours "
+        "| new failures with ours | of which known |"
+    )
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 1 if unexplained else 0
 

@@ -31,11 +31,15 @@ _NAMES = {
 
 
 def _swap() -> None:
+    """Every name the SDK exports for one of its clients (``anthropic.Client`` is ``anthropic.Anthropic``) is ours."""
     ours_module, names = _NAMES[SDK]
     vendor = importlib.import_module(SDK)
     ours = importlib.import_module(ours_module)
     for name in names:
-        setattr(vendor, name, getattr(ours, name))
+        original = getattr(vendor, name)
+        for alias, value in list(vars(vendor).items()):
+            if value is original:
+                setattr(vendor, alias, getattr(ours, name))
 
 
 if MODE in ("ours", "scope"):

@@ -23,6 +23,7 @@ from ._reasons import ReasonCode as ReasonCode
 from ._report import CallRecord as CallRecord
 from ._report import ScopeReport as ScopeReport
 from ._report import add_report_sink as add_report_sink
+from ._savings import set_prices as set_prices
 from ._scope import RequestScope as RequestScope
 from ._scope import current_scope as current_scope
 from ._scope import detached as detached
@@ -50,4 +51,5 @@ __all__ = [
     "current_scope",
     "detached",
     "scope_client",
+    "set_prices",
 ]

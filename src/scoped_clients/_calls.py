@@ -5,13 +5,17 @@ tells which operation and model a call is (``describe``), and it builds a
 *meter* that reads the response body as it streams, counting tokens without
 parsing every event (``meter``).  The transports own the generic part
 (registration with the scope, aborting, timing); profiles only supply these
-two small callables (style note 6).
+two small callables; the rest of what the package knows of a vendor is in its
+module under ``_vendors/``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._scope import RequestScope
 
 UsageSource = Literal["provider", "estimated"]
 
@@ -88,4 +92,17 @@ class Profile(Protocol):
     def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
         """A fresh meter for one response to the call ``info`` describes, given its ``status_code`` and
         ``content_type``."""
+        ...
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A profile's optional third step: adjust a request before it is sent (checked once per profile class).
+
+    The generic profile sends the scope's remaining time to the next service;
+    Qdrant's passes it as the server-side ``timeout``.
+    """
+
+    def prepare(self, request: Any, scope: RequestScope) -> None:
+        """Adjust ``request`` (an httpx / httpx2 ``Request``) for ``scope`` before it is sent."""
         ...

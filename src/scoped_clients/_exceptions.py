@@ -61,3 +61,9 @@ class ScopeStateError(ScopeUsageError):
 
 class UnsupportedError(ScopeUsageError, NotImplementedError):
     """A feature scoped_clients cannot abort honestly (e.g. HTTP/2 streams)."""
+
+
+HTTP2_UNSUPPORTED = (
+    "scoped_clients cannot abort a single HTTP/2 stream: httpcore sends no RST_STREAM when a response is "
+    "closed, so the provider keeps generating. Use HTTP/1.1 (the default of every vendor SDK): drop http2=True"
+)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._report import CallRecord, ScopeReport, add_report_sink
-from ._transport import GENERATIVE_OPERATIONS
+from ._vendors import gen_ai_operation, generates_tokens
 
 #: the label value that stands for every value past a label's cap
 OTHER = "other"
@@ -30,20 +30,6 @@ MAX_REASONS = 20
 #: longest model name kept in a label (characters)
 MAX_MODEL_LENGTH = 100
 
-#: our operation names -> ``gen_ai.operation.name``; anything else is ``OTHER``
-GEN_AI_OPERATIONS = {
-    "chat.completions": "chat",
-    "responses": "chat",
-    "messages": "chat",
-    "chat": "chat",
-    "chat_stream": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-    "embed": "embeddings",
-    "rerank": "rerank",
-}
-#: Qdrant's searches are the conventions' ``retrieval``
-RETRIEVAL_OPERATIONS = frozenset({"query_points", "query_batch_points", "search", "recommend", "scroll"})
 TOOL_OPERATION = "execute_tool"
 #: ``error.type`` of an aborted or refused call: the exception its caller got
 CANCELLED_ERROR_TYPE = "ScopeCancelled"
@@ -195,12 +181,10 @@ class Labeller:
 
 
 def operation_name(record: CallRecord) -> str:
-    """The call's ``gen_ai.operation.name`` (a small fixed set: it is a label)."""
+    """The call's ``gen_ai.operation.name`` (a small fixed set: it is a label), as its vendor module names it."""
     if record.provider == "tool":
         return TOOL_OPERATION
-    if record.provider == "qdrant" and record.operation in RETRIEVAL_OPERATIONS:
-        return "retrieval"
-    return GEN_AI_OPERATIONS.get(record.operation, OTHER)
+    return gen_ai_operation(record.provider, record.operation) or OTHER
 
 
 def error_type(record: CallRecord) -> str | None:
@@ -223,7 +207,7 @@ def error_type(record: CallRecord) -> str | None:
 
 def is_generation(record: CallRecord) -> bool:
     """Whether the call produces tokens (its output count is meaningful even when 0)."""
-    return record.operation in GENERATIVE_OPERATIONS or record.tokens_out > 0 or record.tokens_in is not None
+    return record.tokens_out > 0 or record.tokens_in is not None or generates_tokens(record.provider, record.operation)
 
 
 def cancel_latency(record: CallRecord) -> float | None:

@@ -1,4 +1,4 @@
-"""Why a scope was cancelled: a code, a message and when (style note 3).
+"""Why a scope was cancelled: a code, a message and when.
 
 Both travel into every report line and every ``ScopeCancelled`` message, so
 their size is bounded.  The two are treated differently on purpose:

@@ -71,7 +71,7 @@ class CallRecord:
     tokens_produced: int | None = None
     #: how ``tokens_produced`` was obtained: ``estimate`` (or ``exact``)
     tokens_produced_source: FigureSource | None = None
-    #: tokens_saved in money, with a price table installed (``_savings.set_prices``)
+    #: tokens_saved in money, with a price table installed (``scoped_clients.set_prices``)
     cost_saved: float | None = None
     #: aborted and refused calls: the reason code of the cancel (``"client_disconnected"``, ``"timeout"``...)
     cancel_reason: str | None = None

@@ -464,7 +464,27 @@ _prices = PriceTable()
 
 
 def set_prices(prices: Mapping[str, tuple[float, float]]) -> None:
-    """Install the price table used to turn saved tokens into money in reports."""
+    """Set the prices that turn an aborted call's ``tokens_saved`` into ``cost_saved`` (dollars).
+
+    ``prices`` maps a model name, as the request names it, to its (input, output)
+    price in dollars per million tokens: ``set_prices({"gpt-4o": (2.50, 10.00)})``.
+    It replaces the table set before (``set_prices({})`` removes every price); a
+    call of a model without a price has ``cost_saved=None``.  Process-wide.
+    """
+    if not isinstance(prices, Mapping):
+        raise TypeError(f"set_prices() takes a mapping of model name -> (input, output) price, not {prices!r}")
+    for model, price in prices.items():
+        if not isinstance(model, str):
+            raise TypeError(f"set_prices(): model names are str, not {model!r}")
+        if (
+            not isinstance(price, tuple)
+            or len(price) != 2
+            or any(isinstance(p, bool) or not isinstance(p, (int, float)) or not p >= 0 for p in price)
+        ):
+            raise ValueError(
+                f"set_prices(): the price of {model!r} must be (input, output) dollars per million tokens, "
+                f"two numbers >= 0, not {price!r}"
+            )
     global _prices
     _prices = PriceTable(prices)
 

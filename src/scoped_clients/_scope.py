@@ -8,6 +8,15 @@ hooks, and the report says what that saved.
 
 Body semantics follow ``anyio.CancelScope``: a cancel stops the body at its
 next await and is absorbed when the block exits.
+
+This module is the context manager users hold, and only that: one class,
+``RequestScope``, whose state machine (enter, cancel, exit, for sync and async
+blocks, with children, shields and deadlines) is one job and reads best in one
+place, which is why it runs past 500 lines.  Its plumbing lives apart, as trio
+keeps ``CancelStatus`` apart from ``CancelScope``: the calls it owns and their
+records in ``_registry`` (the contract HTTP calls, tools and retries use), its
+``on_cancel`` hooks in ``_hooks``, the sync deadline timer in ``_timer``, the
+argument checks in ``_checks`` and bus membership in ``_bus``.
 """
 
 from __future__ import annotations
@@ -16,24 +25,27 @@ import contextlib
 import inspect
 import logging
 import math
-import numbers
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from enum import Enum
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, TypeVarTuple
+from typing import Any, Self, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
 import sniffio
 
 from ._bus import CancelBus, check_bus, check_scope_id, new_scope_id
+from ._checks import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from ._checks import check_deadline, check_name, check_timeout, seconds
 from ._exceptions import ScopeCancelled, ScopeStateError
+from ._hooks import Hook, Hooks
 from ._loop import LoopHandle
-from ._reasons import CancelReason, ReasonCode, coerce_reason, truncate
-from ._report import CallRecord, ScopeOutcome, ScopeReport, emit
+from ._reasons import CancelReason, ReasonCode, coerce_reason
+from ._registry import CallRegistry, Owned
+from ._report import ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
 
 logger = logging.getLogger("scoped_clients")
@@ -41,12 +53,8 @@ logger = logging.getLogger("scoped_clients")
 _current: ContextVar[RequestScope | None] = ContextVar("scoped_clients.scope", default=None)
 _shielded: ContextVar[RequestScope | None] = ContextVar("scoped_clients.shielded", default=None)
 
-#: longest kept scope name (characters): names are free text, longer ones are truncated
-MAX_NAME_LENGTH = 200
-
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
-Hook = Callable[[], object] | Callable[[], Awaitable[object]]
 
 
 class _Ambient(Enum):
@@ -62,16 +70,9 @@ class _State(Enum):
     ENDED = "ended"
 
 
-class Owned(Protocol):
-    """What the scope needs from a registered call (HTTP call, tool run...)."""
-
-    def abort(self, reason: CancelReason, *, orphan: bool = False) -> None: ...
-
-    def final_record(self) -> CallRecord | None: ...
-
-    async def aclose_on_exit(self) -> None: ...
-
-    def close_on_exit(self) -> None: ...
+def registry(scope: RequestScope) -> CallRegistry:
+    """What ``scope`` owns: where HTTP calls, tool runs and retry waits are admitted and released."""
+    return scope._registry
 
 
 def current_scope() -> RequestScope | None:
@@ -110,59 +111,6 @@ def detached() -> _Detached:
     or ``async with detached():``; it takes no arguments.
     """
     return _Detached()
-
-
-# ------------------------------------------------------------ argument checks
-# Each error says what to pass instead.  Seconds are any real number but a bool.
-
-
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds (int or float), not {type(value).__name__}: {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds):
-        raise ValueError(f"{what} must be a number of seconds, not NaN")
-    return seconds
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> float | None:
-    """A timeout in seconds, or ``None`` for none.
-
-    ``inf`` means no timeout (returned as ``None``), as in ``anyio.move_on_after(inf)``, and
-    as a ``float("inf")`` read from configuration means: the scope then has no deadline at
-    all, so nothing downstream (the timer thread, Qdrant's integer ``timeout``) ever sees it.
-    """
-    if timeout is None:
-        return None
-    seconds = _seconds(timeout, what)
-    if seconds < 0:
-        raise ValueError(f"{what} must be >= 0 seconds (None or float('inf') for no timeout), got {timeout!r}")
-    return None if math.isinf(seconds) else seconds
-
-
-def _check_deadline(deadline: object) -> float | None:
-    if deadline is None:
-        return None
-    when = _seconds(deadline, "deadline")
-    if when == math.inf:
-        return None  # like timeout=inf: no deadline
-    if when == -math.inf:
-        raise ValueError("deadline must be a time.monotonic() value, not -inf; pass a finite value or None")
-    wall, mono = time.time(), time.monotonic()
-    if wall - mono > 2 * 366 * 86400 and abs(when - wall) < 366 * 86400:
-        raise ValueError(
-            f"deadline={deadline!r} looks like a time.time() value; RequestScope deadlines are on the "
-            f"time.monotonic() clock: pass deadline=time.monotonic() + seconds, or timeout=seconds"
-        )
-    return when
-
-
-def _check_name(name: object) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, not {type(name).__name__}: {name!r}")
-    return truncate(name, MAX_NAME_LENGTH)
 
 
 class RequestScope:
@@ -209,21 +157,21 @@ class RequestScope:
                 f"parent must be a RequestScope or None (no parent), not {type(parent).__name__}; "
                 f"leave it out to nest under the ambient scope"
             )
-        bound = _seconds(hook_timeout, "hook_timeout")
+        bound = seconds(hook_timeout, "hook_timeout")
         if bound < 0 or math.isinf(bound):
             raise ValueError(
                 f"hook_timeout must be a finite number of seconds >= 0, got {hook_timeout!r}: hooks run "
                 f"shielded, so an unbounded one could hold the request open forever"
             )
         #: free text; names longer than ``MAX_NAME_LENGTH`` characters are truncated
-        self.name = _check_name(name)
+        self.name = check_name(name)
         #: who the scope is to a cancel bus, a log line, a page that wants to stop it: unguessable by default
         self.id: str = new_scope_id() if id is None else check_scope_id(id)
         check_bus(bus, "RequestScope(bus=...)")
         self.bus = bus
         self._leave_bus: Callable[[], None] | None = None
         self._timeout = check_timeout(timeout)
-        self._own_deadline = _check_deadline(deadline)
+        self._own_deadline = check_deadline(deadline)
         self._parent_arg = parent
         self._hook_timeout = bound
         self.parent: RequestScope | None = None
@@ -232,10 +180,10 @@ class RequestScope:
         self._is_async = False
         self._cancel_reason: CancelReason | None = None
         self._closed_reason: CancelReason | None = None
-        self._calls: dict[int, Owned] = {}
-        self._records: list[CallRecord] = []
+        #: the calls it owns (``registry(scope)``: the contract with HTTP calls, tools, retries)
+        self._registry = CallRegistry(self, self._lock, RequestScope._is_shielded)
         self._children: set[RequestScope] = set()
-        self._hooks: list[Hook] = []
+        self._hooks = Hooks(self, self._lock, bound)
         self._hook_runner: anyio.CancelScope | None = None
         self._report: ScopeReport | None = None
         self._started_at = 0.0
@@ -298,7 +246,7 @@ class RequestScope:
             if self._state is _State.ENDED or self._cancel_reason is not None:
                 return False
             self._cancel_reason = why
-            calls = list(self._calls.values())
+            calls = self._registry.in_flight()
             children = list(self._children)
             if self._timer is not None:
                 self._timer.cancel()
@@ -312,7 +260,7 @@ class RequestScope:
             # down first: anyio's cancel costs more than a socket shutdown.
             self._loop.post(self._cancel_on_loop)
         elif not self._is_async and self._state is _State.ACTIVE:
-            self._run_sync_hooks()
+            self._hooks.run_sync()
         return True
 
     def _cancel_on_loop(self) -> None:
@@ -354,12 +302,12 @@ class RequestScope:
                     f"on_cancel({hook!r}) is async but {self!r} was entered with plain `with`, which cannot "
                     f"await it: register a sync hook, or use `async with`"
                 )
-            self._hooks.append(hook)
+            self._hooks.add(hook)
             run_now = self._cancel_reason is not None
         if self._is_async and self._loop is not None:
             self._loop.run(self._spawn_hooks if run_now else self._start_hook_runner)
         elif run_now:
-            self._run_sync_hooks()
+            self._hooks.run_sync()
         return hook
 
     def _start_hook_runner(self) -> None:
@@ -382,7 +330,7 @@ class RequestScope:
         """On the loop: run hooks registered after the cancel (best effort; the exit path runs the rest)."""
         if self._tg is not None and self._tg_open:
             try:
-                self._tg.start_soon(self._run_async_hooks, name=f"on_cancel hooks of {self!r}")
+                self._tg.start_soon(self._hooks.run_async, name=f"on_cancel hooks of {self!r}")
             except RuntimeError:  # the task group is closing: the exit path runs the hooks
                 pass
 
@@ -393,36 +341,7 @@ class RequestScope:
         finally:
             if self.cancelled:
                 with anyio.CancelScope(shield=True):
-                    await self._run_async_hooks()
-
-    def _take_hooks(self) -> list[Hook]:
-        with self._lock:
-            hooks, self._hooks = self._hooks, []
-            return hooks
-
-    def _run_sync_hooks(self) -> None:
-        for hook in self._take_hooks():
-            try:
-                result = hook()
-                if isinstance(result, Awaitable):
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-                    logger.error("on_cancel hook %r is async but %r is a sync scope; use a sync hook", hook, self)
-            except Exception:
-                logger.exception("on_cancel hook %r of %r failed", hook, self)
-
-    async def _run_async_hooks(self) -> None:
-        for hook in self._take_hooks():
-            with anyio.move_on_after(self._hook_timeout, shield=True) as bound:
-                try:
-                    result = hook()
-                    if isinstance(result, Awaitable):
-                        await result
-                except Exception:
-                    logger.exception("on_cancel hook %r of %r failed", hook, self)
-            if bound.cancelled_caught:
-                logger.error("on_cancel hook %r of %r did not finish within %ss", hook, self, self._hook_timeout)
+                    await self._hooks.run_async()
 
     # ------------------------------------------------------------- children
 
@@ -488,22 +407,8 @@ class RequestScope:
         finally:
             _shielded.reset(token)
 
-    # ------------------------------------------------- registration (internal)
-
-    def _admit(self, call: Owned) -> bool:
-        """Register an in-flight call; raise ``ScopeCancelled`` if the scope refuses it.
-
-        Returns True if the call is shielded (must not be aborted by this scope).
-        """
-        shielded = self._is_shielded()
-        with self._lock:
-            reason = self._cancel_reason or self._closed_reason
-            if reason is not None and not shielded:
-                raise ScopeCancelled(reason, self.name)
-            self._calls[id(call)] = call
-        return shielded
-
     def _is_shielded(self) -> bool:
+        """Whether the current context is inside ``shield()`` of this scope or an ancestor."""
         shield = _shielded.get()
         scope: RequestScope | None = self
         while shield is not None and scope is not None:
@@ -511,18 +416,6 @@ class RequestScope:
                 return True
             scope = scope.parent
         return False
-
-    def _release(self, call: Owned, record: CallRecord | None) -> None:
-        """A call finished: unregister it and keep its record (ignored once the report is final)."""
-        with self._lock:
-            registered = self._calls.pop(id(call), None) is not None
-            if registered and record is not None and self._state is not _State.ENDED:
-                self._records.append(record)
-
-    def _refused(self, record: CallRecord) -> None:
-        with self._lock:
-            if self._state is not _State.ENDED:
-                self._records.append(record)
 
     # ---------------------------------------------------------------- enter
 
@@ -583,16 +476,16 @@ class RequestScope:
             orphans = self._close_registry()
             for call in orphans:
                 call.close_on_exit()
-            self._record_in_flight(orphans)
+            self._registry.record_in_flight(orphans)
             if self.cancelled:
-                self._run_sync_hooks()
+                self._hooks.run_sync()
         finally:
             _current.reset(self._token)
             self._end(exc)
         return self._absorbs(exc)
 
     async def __aenter__(self) -> Self:
-        self._loop = LoopHandle()
+        self._loop = self._registry.loop = LoopHandle()
         self._enter_common(is_async=True)
         self._cancel_scope = anyio.CancelScope()
         self._cancel_scope.__enter__()
@@ -630,9 +523,9 @@ class RequestScope:
                 for call in orphans:
                     with anyio.move_on_after(self._hook_timeout):
                         await call.aclose_on_exit()
-                self._record_in_flight(orphans)
+                self._registry.record_in_flight(orphans)
                 if self.cancelled:
-                    await self._run_async_hooks()
+                    await self._hooks.run_async()
         finally:
             _current.reset(self._token)
             self._end(outer)
@@ -693,17 +586,10 @@ class RequestScope:
                 )
             reason = self._cancel_reason or self._closed_reason
             assert reason is not None
-            orphans = list(self._calls.values())
+            orphans = self._registry.in_flight()
         for call in orphans:
             call.abort(reason, orphan=self._cancel_reason is None)
         return orphans
-
-    def _record_in_flight(self, calls: list[Owned]) -> None:
-        """After the exit path closed them: record the calls that have not settled by themselves."""
-        with self._lock:
-            for call in calls:
-                if self._calls.pop(id(call), None) is not None and (record := call.final_record()) is not None:
-                    self._records.append(record)
 
     def _end(self, exc: BaseException | None) -> None:
         if self._leave_bus is not None:
@@ -716,8 +602,7 @@ class RequestScope:
             self._state = _State.ENDED
             if self._closed_reason is None and self._cancel_reason is None:
                 self._closed_reason = CancelReason(ReasonCode.SCOPE_CLOSED, "the scope has ended")
-            records = tuple(self._records)
-            self._calls.clear()
+            records = self._registry.seal()
             self._hooks.clear()
         if self.parent is not None:
             with self.parent._lock:

@@ -14,39 +14,23 @@ retried nor wrapped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import anthropic
+import anthropic  # noqa: F401  (ImportError without the extra)
 import httpx2
 
-__all__ = ["Anthropic", "AsyncAnthropic"]
+from ._dropin import dropins, vendor_http_client
+from ._transport import FinishPolicy
+from ._vendors.anthropic import VENDOR
+
+__all__ = ["Anthropic", "AsyncAnthropic", "async_http_client", "http_client"]
 
 if TYPE_CHECKING:
     from anthropic import Anthropic as Anthropic
     from anthropic import AsyncAnthropic as AsyncAnthropic
-
-    from ._transport import FinishPolicy
 else:
-    from ._dropin import DropIn
-    from ._profiles.anthropic import AnthropicProfile
-
-    class AsyncAnthropic(
-        metaclass=DropIn,
-        vendor=anthropic.AsyncAnthropic,
-        profile=AnthropicProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``anthropic.AsyncAnthropic`` with a scoped HTTP layer."""
-
-    class Anthropic(
-        metaclass=DropIn,
-        vendor=anthropic.Anthropic,
-        profile=AnthropicProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``anthropic.Anthropic`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""
+    Anthropic = dropins(VENDOR)["Anthropic"]
+    AsyncAnthropic = dropins(VENDOR)["AsyncAnthropic"]
 
 
 def async_http_client(
@@ -64,19 +48,10 @@ def async_http_client(
             cancel at its next token (see the ``always_stream`` guide).
         **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
     """
-    from ._clients import vendor_http_client
-    from ._profiles.anthropic import AnthropicProfile
-
-    return cast(
-        "httpx2.AsyncClient",
-        vendor_http_client(
-            anthropic.DefaultAsyncHttpxClient,
-            AnthropicProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
+    client: httpx2.AsyncClient = vendor_http_client(
+        VENDOR, "async", kwargs, finish_policy=finish_policy, always_stream=always_stream
     )
+    return client
 
 
 def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
@@ -89,19 +64,7 @@ def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = 
             cancel at its next token (see the ``always_stream`` guide).
         **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
     """
-    from ._clients import vendor_http_client
-    from ._profiles.anthropic import AnthropicProfile
-
-    return cast(
-        "httpx2.Client",
-        vendor_http_client(
-            anthropic.DefaultHttpxClient,
-            AnthropicProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
+    client: httpx2.Client = vendor_http_client(
+        VENDOR, "sync", kwargs, finish_policy=finish_policy, always_stream=always_stream
     )
-
-
-__all__ += ["async_http_client", "http_client"]
+    return client

@@ -51,9 +51,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._bus import CancelBus, check_bus, valid_scope_id
+from ._checks import check_timeout
 from ._hops import DEADLINE_HEADER, parse_timeout
 from ._reasons import CancelReason, ReasonCode
-from ._scope import RequestScope, check_timeout
+from ._scope import RequestScope
 
 __all__ = ["BUFFER_LIMIT", "DEADLINE_HEADER", "SCOPE_KEY", "ScopeMiddleware"]
 

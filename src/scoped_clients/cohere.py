@@ -1,13 +1,13 @@
 """Drop-in Cohere clients (v2 and v1) whose calls belong to the ambient ``RequestScope``.
 
 Same constructors as ``cohere.AsyncClientV2`` / ``ClientV2`` / ``AsyncClient`` /
-``Client``, which build the vendor's own client (its 300 s timeout, TCP keepalive
+``Client``, which build the vendor"s own client (its 300 s timeout, TCP keepalive
 socket options and proxy mounts) and scope the HTTP client it ends up with; an
 ``httpx_client=`` of yours is left as you gave it (the SDK gets a scoped copy).
 Covered: ``chat``, ``chat_stream`` (v2 server-sent events, v1 JSON lines),
 ``rerank`` (search units), ``embed``. One added keyword: ``finish_policy``.
 
-Cohere retries with ``asyncio.sleep``: a scope cancelled during a retry's
+Cohere retries with ``asyncio.sleep``: a scope cancelled during a retry"s
 backoff refuses the next attempt, it never reaches the network.
 """
 
@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import cohere
+import cohere  # noqa: F401  (ImportError without the extra)
+
+from ._dropin import dropins
+from ._vendors.cohere import VENDOR
 
 __all__ = ["AsyncClient", "AsyncClientV2", "Client", "ClientV2"]
 
@@ -25,24 +28,7 @@ if TYPE_CHECKING:
     from cohere import Client as Client
     from cohere import ClientV2 as ClientV2
 else:
-    from ._dropin import DropIn
-    from ._profiles.cohere import CohereProfile
-
-    _COHERE = {
-        "profile": CohereProfile,
-        "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
-        "http_arg": "httpx_client",
-        "options": ("finish_policy",),
-    }
-
-    class AsyncClientV2(metaclass=DropIn, vendor=cohere.AsyncClientV2, **_COHERE):
-        """``cohere.AsyncClientV2`` with a scoped HTTP layer."""
-
-    class ClientV2(metaclass=DropIn, vendor=cohere.ClientV2, **_COHERE):
-        """``cohere.ClientV2`` with a scoped HTTP layer."""
-
-    class AsyncClient(metaclass=DropIn, vendor=cohere.AsyncClient, **_COHERE):
-        """``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer."""
-
-    class Client(metaclass=DropIn, vendor=cohere.Client, **_COHERE):
-        """``cohere.Client`` (v1 API) with a scoped HTTP layer."""
+    AsyncClient = dropins(VENDOR)["AsyncClient"]
+    AsyncClientV2 = dropins(VENDOR)["AsyncClientV2"]
+    Client = dropins(VENDOR)["Client"]
+    ClientV2 = dropins(VENDOR)["ClientV2"]

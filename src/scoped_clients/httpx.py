@@ -7,39 +7,28 @@ arguments and are instances of them.  ``AsyncScopedTransport`` /
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
-from ._clients import AsyncTransportMixin, ClientMixin, SyncTransportMixin
-from ._transport import AsyncBodyMixin, SyncBodyMixin
+from ._transport._base import library_classes
 
 __all__ = ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"]
 
+if TYPE_CHECKING:  # what library_classes(httpx) builds, spelled out for type checkers
+    from ._transport._base import AsyncTransportMixin, ClientMixin, SyncTransportMixin
 
-class _AsyncBody(AsyncBodyMixin, httpx.AsyncByteStream):
-    pass
+    class AsyncScopedTransport(AsyncTransportMixin, httpx.AsyncBaseTransport): ...
 
+    class ScopedTransport(SyncTransportMixin, httpx.BaseTransport): ...
 
-class _SyncBody(SyncBodyMixin, httpx.SyncByteStream):
-    pass
+    class AsyncClient(ClientMixin, httpx.AsyncClient): ...
 
+    class Client(ClientMixin, httpx.Client): ...
 
-class AsyncScopedTransport(AsyncTransportMixin, httpx.AsyncBaseTransport):
-    """Wraps a ``httpx.AsyncBaseTransport`` (default: a new ``httpx.AsyncHTTPTransport``)."""
-
-    _inner_factory = httpx.AsyncHTTPTransport
-    _body_cls = _AsyncBody
-
-
-class ScopedTransport(SyncTransportMixin, httpx.BaseTransport):
-    """Wraps a ``httpx.BaseTransport`` (default: a new ``httpx.HTTPTransport``)."""
-
-    _inner_factory = httpx.HTTPTransport
-    _body_cls = _SyncBody
-
-
-class AsyncClient(ClientMixin, httpx.AsyncClient):
-    """``httpx.AsyncClient`` whose requests are owned by the ambient scope."""
-
-
-class Client(ClientMixin, httpx.Client):
-    """``httpx.Client`` whose requests are owned by the ambient scope."""
+else:
+    _classes = library_classes(httpx)
+    AsyncScopedTransport = _classes.AsyncScopedTransport
+    ScopedTransport = _classes.ScopedTransport
+    AsyncClient = _classes.AsyncClient
+    Client = _classes.Client

@@ -7,39 +7,28 @@ arguments and are instances of them.  ``AsyncScopedTransport`` /
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx2
 
-from ._clients import AsyncTransportMixin, ClientMixin, SyncTransportMixin
-from ._transport import AsyncBodyMixin, SyncBodyMixin
+from ._transport._base import library_classes
 
 __all__ = ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"]
 
+if TYPE_CHECKING:  # what library_classes(httpx2) builds, spelled out for type checkers
+    from ._transport._base import AsyncTransportMixin, ClientMixin, SyncTransportMixin
 
-class _AsyncBody(AsyncBodyMixin, httpx2.AsyncByteStream):
-    pass
+    class AsyncScopedTransport(AsyncTransportMixin, httpx2.AsyncBaseTransport): ...
 
+    class ScopedTransport(SyncTransportMixin, httpx2.BaseTransport): ...
 
-class _SyncBody(SyncBodyMixin, httpx2.SyncByteStream):
-    pass
+    class AsyncClient(ClientMixin, httpx2.AsyncClient): ...
 
+    class Client(ClientMixin, httpx2.Client): ...
 
-class AsyncScopedTransport(AsyncTransportMixin, httpx2.AsyncBaseTransport):
-    """Wraps a ``httpx2.AsyncBaseTransport`` (default: a new ``httpx2.AsyncHTTPTransport``)."""
-
-    _inner_factory = httpx2.AsyncHTTPTransport
-    _body_cls = _AsyncBody
-
-
-class ScopedTransport(SyncTransportMixin, httpx2.BaseTransport):
-    """Wraps a ``httpx2.BaseTransport`` (default: a new ``httpx2.HTTPTransport``)."""
-
-    _inner_factory = httpx2.HTTPTransport
-    _body_cls = _SyncBody
-
-
-class AsyncClient(ClientMixin, httpx2.AsyncClient):
-    """``httpx2.AsyncClient`` whose requests are owned by the ambient scope."""
-
-
-class Client(ClientMixin, httpx2.Client):
-    """``httpx2.Client`` whose requests are owned by the ambient scope."""
+else:
+    _classes = library_classes(httpx2)
+    AsyncScopedTransport = _classes.AsyncScopedTransport
+    ScopedTransport = _classes.ScopedTransport
+    AsyncClient = _classes.AsyncClient
+    Client = _classes.Client

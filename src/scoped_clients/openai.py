@@ -15,35 +15,23 @@ runtime keywords (or use ``scoped_clients.scope_client(openai.AsyncOpenAI(...), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
+import openai  # noqa: F401  (ImportError without the extra)
 
-__all__ = ["AsyncOpenAI", "OpenAI"]
+from ._dropin import dropins, vendor_http_client
+from ._transport import FinishPolicy
+from ._vendors.openai import VENDOR
+
+__all__ = ["AsyncOpenAI", "OpenAI", "async_http_client", "http_client"]
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI as AsyncOpenAI
     from openai import OpenAI as OpenAI
-
-    from ._transport import FinishPolicy
 else:
-    from ._dropin import DropIn
-    from ._profiles.openai import OpenAIProfile
-
-    class AsyncOpenAI(
-        metaclass=DropIn,
-        vendor=openai.AsyncOpenAI,
-        profile=OpenAIProfile,
-        http_path=("_client",),
-        http_arg="http_client",
-    ):
-        """``openai.AsyncOpenAI`` with a scoped HTTP layer."""
-
-    class OpenAI(
-        metaclass=DropIn, vendor=openai.OpenAI, profile=OpenAIProfile, http_path=("_client",), http_arg="http_client"
-    ):
-        """``openai.OpenAI`` with a scoped HTTP layer; ``cancel()`` from another thread unblocks its reads."""
+    AsyncOpenAI = dropins(VENDOR)["AsyncOpenAI"]
+    OpenAI = dropins(VENDOR)["OpenAI"]
 
 
 def async_http_client(
@@ -61,19 +49,10 @@ def async_http_client(
             cancel at its next token (see the ``always_stream`` guide).
         **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
     """
-    from ._clients import vendor_http_client
-    from ._profiles.openai import OpenAIProfile
-
-    return cast(
-        "httpx2.AsyncClient",
-        vendor_http_client(
-            _default_client("DefaultAsyncHttpx2Client", "DefaultAsyncHttpxClient"),
-            OpenAIProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
+    client: httpx2.AsyncClient = vendor_http_client(
+        VENDOR, "async", kwargs, finish_policy=finish_policy, always_stream=always_stream
     )
+    return client
 
 
 def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = False, **kwargs: Any) -> httpx2.Client:
@@ -86,24 +65,7 @@ def http_client(*, finish_policy: FinishPolicy = "abort", always_stream: bool = 
             cancel at its next token (see the ``always_stream`` guide).
         **kwargs: passed to the SDK's default HTTP client class (timeouts, limits, proxies...).
     """
-    from ._clients import vendor_http_client
-    from ._profiles.openai import OpenAIProfile
-
-    return cast(
-        "httpx2.Client",
-        vendor_http_client(
-            _default_client("DefaultHttpx2Client", "DefaultHttpxClient"),
-            OpenAIProfile(),
-            kwargs,
-            finish_policy=finish_policy,
-            always_stream=always_stream,
-        ),
+    client: httpx2.Client = vendor_http_client(
+        VENDOR, "sync", kwargs, finish_policy=finish_policy, always_stream=always_stream
     )
-
-
-def _default_client(name: str, name_before_3: str) -> Any:
-    """The SDK's default HTTP client class (openai 3.x: httpx2; openai 2.x: httpx)."""
-    return getattr(openai, name, None) or getattr(openai, name_before_3)
-
-
-__all__ += ["async_http_client", "http_client"]
+    return client

@@ -33,8 +33,9 @@ import anyio
 from ._exceptions import ScopeCancelled
 from ._loop import LoopHandle
 from ._reasons import CancelReason
+from ._registry import join
 from ._report import CallRecord
-from ._scope import RequestScope, current_scope
+from ._scope import RequestScope, current_scope, registry
 
 try:
     import tenacity
@@ -76,6 +77,11 @@ class _Waiter:
         return None
 
 
+def _unrecorded(reason: CancelReason) -> None:
+    """A refused wait is not a call: nothing to record (the caller gets ``ScopeCancelled``)."""
+    return None
+
+
 async def sleep(seconds: float) -> None:
     """``anyio.sleep(seconds)`` that ends with ``ScopeCancelled`` as soon as the ambient scope is cancelled."""
     scope = current_scope()
@@ -83,7 +89,8 @@ async def sleep(seconds: float) -> None:
         await anyio.sleep(seconds)
         return
     waiter = _Waiter(scope, is_async=True)
-    scope._admit(waiter)
+    owner = registry(scope)
+    join(owner, waiter, _unrecorded)
     try:
         with anyio.CancelScope() as cancel_scope:
             waiter.cancel_scope = cancel_scope
@@ -91,7 +98,7 @@ async def sleep(seconds: float) -> None:
                 cancel_scope.cancel()
             await anyio.sleep(seconds)
     finally:
-        scope._release(waiter, None)
+        owner.release(waiter, None)
     if waiter.reason is not None:
         raise ScopeCancelled(waiter.reason, scope.name)
 
@@ -104,11 +111,12 @@ def sleep_sync(seconds: float) -> None:
         threading.Event().wait(seconds)
         return
     waiter = _Waiter(scope, is_async=False)
-    scope._admit(waiter)
+    owner = registry(scope)
+    join(owner, waiter, _unrecorded)
     try:
         waiter.event.wait(seconds)
     finally:
-        scope._release(waiter, None)
+        owner.release(waiter, None)
     if waiter.reason is not None:
         raise ScopeCancelled(waiter.reason, scope.name)
 

@@ -62,7 +62,7 @@ from .._exceptions import ScopeCancelled
 from .._loop import LoopHandle
 from .._reasons import CancelReason, ReasonCode
 from .._report import CallRecord, Outcome
-from .._scope import RequestScope, current_scope, detached
+from .._scope import RequestScope, current_scope, detached, registry
 
 __all__ = ["Client", "ClientSession", "scope_session"]
 
@@ -80,17 +80,18 @@ RawSend = Callable[..., Awaitable[dict[str, Any]]]
 
 
 def _registry(scope: RequestScope, op: str, call: _McpCall, record: CallRecord | None = None) -> bool:
-    """The one place this module uses the scope's private call registry (``admit``, ``release``, ``refused``).
+    """The one place this module uses the scope's call registry (``admit``, ``release``, ``refuse``).
 
     ``admit`` returns whether the call is shielded (``scope.shield()``): not to be aborted by the scope.
     """
+    calls = registry(scope)
     if op == "admit":
-        return scope._admit(call)
+        return calls.admit(call)
     if op == "release":
-        scope._release(call, record)
+        calls.release(call, record)
     else:
         assert record is not None
-        scope._refused(record)
+        calls.refuse(record)
     return False
 
 

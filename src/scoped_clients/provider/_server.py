@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
+try:
+    import h11
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError('scoped_clients.provider needs h11: pip install "scoped-clients[provider]"') from exc
 
 from ._log import RequestLog
 

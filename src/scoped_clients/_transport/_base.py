@@ -1,32 +1,35 @@
-"""Library-independent halves of the scoped transports and clients.
+"""The library-neutral scoped transport, and the scoping of a whole httpx(2) client.
 
-``scoped_clients.httpx`` and ``scoped_clients.httpx2`` combine these mixins
-with each library's own base classes, so ``isinstance`` and the libraries'
-stream type checks hold.
+``TransportBase`` (with ``AsyncTransportMixin`` / ``SyncTransportMixin``) holds
+all of the transport's logic; ``library_classes(httpx)`` combines it with one
+HTTP library's own base classes (``isinstance`` and the library's stream type
+checks then hold), so that httpx and httpx2 differ only in class identity, as
+in opentelemetry-instrumentation-httpx.  The public ``scoped_clients.httpx``
+and ``scoped_clients.httpx2`` re-export those classes.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import sys
+import threading
+from types import ModuleType
 from typing import Any, ClassVar
 
-from ._calls import Profile
-from ._exceptions import UnsupportedError
-from ._transport import FinishPolicy, install_tracking, send_async, send_sync
+import anyio
 
-HTTP2_UNSUPPORTED = (
-    "scoped_clients cannot abort a single HTTP/2 stream: httpcore sends no RST_STREAM when a response is "
-    "closed, so the provider keeps generating. Use HTTP/1.1 (the default of every vendor SDK): drop http2=True"
-)
-
-
-def _default_profile() -> Profile:
-    from ._profiles.generic import GenericProfile
-
-    return GenericProfile()
+from .._calls import Profile
+from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
+from .._loop import LoopHandle
+from .._scope import current_scope, registry
+from .._vendors.generic import GenericProfile
+from . import FinishPolicy, check_options
+from ._call import AsyncBodyMixin, SyncBodyMixin, open_call, planned, raise_for, received
+from ._sockets import current, install_tracking
 
 
-class _TransportBase:
+class TransportBase:
     _inner_factory: ClassVar[Any]
     _body_cls: ClassVar[type]
 
@@ -55,39 +58,78 @@ class _TransportBase:
             raise TypeError("pass either a transport to wrap or keyword arguments to build one, not both")
         check_options(finish_policy, always_stream)
         self.transport = transport
-        self.profile = profile if profile is not None else _default_profile()
+        self.profile = profile if profile is not None else GenericProfile()
         self.finish_policy: FinishPolicy = finish_policy
         self.always_stream = always_stream
 
 
-def check_options(finish_policy: object, always_stream: object) -> None:
-    """Validate the two options scoped clients add to the vendor's."""
-    if finish_policy not in ("abort", "finish_if_done"):
-        raise ValueError(f"finish_policy must be 'abort' or 'finish_if_done', not {finish_policy!r}")
-    if not isinstance(always_stream, bool):
-        raise TypeError(f"always_stream must be True or False, not {always_stream!r}")
-
-
-class AsyncTransportMixin(_TransportBase):
+class AsyncTransportMixin(TransportBase):
     async def handle_async_request(self, request: Any) -> Any:
-        return await send_async(
-            self.transport, request, self.profile, self.finish_policy, self._body_cls, always_stream=self.always_stream
-        )
+        """The request under the ambient scope (passed through without one).
+
+        ``always_stream``: a non-streamed generation is sent as a stream, read here to its
+        end, and handed over as the non-streamed response (see ``_vendors._assemble``).
+        """
+        scope = current_scope()
+        if scope is None:
+            sent, plan = planned(request, self.always_stream, None)
+            response = await self.transport.handle_async_request(sent)
+            response, reading = received(plan, response, None, self._body_cls, "")
+            return response if reading is None else await reading.read_async(response)
+        loop = registry(scope).loop  # the scope's loop, when the call runs on it
+        if loop is None or loop.thread_id != threading.get_ident():
+            loop = LoopHandle()
+        call = open_call(scope, request, self.profile, loop, self.finish_policy)
+        sent, plan = planned(request, self.always_stream, call)
+        try:
+            with anyio.CancelScope() as pending:
+                call.pending_scope = pending
+                if call.aborted is not None:  # cancelled between admission and here
+                    pending.cancel()
+                response = await self.transport.handle_async_request(sent)
+        except BaseException as exc:
+            call.pending_scope = None
+            raise_for(call, exc)
+        call.pending_scope = None
+        if pending.cancelled_caught:
+            call.finish("aborted")
+            raise call.cancelled_error()
+        response, reading = received(plan, response, call, self._body_cls, "aclose")
+        return response if reading is None else await reading.read_async(response)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
 
-class SyncTransportMixin(_TransportBase):
+class SyncTransportMixin(TransportBase):
     def __init__(self, transport: Any = None, **kwargs: Any) -> None:
         super().__init__(transport, **kwargs)
         #: False for transports without a socket pool: they can be refused, not interrupted
         self.interruptible = install_tracking(self.transport)
 
     def handle_request(self, request: Any) -> Any:
-        return send_sync(
-            self.transport, request, self.profile, self.finish_policy, self._body_cls, always_stream=self.always_stream
-        )
+        scope = current_scope()
+        if scope is None:
+            sent, plan = planned(request, self.always_stream, None)
+            response = self.transport.handle_request(sent)
+            response, reading = received(plan, response, None, self._body_cls, "")
+            return response if reading is None else reading.read_sync(response)
+        call = open_call(scope, request, self.profile, None, self.finish_policy)
+        sent, plan = planned(request, self.always_stream, call)
+        previous = getattr(current, "call", None)
+        current.call = call
+        try:
+            response = self.transport.handle_request(sent)
+        except BaseException as exc:
+            raise_for(call, exc)
+        finally:
+            current.call = previous
+        if call.aborted is not None:
+            response.close()
+            call.finish("aborted")
+            raise call.cancelled_error()
+        response, reading = received(plan, response, call, self._body_cls, "close")
+        return response if reading is None else reading.read_sync(response)
 
     def close(self) -> None:
         self.transport.close()
@@ -111,7 +153,7 @@ def wrap_client(
     scoped_cls = scoped_transport_for(client)
 
     def wrap(transport: Any) -> Any:
-        if transport is None or isinstance(transport, _TransportBase):
+        if transport is None or isinstance(transport, TransportBase):
             return transport
         return scoped_cls(transport, profile=profile, finish_policy=finish_policy, always_stream=always_stream)
 
@@ -122,7 +164,7 @@ def wrap_client(
 
 def is_scoped(client: Any) -> bool:
     """Whether an httpx(2) client's default transport is a scoped one."""
-    return isinstance(getattr(client, "_transport", None), _TransportBase)
+    return isinstance(getattr(client, "_transport", None), TransportBase)
 
 
 def scope_http_client(
@@ -131,11 +173,11 @@ def scope_http_client(
     finish_policy: FinishPolicy = "abort",
     always_stream: bool = False,
     *,
-    owned: bool,
+    built_by_sdk: bool,
 ) -> Any:
     """The HTTP client a vendor SDK instance should use: ``client``, scoped.
 
-    ``owned``: the SDK built ``client`` for this instance and nobody else holds it,
+    ``built_by_sdk``: the SDK built ``client`` for this instance and nobody else holds it,
     so its transports are wrapped in place and its class (the SDK's own default
     client, which closes its connections when collected) is kept.  Otherwise it is
     the caller's: it is left exactly as they gave it, and the SDK gets a shallow
@@ -153,7 +195,7 @@ def scope_http_client(
         target._transport, target._mounts = scoped.transport, unwrap
         wrap_client(target, profile, finish_policy, always_stream)
         return target
-    if owned:
+    if built_by_sdk:
         wrap_client(client, profile, finish_policy, always_stream)
         return client
     view = copy.copy(client)
@@ -230,16 +272,54 @@ def vendor_http_client(
 
 def scoped_transport_for(client: Any) -> Any:
     """The scoped transport class for ``client``: its HTTP library (httpx or httpx2), async or sync."""
-    library = None
-    for base in type(client).__mro__:
-        root = base.__module__.split(".", 1)[0]
-        if root in ("httpx", "httpx2") and base.__name__ in ("AsyncClient", "Client"):
-            library, is_async = root, base.__name__ == "AsyncClient"
-            break
-    if library == "httpx":
-        from . import httpx as scoped
-    elif library == "httpx2":
-        from . import httpx2 as scoped  # type: ignore[no-redef]
-    else:
-        raise TypeError(f"scoped_clients can scope httpx or httpx2 clients, not {type(client).__qualname__}")
-    return scoped.AsyncScopedTransport if is_async else scoped.ScopedTransport
+    for name in ("httpx", "httpx2"):
+        library = sys.modules.get(name)  # a client of a library means the library is imported
+        if library is not None and isinstance(client, (library.AsyncClient, library.Client)):
+            classes = library_classes(library)
+            return classes.AsyncScopedTransport if isinstance(client, library.AsyncClient) else classes.ScopedTransport
+    raise TypeError(f"scoped_clients can scope httpx or httpx2 clients, not {type(client).__qualname__}")
+
+
+class LibraryClasses:
+    """The scoped classes of one HTTP library: the neutral mixins with the library's own bases."""
+
+    def __init__(self, library: ModuleType) -> None:
+        name = library.__name__
+        module = f"scoped_clients.{name}"
+
+        def build(cls_name: str, bases: tuple[type, ...], doc: str | None, **attributes: Any) -> Any:
+            namespace = {"__module__": module, "__qualname__": cls_name, "__doc__": doc, **attributes}
+            return type(cls_name, bases, namespace)
+
+        async_body = build("_AsyncBody", (AsyncBodyMixin, library.AsyncByteStream), None)
+        sync_body = build("_SyncBody", (SyncBodyMixin, library.SyncByteStream), None)
+        self.AsyncScopedTransport = build(
+            "AsyncScopedTransport",
+            (AsyncTransportMixin, library.AsyncBaseTransport),
+            f"Wraps a ``{name}.AsyncBaseTransport`` (default: a new ``{name}.AsyncHTTPTransport``).",
+            _inner_factory=library.AsyncHTTPTransport,
+            _body_cls=async_body,
+        )
+        self.ScopedTransport = build(
+            "ScopedTransport",
+            (SyncTransportMixin, library.BaseTransport),
+            f"Wraps a ``{name}.BaseTransport`` (default: a new ``{name}.HTTPTransport``).",
+            _inner_factory=library.HTTPTransport,
+            _body_cls=sync_body,
+        )
+        self.AsyncClient = build(
+            "AsyncClient",
+            (ClientMixin, library.AsyncClient),
+            f"``{name}.AsyncClient`` whose requests are owned by the ambient scope.",
+        )
+        self.Client = build(
+            "Client",
+            (ClientMixin, library.Client),
+            f"``{name}.Client`` whose requests are owned by the ambient scope.",
+        )
+
+
+@functools.cache
+def library_classes(library: ModuleType) -> LibraryClasses:
+    """The scoped transport and client classes of ``library`` (``httpx`` or ``httpx2``), built once."""
+    return LibraryClasses(library)

@@ -28,47 +28,15 @@ import http
 import importlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
 
-__all__ = ["StreamPlan", "plan_stream"]
+from ._wire import SSESplitter, data_of
 
-#: how the OpenAI error ``type`` / ``code`` of a mid-stream error maps to the HTTP status
-#: the same failure gets without streaming (OpenAI and llama.cpp names; default 500)
-_OPENAI_STATUS = {
-    "invalid_request_error": 400,
-    "exceed_context_size_error": 400,
-    "context_length_exceeded": 400,
-    "invalid_prompt": 400,
-    "authentication_error": 401,
-    "invalid_api_key": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "rate_limit_error": 429,
-    "rate_limit_exceeded": 429,
-    "insufficient_quota": 429,
-    "tokens": 429,
-    "requests": 429,
-    "not_supported_error": 501,
-    "unavailable_error": 503,
-    "server_is_overloaded": 503,
-    "service_unavailable": 503,
-}
-#: Anthropic's documented error types and their HTTP statuses
-_ANTHROPIC_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+__all__ = ["Assembler", "StreamPlan", "final", "fresh", "merge", "stream_plan"]
+
 #: response headers that described the stream, not the JSON body we hand over
 _STREAM_HEADERS = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"content-encoding"})
 
@@ -81,7 +49,7 @@ class StreamPlan:
 
     __slots__ = ("assembler", "request")
 
-    def __init__(self, request: Any, assembler: _Assembler) -> None:
+    def __init__(self, request: Any, assembler: Assembler) -> None:
         self.request = request
         self.assembler = assembler
 
@@ -133,19 +101,14 @@ class StreamPlan:
         return error
 
 
-def plan_stream(request: Any) -> StreamPlan | None:
-    """The streamed form of a non-streamed generation request, or None to send it as it is."""
-    if request.method != "POST":
-        return None
-    path = request.url.path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        assembler: _Assembler = _ChatAssembler()
-    elif path.endswith("/responses"):
-        assembler = _ResponsesAssembler()
-    elif path.endswith("/v1/messages"):
-        assembler = _MessagesAssembler()
-    else:
-        return None
+def stream_plan(
+    request: Any, assembler: Assembler, prepare: Callable[[dict[str, Any]], None] | None = None
+) -> StreamPlan | None:
+    """The streamed form of a non-streamed JSON generation request, or None to send it as it is.
+
+    A vendor module calls this for the requests it recognises as generations;
+    ``prepare`` adds what its streamed form needs besides ``"stream": true``.
+    """
     if not request.headers.get("content-type", "").startswith("application/json"):
         return None
     try:
@@ -162,10 +125,8 @@ def plan_stream(request: Any) -> StreamPlan | None:
         # ``background`` Responses return at once (queued): streaming them would wait for the answer
         return None
     body["stream"] = True
-    if isinstance(assembler, _ChatAssembler):
-        # Without it a chat stream carries no usage, which the non-streamed body always has.
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    if prepare is not None:
+        prepare(body)
     return StreamPlan(_rewrite(request, _dumps(body)), assembler)
 
 
@@ -286,32 +247,28 @@ class _SyncTap(_Tap):
 # ---------------------------------------------------------------- assemblers
 
 
-class _Assembler:
-    """Splits server-sent events and rebuilds the vendor's non-streamed body from them."""
+class Assembler(SSESplitter):
+    """Rebuilds a vendor's non-streamed body from its server-sent events (split by ``SSESplitter``)."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self.start_events()
         self.complete = False
         self.broken = False
         #: (status, body) of the HTTP error the non-streamed call would have had
         self.error: tuple[int, Any] | None = None
 
     def feed(self, data: bytes) -> None:
-        buffer = (self._buffer + data).replace(b"\r\n", b"\n") if self._buffer else data.replace(b"\r\n", b"\n")
-        *events, self._buffer = buffer.split(b"\n\n")
-        for event in events:
-            self._event(event)
+        self.feed_events(data)
 
     def close(self) -> None:
-        rest, self._buffer = self._buffer.strip(), b""
+        rest = self.rest()
         if rest:
-            self._event(rest)
+            self.event(rest)
 
-    def _event(self, event: bytes) -> None:
-        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
-        if not lines:
+    def event(self, event: bytes) -> None:
+        data = data_of(event)
+        if data is None:
             return
-        data = b"\n".join(line[1:] if line[:1] == b" " else line for line in lines)
         if data.strip() == b"[DONE]":
             self.on_done()
             return
@@ -338,7 +295,7 @@ class _Assembler:
         return status, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class _Text:
+class Text:
     """A string arriving in pieces (joined once, at the end: no quadratic concatenation)."""
 
     __slots__ = ("parts",)
@@ -351,244 +308,56 @@ class _Text:
 _SET_KEYS = frozenset({"index", "type", "id", "role", "name", "call_id"})
 
 
-def _merge(acc: dict[str, Any], delta: dict[str, Any]) -> None:
+def merge(acc: dict[str, Any], delta: dict[str, Any]) -> None:
     """Fold one streamed delta into the accumulated object: strings append, lists extend or merge by index."""
     for key, value in delta.items():
         old = acc.get(key)
         if value is None:
             acc.setdefault(key, None)
         elif old is None:
-            acc[key] = _fresh(value)
-        elif isinstance(value, str) and isinstance(old, _Text):
+            acc[key] = fresh(value)
+        elif isinstance(value, str) and isinstance(old, Text):
             if key not in _SET_KEYS:
                 old.parts.append(value)
             elif old.parts == [""]:  # a set key first sent empty
-                acc[key] = _Text(value)
+                acc[key] = Text(value)
         elif isinstance(value, dict) and isinstance(old, dict):
-            _merge(old, value)
+            merge(old, value)
         elif isinstance(value, list) and isinstance(old, list):
-            _merge_list(old, value)
+            merge_list(old, value)
         else:
-            acc[key] = _fresh(value)
+            acc[key] = fresh(value)
 
 
-def _merge_list(acc: list[Any], items: list[Any]) -> None:
+def merge_list(acc: list[Any], items: list[Any]) -> None:
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("index"), int):
             target = next((a for a in acc if isinstance(a, dict) and a.get("index") == item["index"]), None)
             if target is not None:
-                _merge(target, item)
+                merge(target, item)
                 continue
-        acc.append(_fresh(item))
+        acc.append(fresh(item))
 
 
-def _fresh(value: Any) -> Any:
+def fresh(value: Any) -> Any:
     if isinstance(value, str):
-        return _Text(value)
+        return Text(value)
     if isinstance(value, dict):
         acc: dict[str, Any] = {}
-        _merge(acc, value)
+        merge(acc, value)
         return acc
     if isinstance(value, list):
         items: list[Any] = []
-        _merge_list(items, value)
+        merge_list(items, value)
         return items
     return value
 
 
-def _final(value: Any) -> Any:
-    if isinstance(value, _Text):
+def final(value: Any) -> Any:
+    if isinstance(value, Text):
         return "".join(value.parts)
     if isinstance(value, dict):
-        return {k: _final(v) for k, v in value.items()}
+        return {k: final(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_final(v) for v in value]
+        return [final(v) for v in value]
     return value
-
-
-def _openai_error(error: Any) -> tuple[int, Any]:
-    """The HTTP status and body of the non-streamed error matching a mid-stream OpenAI error."""
-    if not isinstance(error, dict):
-        error = {"message": str(error), "type": "server_error", "param": None, "code": None}
-    code = error.get("code")
-    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
-        status = code  # llama.cpp puts the HTTP status there
-    else:
-        status = _OPENAI_STATUS.get(str(code), _OPENAI_STATUS.get(str(error.get("type")), 500))
-    return status, {"error": error}
-
-
-class _ChatAssembler(_Assembler):
-    """``chat.completion.chunk`` events -> one ``chat.completion``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._top: dict[str, Any] = {}
-        self._choices: dict[int, dict[str, Any]] = {}
-        self._usage: Any = None
-
-    def on_done(self) -> None:
-        self.complete = True
-
-    def on_data(self, data: dict[str, Any]) -> None:
-        if data.get("error"):
-            self.error = _openai_error(data["error"])
-            return
-        for key, value in data.items():
-            if key == "usage":
-                if value is not None:
-                    self._usage = value
-            elif key not in ("choices", "object", "obfuscation") and (value is not None or key not in self._top):
-                self._top[key] = value
-        for choice in data.get("choices") or ():
-            if isinstance(choice, dict):
-                self._choice(choice)
-
-    def _choice(self, chunk: dict[str, Any]) -> None:
-        index = chunk.get("index", 0)
-        state = self._choices.get(index)
-        if state is None:
-            state = self._choices[index] = {"index": index, "message": {}, "finish_reason": None, "logprobs": None}
-        for key, value in chunk.items():
-            if key == "delta":
-                if isinstance(value, dict):
-                    _merge(state["message"], value)
-            elif key == "logprobs":
-                if isinstance(value, dict):
-                    if state["logprobs"] is None:
-                        state["logprobs"] = {}
-                    _merge(state["logprobs"], value)
-            elif key != "index" and (value is not None or key not in state):
-                state[key] = value
-
-    def body(self) -> Any:
-        choices = []
-        for index in sorted(self._choices):
-            choice = _final(self._choices[index])
-            message = choice["message"]
-            message.setdefault("role", "assistant")
-            message.setdefault("content", None)
-            if "refusal" in message:
-                # OpenAI's own deltas carry "refusal" and never "annotations", while its
-                # non-streamed messages always carry "annotations": [] (other servers send neither).
-                message.setdefault("annotations", [])
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    call.pop("index", None)  # the stream's merge key: no part of a non-streamed tool call
-            choices.append(choice)
-        return {**self._top, "object": "chat.completion", "choices": choices, "usage": self._usage}
-
-    @property
-    def _finished(self) -> bool:
-        return bool(self._choices) and all(c.get("finish_reason") for c in self._choices.values())
-
-    def close(self) -> None:
-        super().close()
-        # A server that ends the stream without "[DONE]" after every choice finished (and, when
-        # asked for, the usage arrived) still gave the whole answer.
-        if not self.complete and self._finished and self._usage is not None:
-            self.complete = True
-
-
-class _ResponsesAssembler(_Assembler):
-    """Responses API events: the terminal event carries the whole ``Response``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._response: Any = None
-
-    def on_data(self, data: dict[str, Any]) -> None:
-        kind = data.get("type")
-        if kind in ("response.completed", "response.incomplete"):
-            self._response = data.get("response")
-            self.complete = True
-        elif kind == "response.failed":
-            response = data.get("response")
-            error = response.get("error") if isinstance(response, dict) else None
-            error = dict(error) if isinstance(error, dict) else {"message": "the response failed", "code": None}
-            error.setdefault("type", "server_error")
-            error.setdefault("param", None)
-            self.error = _openai_error(error)
-        elif kind == "error":
-            error = {k: v for k, v in data.items() if k not in ("type", "sequence_number")}
-            if isinstance(error.get("error"), dict):  # some servers nest it
-                error = error["error"]
-            self.error = _openai_error(error)
-
-    def body(self) -> Any:
-        return self._response
-
-
-class _MessagesAssembler(_Assembler):
-    """Anthropic ``message_start`` / ``content_block_*`` / ``message_delta`` events -> one ``Message``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._message: dict[str, Any] = {}
-        self._blocks: dict[int, dict[str, Any]] = {}
-        self._json: dict[int, list[str]] = {}
-
-    def on_data(self, data: dict[str, Any]) -> None:
-        kind = data.get("type")
-        if kind == "content_block_delta":
-            self._delta(data.get("index", 0), data.get("delta") or {})
-        elif kind == "content_block_start":
-            block = data.get("content_block")
-            if isinstance(block, dict):
-                self._blocks[data.get("index", 0)] = _fresh(block)
-        elif kind == "content_block_stop":
-            self._stop(data.get("index", 0))
-        elif kind == "message_start":
-            message = data.get("message")
-            self._message = dict(message) if isinstance(message, dict) else {}
-        elif kind == "message_delta":
-            self._message_delta(data)
-        elif kind == "message_stop":
-            self.complete = True
-        elif kind == "error":
-            error = data.get("error")
-            error_type = error.get("type") if isinstance(error, dict) else None
-            self.error = (_ANTHROPIC_STATUS.get(str(error_type), 500), data)
-
-    def _delta(self, index: int, delta: dict[str, Any]) -> None:
-        block = self._blocks.setdefault(index, {})
-        kind = delta.get("type")
-        if kind == "input_json_delta":
-            self._json.setdefault(index, []).append(str(delta.get("partial_json", "")))
-        elif kind == "citations_delta":
-            block.setdefault("citations", None)
-            if block["citations"] is None:
-                block["citations"] = []
-            block["citations"].append(delta.get("citation"))
-        else:  # text_delta, thinking_delta, signature_delta, and any later kind of the same form
-            _merge(block, {k: v for k, v in delta.items() if k != "type"})
-
-    def _stop(self, index: int) -> None:
-        parts = self._json.pop(index, None)
-        block = self._blocks.get(index)
-        if parts is not None and block is not None:
-            text = "".join(parts)
-            try:
-                block["input"] = json.loads(text) if text.strip() else {}
-            except ValueError:
-                self.broken = True
-
-    def _message_delta(self, data: dict[str, Any]) -> None:
-        delta = data.get("delta")
-        if isinstance(delta, dict):
-            self._message.update(delta)
-        usage = data.get("usage")
-        if isinstance(usage, dict):  # cumulative counts: they replace message_start's placeholders
-            current = self._message.get("usage")
-            merged = dict(current) if isinstance(current, dict) else {}
-            merged.update({k: v for k, v in usage.items() if v is not None})
-            self._message["usage"] = merged
-
-    def close(self) -> None:
-        super().close()
-        for index in list(self._json):  # a tool input whose block never stopped
-            self._stop(index)
-
-    def body(self) -> Any:
-        content = [_final(self._blocks[i]) for i in sorted(self._blocks)]
-        return {**self._message, "content": content}

@@ -1,15 +1,17 @@
-"""Shared pieces of the vendor meters: request parsing, SSE splitting, JSON bodies.
+"""Shared pieces of the vendor modules: request parsing, the SSE splitter, meters of SSE and JSON bodies.
 
-The hot path is ``SSEMeter.feed``: it splits the byte stream into events and
-hands each one to ``on_event`` as raw bytes.  Meters classify events with
+The hot path is ``SSEMeter.feed``: ``SSESplitter`` splits the byte stream into
+events and hands each one over as raw bytes.  Meters classify events with
 substring tests (``b'"type":"content_block_delta"' in event``) and call
 ``json.loads`` only on the few events that carry usage or a finish reason.
+``SSESplitter`` is the package's one server-sent-event splitter: the
+``always_stream`` assemblers (``_assemble``) use it too.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._calls import CallInfo, Meter
 from .._savings import requested_shape
@@ -45,15 +47,76 @@ def call_info(provider: str, operation: str, body: dict[str, Any], *bound_keys: 
     )
 
 
-def event_data(event: bytes) -> Any:
-    """The JSON of an SSE event's ``data:`` lines, or None if it is not JSON."""
-    parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+def data_of(event: bytes) -> bytes | None:
+    """The data of one SSE event: its ``data:`` lines joined with newlines, or None without any.
+
+    As the SSE specification says, one space after ``data:`` is not part of the data.
+    """
+    parts = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
         return None
+    return b"\n".join(part[1:] if part[:1] == b" " else part for part in parts)
+
+
+def event_data(event: bytes) -> Any:
+    """The JSON of an SSE event's ``data:`` lines, or None if it is not JSON."""
+    data = data_of(event)
+    if data is None:
+        return None
     try:
-        return json.loads(b"\n".join(parts))
+        return json.loads(data)
     except ValueError:
         return None
+
+
+class SSESplitter:
+    """Splits a server-sent-event byte stream into events (``event``), whatever the chunking.
+
+    A mixin: the class using it declares the two attributes (in its ``__slots__``
+    for a meter) and calls ``start_events()`` from its ``__init__``.
+    """
+
+    # The slots themselves are the using class's: a meter's base class has slots of its own,
+    # and two bases with slots cannot be combined.
+    __slots__ = ("_buffer", "_crlf") if TYPE_CHECKING else ()
+
+    _buffer: bytes
+    #: how the server ends its lines, decided at the first line end: a stream of LF-only
+    #: chunks is then not scanned for "\r" on every chunk
+    _crlf: bool | None
+
+    def start_events(self) -> None:
+        self._buffer = b""
+        self._crlf = None
+
+    def feed_events(self, data: bytes) -> None:
+        """Hand every event that ``data`` completes to ``event``; keep the partial rest."""
+        buffer = self._buffer + data if self._buffer else data
+        crlf = self._crlf
+        if crlf is None:
+            crlf = b"\r" in buffer
+            if b"\n" in buffer:
+                self._crlf = crlf
+        if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
+            buffer = buffer.replace(b"\r\n", b"\n")
+        start, size = 0, len(buffer)
+        event = self.event
+        while start < size:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            if end > start:
+                event(buffer[start:end])
+            start = end + 2
+        self._buffer = buffer[start:] if start < size else b""
+
+    def rest(self) -> bytes:
+        """The stream ended: what is left of a last event without its blank line (stripped)."""
+        rest, self._buffer = self._buffer.strip(), b""
+        return rest
+
+    def event(self, event: bytes) -> None:
+        raise NotImplementedError
 
 
 _JSON_WS = frozenset(b" \t\r\n")
@@ -129,8 +192,8 @@ def provider_usage(
         meter.tokens_in, meter.input_source = inp, "provider"
 
 
-class SSEMeter(Meter):
-    """Splits a server-sent-event stream into events (``on_event``), whatever the chunking."""
+class SSEMeter(SSESplitter, Meter):
+    """A meter of a server-sent-event stream: ``on_event`` sees each event."""
 
     __slots__ = ("_buffer", "_crlf")
 
@@ -141,45 +204,28 @@ class SSEMeter(Meter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = b""
-        # A server ends its lines one way: decided at the first line end, so that a
-        # stream of LF-only chunks is not scanned for "\r" on every chunk.
-        self._crlf: bool | None = None
+        self.start_events()
 
     def feed(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        crlf = self._crlf
-        if crlf is None:
-            crlf = b"\r" in buffer
-            if b"\n" in buffer:
-                self._crlf = crlf
-        if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
-            buffer = buffer.replace(b"\r\n", b"\n")
-        start, size = 0, len(buffer)
-        while start < size:
-            end = buffer.find(b"\n\n", start)
-            if end < 0:
-                break
-            if end > start:
-                event = buffer[start:end]
-                # JSON events end with "}" (or "[DONE]"): a cheap test, and a parse only
-                # for the rare event that fails it.
-                if (
-                    self.malformed_fails
-                    and not (event.endswith(b"}") or event.endswith(b"]"))
-                    and b"data:" in event
-                    and event_data(event) is None
-                ):
-                    self.error = "malformed event in the response stream"
-                try:
-                    self.on_event(event)
-                except Exception:  # a meter never breaks the caller's stream
-                    pass
-            start = end + 2
-        self._buffer = buffer[start:] if start < size else b""
+        self.feed_events(data)
+
+    def event(self, event: bytes) -> None:
+        # JSON events end with "}" (or "[DONE]"): a cheap test, and a parse only
+        # for the rare event that fails it.
+        if (
+            self.malformed_fails
+            and not (event.endswith(b"}") or event.endswith(b"]"))
+            and b"data:" in event
+            and event_data(event) is None
+        ):
+            self.error = "malformed event in the response stream"
+        try:
+            self.on_event(event)
+        except Exception:  # a meter never breaks the caller's stream
+            pass
 
     def close(self) -> None:
-        rest, self._buffer = self._buffer.strip(), b""
+        rest = self.rest()
         if rest:
             try:
                 self.on_event(rest)

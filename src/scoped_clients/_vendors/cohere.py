@@ -1,4 +1,9 @@
-"""Cohere: v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in ``meta``)."""
+"""Cohere: everything scoped_clients knows about it.
+
+v2 chat (SSE), v1 chat (JSON lines), rerank and embed (billed units in
+``meta``): how a call is named, its meters, and the drop-in names
+``ClientV2`` / ``AsyncClientV2`` / ``Client`` / ``AsyncClient``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
+from . import DropInName, Vendor
 from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
 
+PROVIDER = "cohere"
 _OPERATIONS = {"chat": "chat", "rerank": "rerank", "embed": "embed", "classify": "classify", "tokenize": "tokenize"}
 
 
@@ -108,7 +115,7 @@ class CohereBodyMeter(JSONBodyMeter):
 
 
 class CohereProfile:
-    provider = "cohere"
+    provider = PROVIDER
 
     def describe(self, method: str, url: str, body: bytes) -> CallInfo:
         path = urlsplit(url).path.rstrip("/")
@@ -127,3 +134,29 @@ class CohereProfile:
         if info.operation == "chat_stream":
             return ChatV1StreamMeter() if info.extra.get("api") == "v1" else ChatV2StreamMeter()
         return CohereBodyMeter()
+
+
+# ------------------------------------------------------------------ drop-ins
+
+_HTTP: dict[str, Any] = {
+    "http_path": ("_client_wrapper", "httpx_client", "httpx_client"),
+    "http_arg": "httpx_client",
+    "options": ("finish_policy",),
+}
+DROPINS = (
+    DropInName("AsyncClientV2", "``cohere.AsyncClientV2`` with a scoped HTTP layer.", **_HTTP),
+    DropInName("ClientV2", "``cohere.ClientV2`` with a scoped HTTP layer.", **_HTTP),
+    DropInName("AsyncClient", "``cohere.AsyncClient`` (v1 API) with a scoped HTTP layer.", **_HTTP),
+    DropInName("Client", "``cohere.Client`` (v1 API) with a scoped HTTP layer.", **_HTTP),
+)
+
+
+VENDOR = Vendor(
+    provider=PROVIDER,
+    profile=CohereProfile,
+    sdk="cohere",
+    generative=frozenset({"chat", "chat_stream"}),
+    gen_ai_operations={"chat": "chat", "chat_stream": "chat", "embed": "embeddings", "rerank": "rerank"},
+    shim="scoped_clients.cohere",
+    dropins=DROPINS,
+)

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
 from .._hops import DEADLINE_HEADER, format_timeout
+from . import Vendor
 
 if TYPE_CHECKING:
     from .._scope import RequestScope
@@ -32,3 +33,8 @@ class GenericProfile:
         remaining = scope.remaining()
         if remaining is not None and DEADLINE_HEADER not in request.headers:
             request.headers[DEADLINE_HEADER] = format_timeout(remaining)
+
+
+#: plain HTTP (``scoped_clients.httpx`` / ``httpx2``): no tokens, no stream plan; its drop-in
+#: clients are the HTTP libraries' own (``scoped_clients._transport``)
+VENDOR = Vendor(provider="http", profile=GenericProfile)

@@ -27,62 +27,28 @@ the SDKs' retry loops, which catch ``Exception``, never retry it.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
-from ._calls import CallInfo, Meter, Profile
-from ._exceptions import ScopeCancelled
-from ._loop import LoopHandle
-from ._reasons import CancelReason
-from ._reassemble import StreamPlan, plan_stream
-from ._report import CallRecord, Outcome
-from ._savings import SavingsEstimate, call_shape, default_estimator, get_prices
-from ._scope import RequestScope, current_scope
+from .._calls import CallInfo, Meter, Preparing, Profile
+from .._exceptions import ScopeCancelled
+from .._loop import LoopHandle
+from .._reasons import CancelReason
+from .._registry import join
+from .._report import CallRecord, Outcome
+from .._scope import RequestScope, registry
+from .._vendors import plan_stream
+from .._vendors._assemble import StreamPlan
+from . import FinishPolicy
+from ._record import build_record
+from ._sockets import current, shutdown_socket, socket_of
 
-FinishPolicy = Literal["abort", "finish_if_done"]
 _PENDING, _BODY, _DONE = 0, 1, 2
 _NULL_METER = Meter()
-#: operations that generate tokens: an aborted one gets a tokens_saved estimate
-GENERATIVE_OPERATIONS = frozenset({"chat.completions", "responses", "messages", "chat", "chat_stream"})
-
-
-def shutdown_socket(sock: Any) -> None:
-    """Shut a socket down for both directions, whatever object wraps it.
-
-    A ``socket.socket`` (``ssl.SSLSocket`` included, whose own ``shutdown`` would
-    tear down TLS state) is shut down through the base class; anything else
-    (uvloop's pseudo-sockets refuse ``shutdown``) through a duplicate of its
-    file descriptor, which reaches the same kernel socket.
-    """
-    if isinstance(sock, socket.socket):
-        try:  # the base class's method: for an SSLSocket it skips the TLS teardown
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-        return
-    try:
-        fd = sock.fileno()
-    except (OSError, ValueError, AttributeError):
-        return
-    if fd < 0:
-        return
-    try:
-        dup = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        dup.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        dup.close()
 
 
 def _request_body(request: Any) -> bytes:
@@ -94,16 +60,16 @@ def _request_body(request: Any) -> bytes:
 
 
 class HttpCall:
-    """One HTTP request in flight under a scope (the scope's ``Owned`` protocol)."""
+    """One HTTP request in flight under a scope (an ``Owned`` of its ``CallRegistry``)."""
 
     __slots__ = (
-        "_lock",
         "aborted",
         "body_closer",
         "detail",
         "error",
         "finish_policy",
         "info",
+        "lock",
         "loop",
         "meter",
         "orphan",
@@ -113,6 +79,7 @@ class HttpCall:
         "profile",
         "read_scope",
         "record",
+        "registry",
         "scope",
         "shielded",
         "sock",
@@ -130,11 +97,12 @@ class HttpCall:
         finish_policy: FinishPolicy,
     ) -> None:
         self.scope = scope
+        self.registry = registry(scope)
         self.info = info
         self.profile = profile
         self.loop = loop
         self.finish_policy = finish_policy
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.started_at = time.monotonic()
         self.phase = _PENDING
         self.meter: Meter = _NULL_METER
@@ -155,7 +123,7 @@ class HttpCall:
     # -------------------------------------------------------------- aborting
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE or self.aborted is not None or self.shielded:
                 return
             if self.finish_policy == "finish_if_done" and self.meter.finish_reason is not None and not orphan:
@@ -179,7 +147,7 @@ class HttpCall:
             self.read_scope.cancel()
 
     def _shutdown(self) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE:
                 return
             tracked = self.tracked
@@ -188,6 +156,13 @@ class HttpCall:
                     shutdown_socket(tracked.raw_socket())
             elif self.sock is not None:
                 shutdown_socket(self.sock)
+
+    def refused(self, reason: CancelReason) -> CallRecord:
+        """The scope refused the call before it was sent: its record (``refused``)."""
+        self.aborted = reason
+        self.phase = _DONE
+        self.outcome = "refused"
+        return build_record(self)
 
     def cancelled_error(self) -> ScopeCancelled:
         assert self.aborted is not None
@@ -201,13 +176,13 @@ class HttpCall:
         self.meter = _meter_for(self, content_type)
         stream = response.extensions.get("network_stream")
         http2 = response.extensions.get("http_version") == b"HTTP/2"
-        with self._lock:
+        with self.lock:
             self.phase = _BODY
             if self.loop is not None and stream is not None and not http2:
-                self.sock = _socket_of(stream)
+                self.sock = socket_of(stream)
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        with self._lock:
+        with self.lock:
             if self.phase == _DONE:
                 return
             self.phase = _DONE
@@ -224,7 +199,7 @@ class HttpCall:
             elif self.meter.error is not None:
                 outcome, self.error = "failed", self.meter.error
         self.outcome = outcome
-        self.scope._release(self, self.final_record())
+        self.registry.release(self, self.final_record())
 
     def _close_meter(self) -> None:
         try:
@@ -236,7 +211,7 @@ class HttpCall:
         if self.record is not None:
             return self.record
         self._close_meter()
-        self.record = _build_record(self)
+        self.record = build_record(self)
         return self.record
 
     async def aclose_on_exit(self) -> None:
@@ -250,26 +225,6 @@ class HttpCall:
             closer()
 
 
-_sockets: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _socket_of(stream: Any) -> Any:
-    """The socket under an httpcore network stream, cached per pooled connection.
-
-    anyio builds a dict of every attribute on each ``extra()`` lookup: ~10 us a
-    response, which a pooled connection only needs to pay once.
-    """
-    try:
-        return _sockets[stream]
-    except (KeyError, TypeError):
-        sock = stream.get_extra_info("socket")
-        try:
-            _sockets[stream] = sock
-        except TypeError:  # a stream that cannot be weakly referenced: no caching
-            pass
-        return sock
-
-
 def _meter_for(call: HttpCall, content_type: str) -> Meter:
     if call.status_code is None:
         return _NULL_METER
@@ -279,94 +234,15 @@ def _meter_for(call: HttpCall, content_type: str) -> Meter:
         return _NULL_METER
 
 
-def _build_record(call: HttpCall) -> CallRecord:
-    meter = call.meter
-    info = call.info
-    # A call still in flight when its record is taken (the scope is ending) was aborted.
-    outcome: Outcome = call.outcome or "aborted"
-    now = time.monotonic()
-    received = meter.tokens_out  # read once: a reader in another thread may still feed the meter
-    savings = _savings_of(call, outcome, now, received)
-    saved = None if savings is None else savings.tokens_saved
-    cost = None if saved is None else get_prices().cost(info.model, 0, saved)
-    detail = dict(call.detail)
-    if call.status_code is not None:
-        detail["status_code"] = call.status_code
-    return CallRecord(
-        provider=info.provider,
-        operation=info.operation,
-        model=info.model,
-        outcome=outcome,
-        started_at=call.started_at,
-        duration=now - call.started_at,
-        tokens_in=meter.tokens_in,
-        tokens_out=received,
-        tokens_in_source=meter.input_source,
-        tokens_out_source=meter.output_source,
-        tokens_saved=saved,
-        tokens_saved_max=None if savings is None else savings.tokens_saved_max,
-        saved_method=None if savings is None else savings.method,
-        saved_shape=None if savings is None else savings.shape,
-        tokens_saved_source=None if savings is None else savings.tokens_saved_source,
-        tokens_saved_max_source=None if savings is None else savings.tokens_saved_max_source,
-        tokens_produced=None if savings is None else savings.tokens_produced,
-        tokens_produced_source=None if savings is None else savings.tokens_produced_source,
-        cost_saved=cost,
-        cancel_reason=call.aborted.code if call.aborted is not None else None,
-        cancelled_at=call.aborted.time if call.aborted is not None else None,
-        orphan=call.orphan,
-        error=call.error,
-        finish_reason=meter.finish_reason,
-        units=dict(meter.units),
-        detail=detail,
-    )
+_preparing: dict[type, bool] = {}
 
 
-def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> SavingsEstimate | None:
-    """An aborted generation's savings figures; a completed one teaches the estimator instead.
-
-    What the caller received is what the provider produced only for a stream it
-    was reading when the abort came (the meter reads the wire format, so a
-    non-streamed call sent as a stream counts too).  For anything else (a
-    non-streamed body, which arrives only at the end; a stream whose headers had
-    not arrived; an orphan nobody was reading) the estimator infers the output
-    produced from the time the call ran before the abort.
-    """
-    meter, info = call.meter, call.info
-    estimator = default_estimator()
-    requested = info.extra.get("shape", "text")
-    shape = call_shape(requested, meter.tool_calls, meter.finish_reason, output_seen=meter.streamed and received > 0)
-    if outcome == "completed":
-        if received > 0:
-            seconds = now - call.started_at
-            chosen = requested is None
-            estimator.observe(
-                info.provider,
-                info.model,
-                received,
-                seconds,
-                operation=info.operation,
-                shape=shape or "text",
-                chosen=chosen,
-            )
-        return None
-    if outcome != "aborted" or not (info.operation in GENERATIVE_OPERATIONS or received):
-        return None
-    aborted_at = now if call.aborted is None else min(now, call.aborted.time)
-    # Several choices (OpenAI's n): the bound is per choice, and the first finish reason is not the end.
-    choices = info.extra.get("choices", 1)
-    choices = choices if isinstance(choices, int) and choices > 1 else 1
-    return estimator.estimate(
-        info.provider,
-        info.model,
-        received,
-        None if info.max_tokens is None else info.max_tokens * choices,
-        streamed=meter.streamed and call.status_code is not None and not call.orphan,
-        elapsed=max(0.0, aborted_at - call.started_at),
-        finished=meter.finish_reason is not None and choices == 1,
-        operation=info.operation,
-        shape=shape,
-    )
+def _prepares(profile: Profile) -> bool:
+    """Whether a profile has the optional ``prepare`` step (``Preparing``), asked once per profile class."""
+    prepares = _preparing.get(type(profile))
+    if prepares is None:
+        prepares = _preparing[type(profile)] = isinstance(profile, Preparing)
+    return prepares
 
 
 def open_call(
@@ -378,79 +254,43 @@ def open_call(
     except Exception:
         info = CallInfo(provider="http", operation=f"{request.method} {request.url.host}{request.url.path}")
     call = HttpCall(scope, info, profile, loop, finish_policy)
-    prepare = getattr(profile, "prepare", None)
-    if prepare is not None:
-        prepare(request, scope)
-    try:
-        call.shielded = scope._admit(call)
-    except ScopeCancelled as refused:
-        call.aborted = refused.reason
-        call.phase = _DONE
-        call.outcome = "refused"
-        record = _build_record(call)
-        scope._refused(record)
-        raise
+    if _prepares(profile):
+        profile.prepare(request, scope)  # type: ignore[attr-defined]
+    call.shielded = join(call.registry, call, call.refused)
     return call
 
 
 # ---------------------------------------------------------------------- async
 
 
-def _is_native_cancel(exc: BaseException) -> bool:
+def is_native_cancel(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
-async def send_async(
-    inner: Any,
-    request: Any,
-    profile: Profile,
-    finish_policy: FinishPolicy,
-    body_cls: type,
-    *,
-    always_stream: bool = False,
-) -> Any:
-    """``handle_async_request`` under the ambient scope (pass-through without one).
+def planned(request: Any, always_stream: bool, call: HttpCall | None) -> tuple[Any, StreamPlan | None]:
+    """``always_stream``: the request to send (the streamed form of a generation its vendor plans) and the plan."""
+    plan = plan_stream(request) if always_stream else None
+    if plan is None:
+        return request, None
+    if call is not None:
+        call.detail["always_stream"] = True  # noted on the call's record
+    return plan.request, plan
 
-    ``always_stream``: a non-streamed generation is sent as a stream, read here to its
-    end, and handed over as the non-streamed response (see ``_reassemble``).
+
+def received(
+    plan: StreamPlan | None, response: Any, call: HttpCall | None, body_cls: type, closer: str
+) -> tuple[Any, StreamPlan | None]:
+    """Headers are in: the response to hand over, and the plan whose stream must first be read to its end.
+
+    A planned stream (a 2xx event stream) is tapped under the scoped body, so that
+    the assembler sees every chunk; anything else goes to the SDK as it is.
     """
-    scope = current_scope()
-    if scope is None:
-        if always_stream and (plan := plan_stream(request)) is not None:
-            response = await inner.handle_async_request(plan.request)
-            if not plan.accepts(response):
-                return response
-            plan.tap(response)
-            return await plan.read_async(response)
-        return await inner.handle_async_request(request)
-    loop = scope._loop if scope._loop is not None and scope._loop.thread_id == threading.get_ident() else LoopHandle()
-    call = open_call(scope, request, profile, loop, finish_policy)
-    plan = _stream_plan(call, request) if always_stream else None
-    try:
-        with anyio.CancelScope() as pending:
-            call.pending_scope = pending
-            if call.aborted is not None:  # cancelled between admission and here
-                pending.cancel()
-            response = await inner.handle_async_request(request if plan is None else plan.request)
-    except BaseException as exc:
-        call.pending_scope = None
-        _raise_for(call, exc)
-    call.pending_scope = None
-    if pending.cancelled_caught:
-        call.finish("aborted")
-        raise call.cancelled_error()
-    if plan is None or not plan.accepts(response):
-        return _attach_body(call, response, body_cls, "aclose")
-    plan.tap(response, call)
-    return await plan.read_async(_attach_body(call, response, body_cls, "aclose"))
-
-
-def _stream_plan(call: HttpCall, request: Any) -> StreamPlan | None:
-    """``always_stream``: the streamed form of ``request``, noted on the call's record."""
-    plan = plan_stream(request)
-    if plan is not None:
-        call.detail["always_stream"] = True
-    return plan
+    reading = plan if plan is not None and plan.accepts(response) else None
+    if reading is not None:
+        reading.tap(response, call)
+    if call is not None:
+        response = _attach_body(call, response, body_cls, closer)
+    return response, reading
 
 
 def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> Any:
@@ -470,16 +310,20 @@ def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> 
 
 def _raise_for(call: HttpCall, exc: BaseException) -> None:
     """Record a call that raised and re-raise the right exception."""
-    if call.aborted is not None and not (call.loop is not None and _is_native_cancel(exc)):
+    if call.aborted is not None and not (call.loop is not None and is_native_cancel(exc)):
         call.finish("aborted")
         raise call.cancelled_error() from exc
-    if call.loop is not None and _is_native_cancel(exc):
+    if call.loop is not None and is_native_cancel(exc):
         # Someone else's cancellation (the body's, a timeout of the user's): let it travel.
         call.detail["cancelled_by"] = "task"
         call.finish("aborted")
         raise exc
     call.finish("failed", exc)
     raise exc
+
+
+#: the transport's name for it (``_raise_for`` is the bodies' own)
+raise_for = _raise_for
 
 
 class AsyncBodyMixin:
@@ -596,126 +440,6 @@ _EXHAUSTED = object()
 
 # ----------------------------------------------------------------------- sync
 
-_tls = threading.local()
-
-
-class TrackedStream:
-    """A sync network stream that tells the call running in this thread which socket it uses."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.owner: HttpCall | None = None
-
-    def raw_socket(self) -> Any:
-        return self._inner.get_extra_info("socket")
-
-    def _claim(self) -> None:
-        call: HttpCall | None = getattr(_tls, "call", None)
-        if call is not None and self.owner is not call:
-            with call._lock:
-                self.owner = call
-                call.tracked = self
-                aborted = call.aborted
-            if aborted is not None:
-                raise call.cancelled_error()
-        elif call is not None and call.aborted is not None:
-            raise call.cancelled_error()
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self._claim()
-        data: bytes = self._inner.read(max_bytes, timeout)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._claim()
-        self._inner.write(buffer, timeout)
-
-    def close(self) -> None:
-        owner = self.owner
-        if owner is not None:
-            with owner._lock:  # never shut down a socket whose descriptor is being released
-                self.owner = None
-                self._inner.close()
-        else:
-            self._inner.close()
-
-    def start_tls(self, *args: Any, **kwargs: Any) -> TrackedStream:
-        return TrackedStream(self._inner.start_tls(*args, **kwargs))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class TrackingBackend:
-    """Wraps an httpcore sync network backend so every stream it opens is a ``TrackedStream``."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> TrackedStream:
-        return TrackedStream(self._inner.connect_tcp(*args, **kwargs))
-
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> TrackedStream:
-        return TrackedStream(self._inner.connect_unix_socket(*args, **kwargs))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def install_tracking(transport: Any) -> bool:
-    """Make a sync httpx/httpx2 ``HTTPTransport`` report its sockets to the calls using them.
-
-    httpx does not let us pass httpcore's public ``network_backend`` argument, so we
-    wrap the pool's backend attribute on the transport instance we were given.
-    Returns False for transports without a pool (mock, WSGI): those cannot be
-    interrupted from another thread, only refused.
-    """
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if backend is None:
-        return False
-    if not isinstance(backend, TrackingBackend):
-        pool._network_backend = TrackingBackend(backend)  # type: ignore[union-attr]
-    return True
-
-
-def send_sync(
-    inner: Any,
-    request: Any,
-    profile: Profile,
-    finish_policy: FinishPolicy,
-    body_cls: type,
-    *,
-    always_stream: bool = False,
-) -> Any:
-    scope = current_scope()
-    if scope is None:
-        if always_stream and (plan := plan_stream(request)) is not None:
-            response = inner.handle_request(plan.request)
-            if not plan.accepts(response):
-                return response
-            plan.tap(response)
-            return plan.read_sync(response)
-        return inner.handle_request(request)
-    call = open_call(scope, request, profile, None, finish_policy)
-    plan = _stream_plan(call, request) if always_stream else None
-    previous = getattr(_tls, "call", None)
-    _tls.call = call
-    try:
-        response = inner.handle_request(request if plan is None else plan.request)
-    except BaseException as exc:
-        _raise_for(call, exc)
-    finally:
-        _tls.call = previous
-    if call.aborted is not None:
-        response.close()
-        call.finish("aborted")
-        raise call.cancelled_error()
-    if plan is None or not plan.accepts(response):
-        return _attach_body(call, response, body_cls, "close")
-    plan.tap(response, call)
-    return plan.read_sync(_attach_body(call, response, body_cls, "close"))
-
 
 class SyncBodyMixin:
     """The response body of a scoped sync call; subclassed with each library's ``SyncByteStream``."""
@@ -731,10 +455,10 @@ class SyncBodyMixin:
         if call.aborted is not None:
             raise call.cancelled_error()
         iterator = iter(self._inner)
-        previous = getattr(_tls, "call", None)
+        previous = getattr(current, "call", None)
         try:
             while True:
-                _tls.call = call
+                current.call = call
                 self._reading = True
                 try:
                     chunk = next(iterator)
@@ -742,7 +466,7 @@ class SyncBodyMixin:
                     break
                 finally:
                     self._reading = False
-                    _tls.call = previous
+                    current.call = previous
                 if call.aborted is not None:
                     continue  # drain to the EOF the shutdown caused (see the async body)
                 feed(chunk)

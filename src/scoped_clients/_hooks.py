@@ -1,0 +1,75 @@
+"""A scope's ``on_cancel`` hooks: kept until the cancel, then taken once and run.
+
+Each hook runs once; an error in one is logged and never stops the others.
+Sync hooks run inline; async hooks run shielded, each bounded by the scope's
+``hook_timeout``.  When they run (inline at the cancel, in a task started with
+the first hook, or at the block's exit) is the scope's business (``_scope``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+logger = logging.getLogger("scoped_clients")
+
+Hook = Callable[[], object] | Callable[[], Awaitable[object]]
+
+
+class Hooks:
+    """The hooks of one scope (``owner``, named in the log lines), guarded by the scope's lock."""
+
+    __slots__ = ("_hooks", "_lock", "_owner", "timeout")
+
+    def __init__(self, owner: object, lock: threading.RLock, timeout: float) -> None:
+        self._owner = weakref.ref(owner)  # for the log lines; no reference cycle with the scope
+        self._lock = lock
+        self._hooks: list[Hook] = []
+        #: seconds each async hook may take
+        self.timeout = timeout
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def add(self, hook: Hook) -> None:
+        """Keep ``hook`` (the caller holds the scope's lock and has checked its state)."""
+        self._hooks.append(hook)
+
+    def clear(self) -> None:
+        self._hooks.clear()
+
+    def take(self) -> list[Hook]:
+        """The hooks not run yet, each handed out once."""
+        with self._lock:
+            hooks, self._hooks = self._hooks, []
+            return hooks
+
+    def run_sync(self) -> None:
+        owner = self._owner()
+        for hook in self.take():
+            try:
+                result = hook()
+                if isinstance(result, Awaitable):
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                    logger.error("on_cancel hook %r is async but %r is a sync scope; use a sync hook", hook, owner)
+            except Exception:
+                logger.exception("on_cancel hook %r of %r failed", hook, owner)
+
+    async def run_async(self) -> None:
+        owner = self._owner()
+        for hook in self.take():
+            with anyio.move_on_after(self.timeout, shield=True) as bound:
+                try:
+                    result = hook()
+                    if isinstance(result, Awaitable):
+                        await result
+                except Exception:
+                    logger.exception("on_cancel hook %r of %r failed", hook, owner)
+            if bound.cancelled_caught:
+                logger.error("on_cancel hook %r of %r did not finish within %ss", hook, owner, self.timeout)

@@ -1,1 +1,0 @@
-"""Vendor wire-protocol profiles: which call a request is, and meters for its response."""
