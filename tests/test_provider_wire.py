@@ -10,6 +10,7 @@ is not installed; the async ones that an SDK can only run on asyncio skip on Tri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -320,10 +321,12 @@ async def test_groq_async(provider: LocalProvider) -> None:
         provider.reset()
         stream = await client.chat.completions.create(model="local-1000", messages=MESSAGES, stream=True)
         n = 0
-        async for _ in stream:
-            n += 1
-            if n == 3:
-                break
+        # groq's AsyncStream.__aiter__ is an async generator: closed here, not left to trio's collector
+        async with contextlib.aclosing(aiter(stream)) as chunks:
+            async for _ in chunks:
+                n += 1
+                if n == 3:
+                    break
         t_close = time.monotonic()
         await stream.close()
         seen_leaving(provider, t_close)
