@@ -1,19 +1,23 @@
 """Disconnect scenarios through real uvicorn, repeated: raw SDK app vs scoped app, same code otherwise.
 
-    python benchmarks/disconnect.py [--reps 3]
+    python benchmarks/disconnect.py [--reps 3] [--only "MCP tool"]
 
 The scenarios and the sample app are the demo's (``scoped_clients.demo``):
 streaming chat, non-streaming chat, RAG (search -> rerank -> LLM),
 non-streaming Anthropic messages, fire-and-forget task, tool subprocess, and
 one agent loop per framework (openai-agents, pydantic-ai, LangGraph: an LLM
 turn that calls a subprocess tool, the tool, a final LLM turn), dropped while
-the tool runs.  A framework that is not installed gets an "n/a" row saying
-what to install.  Each request is dropped by a raw socket once the upstream
-is busy; the provider's log and the tool's own tick file say what happened
-next (agent rows: LLM units plus tool ticks after the drop; the disconnect is
-seen when the tool's process is gone).  "Tasks left" counts the app's asyncio
+the tool runs, and an MCP tool (the MCP SDK's own server in its own process,
+streamable HTTP) called from a task the request does not cancel: the vendor's
+``mcp.Client`` in the raw app, ``scoped_clients.mcp.Client`` in the scoped one
+(units: the tool's ticks after the drop; the disconnect: its handler cancelled,
+both as the server's handler noted them).  A framework or SDK that is not
+installed gets an "n/a" row saying what to install.  Each request is dropped
+by a raw socket once the upstream is busy; the provider's log and the tool's
+own tick file say what happened next (agent rows: LLM units plus tool ticks
+after the drop; the disconnect is seen when the tool's process is gone).  "Tasks left" counts the app's asyncio
 tasks 100 ms after the drop, above its idle baseline; "tool processes left"
-the tool's process still running then.
+the tool's process (MCP: the server's tool handler) still running then.
 Targets: at most 1 unit after the drop, p99 latency < 5 ms, zero late calls,
 zero tasks and tool processes left.
 """
@@ -24,21 +28,22 @@ import argparse
 
 from _common import machine, median, percentile, table, verdict
 
-from scoped_clients.demo.scenarios import AGENT_SCENARIOS, BASE_SCENARIOS, Outcome, run_scenarios
+from scoped_clients.demo.scenarios import AGENT_SCENARIOS, BASE_SCENARIOS, MCP_SCENARIOS, Outcome, run_scenarios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", metavar="TEXT", help="only the scenarios whose name contains TEXT")
     args = parser.parse_args()
     rows = []
-    scenarios = [*BASE_SCENARIOS, *AGENT_SCENARIOS]
+    scenarios = [*BASE_SCENARIOS, *AGENT_SCENARIOS, *MCP_SCENARIOS]
+    scenarios = [s for s in scenarios if args.only is None or args.only in s.name]
     runnable = [s for s in scenarios if s.available()]
     results = run_scenarios(args.reps, count_tasks=True, scenarios=runnable)
     for scenario in scenarios:
         if not scenario.available():
-            assert scenario.agent is not None
-            rows.append([scenario.name, f"n/a ({scenario.agent.install})", "", "", "", "", ""])
+            rows.append([scenario.name, f"n/a ({scenario.install()})", "", "", "", "", ""])
             continue
         raw, scoped = results[scenario.name]["raw"], results[scenario.name]["scoped"]
         latencies = [o.latency_ms for o in scoped if o.latency_ms is not None]
@@ -61,7 +66,7 @@ def main() -> None:
                 f"{_latency(raw)} -> {_latency(scoped)}",
                 f"{max(o.calls_after_drop for o in raw)} -> {max(late)}",
                 f"{max(o.tasks_left or 0 for o in raw)} -> {max(tasks)}",
-                f"{max(o.tools_left or 0 for o in raw)} -> {max(tools)}" if scenario.tool else "-",
+                f"{max(o.tools_left or 0 for o in raw)} -> {max(tools)}" if scenario.tool or scenario.mcp else "-",
                 verdict(ok),
             ]
         )

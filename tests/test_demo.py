@@ -11,6 +11,7 @@ import pytest
 
 from scoped_clients.cli import main
 from scoped_clients.demo import SCENARIOS, run_demo
+from scoped_clients.demo.scenarios import MCP_SCENARIOS
 
 
 @pytest.mark.timeout(300)  # every scenario twice, the raw app's window included (agent scenarios when installed)
@@ -29,6 +30,13 @@ def test_demo_stops_every_scenario_upstream() -> None:
     assert results["non-streaming chat (Anthropic)"]["raw"].units_after_drop > 100
     assert results["RAG: search -> rerank -> LLM"]["raw"].calls_after_drop == 2
     assert results["tool subprocess"]["raw"].units_after_drop > 100
+    # the MCP row (the test extra installs mcp): what the MCP server's tool handler noted itself; the
+    # vendor's client left the tool running (the call's task is not the request's), ours had it cancelled
+    (mcp,) = MCP_SCENARIOS
+    assert mcp.name in results, "the MCP row needs the mcp extra (part of demo and test)"
+    raw_mcp, scoped_mcp = results[mcp.name]["raw"], results[mcp.name]["scoped"]
+    assert raw_mcp.latency_ms is None and raw_mcp.notes == ["ran to the end"] and raw_mcp.units_after_drop > 50
+    assert scoped_mcp.latency_ms is not None and scoped_mcp.latency_ms < 1000 and not scoped_mcp.notes
     assert "Upstream work after the user left" in lines[-1]
 
 

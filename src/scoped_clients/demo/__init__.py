@@ -1,7 +1,8 @@
 """``scoped-clients demo``: the same app on the raw SDKs and on scoped_clients, side by side.
 
 An embedded local provider (``scoped_clients.provider``) plays OpenAI, Anthropic,
-Cohere and Qdrant; a sample Starlette app runs under real uvicorn twice (raw SDKs,
+Cohere and Qdrant, and the MCP SDK's own server runs a tool in its own process
+(``demo.mcp_tool``); a sample Starlette app runs under real uvicorn twice (raw SDKs,
 then scoped clients behind ``ScopeMiddleware``); a raw-socket client drops each
 request the way a browser closing a tab does, and the table shows what the
 upstream did after the drop.  Needs the ``demo`` extra.

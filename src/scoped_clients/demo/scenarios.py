@@ -9,13 +9,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from .._report import ScopeReport, add_report_sink
 from ..provider import LocalProvider, Reply, ToolCall, embed
 from ..testing import serve
-from . import agents
+from . import agents, mcp_tool
 from .app import COLLECTION, DIM, TICKS, Mode, TaskProbe, build_app
 
 
@@ -30,9 +32,19 @@ class Scenario:
     #: an agent loop (``demo.agents``): LLM turn calling the tool, the tool, a final LLM turn;
     #: dropped while the tool runs
     agent: agents.Framework | None = None
+    #: a tool on an MCP server (``demo.mcp_tool``), called from a task the request does not cancel
+    mcp: bool = False
 
     def available(self) -> bool:
+        if self.mcp:
+            return mcp_tool.installed()
         return self.agent is None or self.agent.installed()
+
+    def install(self) -> str | None:
+        """What to install to run it (None: the ``demo`` extra is enough)."""
+        if self.mcp:
+            return mcp_tool.INSTALL
+        return self.agent.install if self.agent is not None else None
 
 
 BASE_SCENARIOS: tuple[Scenario, ...] = (
@@ -47,8 +59,10 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
 AGENT_SCENARIOS: tuple[Scenario, ...] = tuple(
     Scenario(f"agent: {f.name} (LLM -> tool -> LLM)", f.path, 1, 5, tool=True, agent=f) for f in agents.FRAMEWORKS
 )
-#: the demo's default set: the agent scenarios of the frameworks that are installed
-SCENARIOS: tuple[Scenario, ...] = BASE_SCENARIOS + tuple(s for s in AGENT_SCENARIOS if s.available())
+#: a tool on the MCP SDK's own server, in its own process; dropped while the tool runs
+MCP_SCENARIOS: tuple[Scenario, ...] = (Scenario("MCP tool (call in a task of its own)", mcp_tool.PATH, 0, 5, mcp=True),)
+#: the demo's default set: the agent and MCP scenarios whose packages are installed
+SCENARIOS: tuple[Scenario, ...] = BASE_SCENARIOS + tuple(s for s in AGENT_SCENARIOS + MCP_SCENARIOS if s.available())
 
 
 @dataclass
@@ -145,11 +159,11 @@ def _observe_agent(
     outcome.latency_ms = latency
 
 
-def _sample(outcome: Outcome, probe: TaskProbe | None, baseline: int, pid: int | None) -> None:
+def _sample(outcome: Outcome, probe: TaskProbe | None, baseline: int, running: Callable[[], bool] | None) -> None:
     if probe is not None:
         outcome.tasks_left = probe.count() - baseline
-    if pid is not None:
-        outcome.tools_left = int(_running(pid))
+    if running is not None:
+        outcome.tools_left = int(running())
 
 
 @contextmanager
@@ -198,7 +212,9 @@ def run_scenario(
     ):
         sock.sendall(f"GET {scenario.path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
         pid = None
-        if scenario.tool:
+        if scenario.mcp:
+            mcp_tool.wait_ticks(tick_file, scenario.busy_units)
+        elif scenario.tool:
             if scenario.busy_requests:
                 provider.wait_for_requests(scenario.busy_requests, timeout=10)
             pid = _wait_ticks(tick_file, scenario.busy_units)
@@ -208,10 +224,17 @@ def run_scenario(
         t_drop = time.monotonic()
         sock.close()  # the tab is closed
         # sampled from a timer so that the observation below keeps its own timing
-        sampler = threading.Timer(0.1, _sample, (outcome, probe, baseline, pid))
+        running = partial(_running, pid) if pid is not None else None
+        if scenario.mcp:
+            running = partial(mcp_tool.running, tick_file)
+        sampler = threading.Timer(0.1, _sample, (outcome, probe, baseline, running))
         sampler.start()
         window = 1.0 if mode == "scoped" else 8.0
-        if scenario.agent is not None and pid is not None:
+        if scenario.mcp:  # measured at the MCP server: its tool handler's own notes
+            outcome.units_after_drop, outcome.latency_ms, ran_on = mcp_tool.observe(tick_file, t_drop, window)
+            if ran_on:
+                outcome.notes.append("ran to the end")
+        elif scenario.agent is not None and pid is not None:
             _observe_agent(outcome, provider, tick_file, pid, t_drop, window)
         elif pid is not None:
             _observe_tool(outcome, tick_file, pid, t_drop, window)
@@ -242,25 +265,37 @@ def run_scenarios(
     ``count_tasks``: also count the app's tasks left 100 ms after each drop (``Outcome.tasks_left``).
     ``scenarios``: default, the demo's set; a scenario whose framework is not installed is refused.
     """
-    missing = [s.agent.install for s in scenarios if s.agent is not None and not s.available()]
+    missing = [str(s.install()) for s in scenarios if not s.available()]
     if missing:
-        raise RuntimeError(f"these scenarios need frameworks that are not installed: {'; '.join(missing)}")
-    base = [s for s in scenarios if s.agent is None]
+        raise RuntimeError(f"these scenarios need packages that are not installed: {'; '.join(missing)}")
+    base = [s for s in scenarios if s.agent is None and not s.mcp]
     agent = [s for s in scenarios if s.agent is not None]
+    mcp = [s for s in scenarios if s.mcp]
     results: dict[str, dict[Mode, list[Outcome]]] = {s.name: {"raw": [], "scoped": []} for s in scenarios}
-    with LocalProvider(token_interval=0.01, default_tokens=300) as provider, tempfile.TemporaryDirectory() as tmp:
+    with (
+        LocalProvider(token_interval=0.01, default_tokens=300) as provider,
+        tempfile.TemporaryDirectory() as tmp,
+        ExitStack() as servers,
+    ):
         _seed(provider)
+        # the MCP server: one process for both apps (the SDK's own server, on streamable HTTP)
+        mcp_url = servers.enter_context(mcp_tool.serve()) if mcp else ""
         provider.search_delay = 1.0
         tick_file = os.path.join(tmp, "ticks")
         modes: tuple[Mode, ...] = ("raw", "scoped")
         for mode in modes:
             if progress is not None:
                 progress(f"running the {mode} app ...")
-            for build, group in ((build_app, base), (agents.build_agent_app, agent)):
+            builds: tuple[tuple[Callable[..., Any], str, list[Scenario]], ...] = (
+                (build_app, provider.url, base),
+                (agents.build_agent_app, provider.url, agent),
+                (mcp_tool.build_mcp_app, mcp_url, mcp),
+            )
+            for build, upstream, group in builds:
                 if not group:
                     continue
                 probe = TaskProbe() if count_tasks else None
-                with serve(build(mode, provider.url, tick_file, probe), log_level="critical") as port:
+                with serve(build(mode, upstream, tick_file, probe), log_level="critical") as port:
                     for scenario in group:
                         for _ in range(reps):
                             outcome = run_scenario(provider, port, scenario, tick_file, mode, probe)
