@@ -289,3 +289,114 @@ def test_without_the_extra_the_error_says_what_to_install(
     monkeypatch.delitem(sys.modules, f"scoped_clients.{extra}", raising=False)
     with pytest.raises(ImportError, match=rf'pip install "scoped-clients\[{extra}\]"'):
         importlib.import_module(f"scoped_clients.{extra}")
+
+
+# ------------------------------------------------------------------ MCP: execute_tool
+
+
+@pytest.fixture(scope="module")
+def mcp_url() -> Iterator[str]:
+    pytest.importorskip("mcp")
+    from _mcp import serve_http
+
+    with serve_http() as url:  # the SDK's own server, in its own process (tests/_mcp_server.py)
+        yield url
+
+
+@pytest.mark.anyio
+async def test_an_mcp_tool_call_is_an_execute_tool_span(mcp_url: str, telemetry: Telemetry, tmp_path: Any) -> None:
+    """``tools/call`` records are the GenAI conventions' ``execute_tool`` (and the MCP conventions' client
+    span): the tool, the server, the outcome; the other MCP requests are no GenAI operation."""
+    import mcp
+
+    from _mcp import ServerLog
+    from scoped_clients.mcp import Client
+
+    log = ServerLog(tmp_path / "server.log")
+    port = int(mcp_url.split(":")[2].split("/")[0])
+    with anyio.fail_after(30):
+        async with Client(mcp_url) as client:
+            async with RequestScope("tools"):
+                await client.call_tool("slow", {"seconds": 0, "tag": "ok", "log": str(log.path)})
+                failed = await client.call_tool("no_such_tool", {})  # the server answers isError
+                await client.list_tools()
+                with pytest.raises(mcp.MCPError):
+                    await client.read_resource("file:///nowhere")
+            async with anyio.create_task_group() as outside, RequestScope("cancelled") as scope:
+
+                async def call() -> None:  # a task the scope's body never awaits
+                    with pytest.raises(ScopeCancelled):
+                        await client.call_tool("slow", {"seconds": 30, "tag": "c", "log": str(log.path)})
+
+                outside.start_soon(call)
+                await log.wait("start", "c")
+                scope.cancel("client_disconnected")
+            await log.wait("cancelled", "c")  # the server's handler was stopped
+    assert failed.is_error
+
+    calls = [s for s in telemetry.spans.get_finished_spans() if s.name != "scoped_clients.scope"]
+    spans = {(s.name, dict(s.attributes or {})["scoped_clients.outcome"]): s for s in calls}
+    assert set(spans) == {  # the SDK lists the tools itself, to validate a result of a tool it has not seen
+        ("tools/call slow", "completed"),
+        ("tools/call no_such_tool", "completed"),
+        ("tools/list", "completed"),
+        ("resources/read", "failed"),
+        ("tools/call slow", "aborted"),
+    }
+    ok, aborted = spans[("tools/call slow", "completed")], spans[("tools/call slow", "aborted")]
+    server = {"server.address": "127.0.0.1", "server.port": port, "network.transport": "tcp"}
+    for span in (ok, aborted):
+        attrs = dict(span.attributes or {})
+        assert span.kind is trace.SpanKind.CLIENT
+        assert {k: attrs[k] for k in ("gen_ai.operation.name", "gen_ai.tool.name", "mcp.method.name")} == {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "slow",
+            "mcp.method.name": "tools/call",
+        }
+        assert {k: attrs[k] for k in server} == server and attrs["gen_ai.provider.name"] == "mcp"
+        assert "gen_ai.usage.output_tokens" not in attrs  # a tool generates no tokens
+    assert "error.type" not in dict(ok.attributes or {}) and ok.status.status_code is StatusCode.UNSET
+    cancelled = dict(aborted.attributes or {})
+    assert cancelled["error.type"] == "ScopeCancelled" and aborted.status.status_code is StatusCode.ERROR
+    assert cancelled["scoped_clients.cancel_reason"] == "client_disconnected"
+    assert [e.name for e in aborted.events] == ["scoped_clients.cancel"]
+    tool_error = dict(spans[("tools/call no_such_tool", "completed")].attributes or {})
+    assert tool_error["error.type"] == "tool_error" and tool_error["gen_ai.tool.name"] == "no_such_tool"
+    listed = dict(spans[("tools/list", "completed")].attributes or {})
+    assert listed["mcp.method.name"] == "tools/list" and "gen_ai.operation.name" not in listed
+    assert "gen_ai.tool.name" not in listed
+    read = dict(spans[("resources/read", "failed")].attributes or {})
+    assert read["error.type"] == read["rpc.response.status_code"] == "-32602"  # the JSON-RPC error code
+
+    # metrics: the operation, the tool and the server as attributes, bounded (no arguments, no ids)
+    durations = {
+        (a.get("gen_ai.operation.name"), a.get("gen_ai.tool.name"), a.get("error.type")): (a, p)
+        for a, p in telemetry.points("gen_ai.client.operation.duration")
+    }
+    attrs, point = durations[("execute_tool", "slow", None)]
+    assert point.count == 1 and attrs["server.address"] == "127.0.0.1" and attrs["server.port"] == port
+    assert attrs["gen_ai.provider.name"] == "mcp" and attrs["gen_ai.request.model"] == "none"
+    assert durations[("execute_tool", "slow", "ScopeCancelled")][1].count == 1
+    assert durations[("execute_tool", "no_such_tool", "tool_error")][1].count == 1
+    assert ("other", None, None) in durations and ("other", None, "-32602") in durations  # list, read
+    cancel = {"gen_ai.operation.name": "execute_tool", "scoped_clients.cancel_reason": "client_disconnected"}
+    assert telemetry.total("scoped_clients.calls.aborted", **cancel) == 1
+    (latency,) = [
+        p for a, p in telemetry.points("scoped_clients.cancel.latency") if a["gen_ai.operation.name"] == "execute_tool"
+    ]
+    assert latency.count == 1 and latency.sum < 1.0
+
+
+def test_where_an_mcp_server_is_in_the_conventions_terms() -> None:
+    """``detail["server"]`` as scoped_clients.mcp names a server: a URL, a stdio command, or neither."""
+    from scoped_clients._metrics import McpServer, mcp_server
+
+    def record(server: object, provider: str = "mcp") -> CallRecord:
+        return CallRecord(provider, "tools/call", None, "completed", 0.0, 0.1, detail={"server": server, "tool": "t"})
+
+    assert mcp_server(record("https://tools.example/mcp")) == McpServer("tools.example", 443, "tcp")
+    assert mcp_server(record("http://127.0.0.1:8000/mcp")) == McpServer("127.0.0.1", 8000, "tcp")
+    assert mcp_server(record("stdio:python")) == McpServer(transport="pipe")
+    for nowhere in ("MCPServer", "unknown", None):  # in-process, a framework's session
+        assert mcp_server(record(nowhere)) == McpServer()
+    assert mcp_server(record("http://127.0.0.1:8000/", provider="http")) == McpServer()  # not an MCP record

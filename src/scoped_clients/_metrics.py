@@ -12,6 +12,7 @@ name (it can hold a URL path) or request text.  Each integration only maps a
 from __future__ import annotations
 
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -27,10 +28,18 @@ NO_MODEL = "none"
 MAX_MODELS = 50
 MAX_PROVIDERS = 20
 MAX_REASONS = 20
+MAX_TOOLS = 50
+MAX_SERVERS = 20
 #: longest model name kept in a label (characters)
 MAX_MODEL_LENGTH = 100
 
 TOOL_OPERATION = "execute_tool"
+#: the records of ``scoped_clients.mcp`` (``_vendors/mcp.py``): provider ``"mcp"``, operation the
+#: request's method, ``detail["tool"]`` and ``detail["server"]`` (its URL, ``"stdio:<command>"``...)
+MCP_PROVIDER = "mcp"
+MCP_TOOL_CALL = "tools/call"
+#: ``error.type`` of a tool call whose result says ``isError`` (the MCP semantic conventions' value)
+TOOL_ERROR = "tool_error"
 #: ``error.type`` of an aborted or refused call: the exception its caller got
 CANCELLED_ERROR_TYPE = "ScopeCancelled"
 
@@ -80,7 +89,9 @@ DURATION = MetricSpec(
     "gen_ai.client.operation.duration",
     "histogram",
     "s",
-    (*_CALL, "error_type", "outcome"),
+    # tool and server: present on tool calls (an MCP server's address and port), absent on the others;
+    # OpenTelemetry only (a Prometheus family's labels are fixed)
+    (*_CALL, "error_type", "outcome", "tool", "server_address", "server_port"),
     "scoped_clients_operation_duration_seconds",
     "histogram",
     (*_CALL, "outcome"),
@@ -174,17 +185,84 @@ class Labeller:
         self.provider = _Capped(MAX_PROVIDERS)
         self.model = _Capped(max_models)
         self.reason = _Capped(MAX_REASONS)
+        self.tool = _Capped(MAX_TOOLS)
+        self.server = _Capped(MAX_SERVERS)
 
     def call(self, record: CallRecord) -> dict[str, str | None]:
         model = NO_MODEL if record.model is None else self.model(record.model[:MAX_MODEL_LENGTH])
-        return {"provider": self.provider(record.provider), "model": model, "operation": operation_name(record)}
+        operation = operation_name(record)
+        labels: dict[str, str | None] = {
+            "provider": self.provider(record.provider),
+            "model": model,
+            "operation": operation,
+        }
+        tool = tool_name(record)
+        if tool is not None:
+            labels["tool"] = self.tool(tool[:MAX_MODEL_LENGTH])
+        server = mcp_server(record)
+        if server.address is not None:
+            address = self.server(server.address)
+            labels["server_address"] = address
+            if address != OTHER and server.port is not None:
+                labels["server_port"] = str(server.port)
+        return labels
+
+
+def is_mcp_tool_call(record: CallRecord) -> bool:
+    return record.provider == MCP_PROVIDER and record.operation == MCP_TOOL_CALL
 
 
 def operation_name(record: CallRecord) -> str:
-    """The call's ``gen_ai.operation.name`` (a small fixed set: it is a label), as its vendor module names it."""
-    if record.provider == "tool":
+    """The call's ``gen_ai.operation.name`` (a small fixed set: it is a label), as its vendor module names it.
+
+    A tool run here (``scoped_clients.tools``) or on an MCP server (``tools/call``) is ``execute_tool``;
+    the other MCP requests (``tools/list``...) are no GenAI operation: ``other``.
+    """
+    if record.provider == "tool" or is_mcp_tool_call(record):
         return TOOL_OPERATION
     return gen_ai_operation(record.provider, record.operation) or OTHER
+
+
+def tool_name(record: CallRecord) -> str | None:
+    """``gen_ai.tool.name``: a local tool's name is its operation; an MCP call's is in its detail."""
+    if record.provider == "tool":
+        return record.operation
+    if is_mcp_tool_call(record):
+        tool = record.detail.get("tool")
+        return tool if isinstance(tool, str) else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """Where an MCP record's server is, in the conventions' terms (``server.address``...)."""
+
+    address: str | None = None
+    port: int | None = None
+    #: ``network.transport``: ``"tcp"`` (HTTP) or ``"pipe"`` (stdio)
+    transport: str | None = None
+
+
+_NO_SERVER = McpServer()
+
+
+def mcp_server(record: CallRecord) -> McpServer:
+    """The server of an MCP record, from its ``detail["server"]`` (a URL, or ``"stdio:<command>"``)."""
+    if record.provider != MCP_PROVIDER:
+        return _NO_SERVER
+    server = record.detail.get("server")
+    if not isinstance(server, str):
+        return _NO_SERVER
+    if server.startswith("stdio:"):
+        return McpServer(transport="pipe")
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return _NO_SERVER  # an in-process server, a session a framework built ("unknown")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    return McpServer(parts.hostname, port, "tcp")
 
 
 def error_type(record: CallRecord) -> str | None:
@@ -192,12 +270,16 @@ def error_type(record: CallRecord) -> str | None:
 
     An aborted or refused call raised ``ScopeCancelled`` to its caller; a failed
     one says ``HTTP 500`` (the status code, as the conventions ask), or the
-    exception's class name, or ``_OTHER``.
+    exception's class name, or ``_OTHER``.  MCP: a JSON-RPC error's code, and
+    ``tool_error`` for a tool call whose result says ``isError`` (it completed).
     """
     if record.outcome == "completed":
-        return None
+        return TOOL_ERROR if record.provider == MCP_PROVIDER and record.detail.get("is_error") is True else None
     if record.outcome in ("aborted", "refused"):
         return CANCELLED_ERROR_TYPE
+    code = record.detail.get("error_code") if record.provider == MCP_PROVIDER else None
+    if isinstance(code, int):  # the JSON-RPC error code the server answered (the MCP conventions)
+        return str(code)
     error = record.error or ""
     if error.startswith("HTTP ") and error[5:].isdigit():
         return error[5:]

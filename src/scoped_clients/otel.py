@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from . import __version__
 from ._metrics import (
     MAX_MODELS,
+    MCP_PROVIDER,
     METRICS,
     TOOL_OPERATION,
     Installation,
@@ -49,8 +50,10 @@ from ._metrics import (
     cancel_latency,
     error_type,
     is_generation,
+    mcp_server,
     missing_extra,
     operation_name,
+    tool_name,
     updates,
 )
 from ._report import CallRecord, ScopeReport
@@ -74,6 +77,9 @@ ATTRIBUTES = {
     "error_type": "error.type",
     "reason": "scoped_clients.cancel_reason",
     "outcome": "scoped_clients.outcome",
+    "tool": "gen_ai.tool.name",
+    "server_address": "server.address",
+    "server_port": "server.port",
 }
 #: the record's savings figures, each with its ``*_source``, copied to aborted calls' spans
 _FIGURES = ("tokens_saved", "tokens_saved_max", "tokens_produced")
@@ -117,12 +123,19 @@ def _start(
     def sink(report: ScopeReport) -> None:
         _trace(tracer, report)
         for spec, value, labels in updates(report, labeller):
-            record[spec](value, {ATTRIBUTES[k]: v for k in spec.otel_labels if (v := labels.get(k)) is not None})
+            record[spec](
+                value, {ATTRIBUTES[k]: _value(k, v) for k in spec.otel_labels if (v := labels.get(k)) is not None}
+            )
 
     return sink, lambda: None  # OpenTelemetry has no way to remove an instrument
 
 
-def _recorder(meter: metrics.Meter, spec: MetricSpec) -> Callable[[float, dict[str, str]], None]:
+def _value(label: str, value: str) -> str | int:
+    """The attribute's value: ``server.port`` is an int in the conventions, every other label a string."""
+    return int(value) if label == "server_port" else value
+
+
+def _recorder(meter: metrics.Meter, spec: MetricSpec) -> Callable[[float, dict[str, str | int]], None]:
     """The instrument's ``add`` (counter) or ``record`` (histogram)."""
     if spec.otel_kind == "counter":
         return meter.create_counter(spec.otel_name, spec.otel_unit, spec.description).add
@@ -167,7 +180,12 @@ def _trace(tracer: trace.Tracer, report: ScopeReport) -> None:
 
 
 def _span_name(record: CallRecord) -> str:
+    """``execute_tool {tool}``, ``chat {model}``...; an MCP request's is the MCP conventions'
+    ``{mcp.method.name} {target}`` (``tools/call search``; ``tools/list``)."""
     operation = operation_name(record)
+    if record.provider == MCP_PROVIDER:
+        tool = tool_name(record)
+        return record.operation if tool is None else f"{record.operation} {tool}"
     if operation == TOOL_OPERATION:
         return f"{operation} {record.operation}"
     return f"{operation} {record.model or record.provider}"
@@ -197,15 +215,19 @@ def _scope_attributes(report: ScopeReport) -> Attributes:
 def _call_attributes(record: CallRecord) -> Attributes:
     operation = operation_name(record)
     attributes: Attributes = {
-        "gen_ai.operation.name": operation,
         "gen_ai.provider.name": record.provider,
         "scoped_clients.operation": record.operation,
         "scoped_clients.outcome": record.outcome,
     }
+    if record.provider != MCP_PROVIDER or operation == TOOL_OPERATION:
+        attributes["gen_ai.operation.name"] = operation
     if record.model is not None:
         attributes["gen_ai.request.model"] = record.model
-    if operation == TOOL_OPERATION:
-        attributes["gen_ai.tool.name"] = record.operation
+    tool = tool_name(record)
+    if tool is not None:
+        attributes["gen_ai.tool.name"] = tool
+    if record.provider == MCP_PROVIDER:
+        attributes.update(_mcp_attributes(record, operation))
     if is_generation(record) and record.outcome != "refused":
         if record.tokens_in is not None:
             attributes["gen_ai.usage.input_tokens"] = record.tokens_in
@@ -218,6 +240,28 @@ def _call_attributes(record: CallRecord) -> Attributes:
     if kind is not None:
         attributes["error.type"] = kind
     attributes.update(_cancel_attributes(record))
+    return attributes
+
+
+def _mcp_attributes(record: CallRecord, operation: str) -> Attributes:
+    """The MCP conventions' client span: ``mcp.method.name``, where the server is, the JSON-RPC error code.
+
+    ``gen_ai.operation.name`` is ``execute_tool`` on a ``tools/call`` span, which makes it the GenAI
+    conventions' tool execution span too, and is not set on the other MCP requests (as they ask).
+    """
+    attributes: Attributes = {"mcp.method.name": record.operation}
+    server = mcp_server(record)
+    if server.address is not None:
+        attributes["server.address"] = server.address
+    if server.port is not None:
+        attributes["server.port"] = server.port
+    if server.transport is not None:
+        attributes["network.transport"] = server.transport
+        if server.transport == "tcp":
+            attributes["network.protocol.name"] = "http"
+    code = record.detail.get("error_code")
+    if isinstance(code, int):
+        attributes["rpc.response.status_code"] = str(code)
     return attributes
 
 

@@ -15,7 +15,8 @@ scope owns each *request* the session sends from inside it, not the session:
 * ``initialize`` and ``server/discover`` are never owned (the spec forbids
   cancelling them);
 * each request is a ``CallRecord`` (provider ``"mcp"``, operation the method,
-  ``detail["tool"]`` for ``tools/call``).
+  ``detail["tool"]`` for ``tools/call``, ``detail["server"]``, ``detail["error_code"]``
+  for a JSON-RPC error); ``_metrics`` and ``otel`` read these (``execute_tool``).
 
 The SDK's request runs in a task of the session's own task group, never in the
 caller's: openai-agents, LangGraph and LlamaIndex cancel a tool's task a second
@@ -162,6 +163,8 @@ class _McpCall:
         self.outcome = outcome
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
+            if isinstance(error, MCPError):  # the JSON-RPC error code: OpenTelemetry's error.type
+                self.detail["error_code"] = error.code
         self.settled.set()
         _registry(self.scope, "release", self, self.final_record())
 
