@@ -25,11 +25,6 @@ from scoped_clients.mcp import scope_session  # noqa: E402
 from scoped_clients.openai import AsyncOpenAI  # noqa: E402
 from scoped_clients.provider import LocalProvider, Reply, ToolCall  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <async_generator object (HTTP11ConnectionByteStream|EventSource)[.]__aiter__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
-
 
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
