@@ -95,7 +95,7 @@ def test_callers_clients_are_left_as_given(http: Any, provider: LocalProvider) -
     with RequestScope() as scope, client:
         client.chat.complete(model="local-3", messages=MESSAGES)
     assert provider.requests[0].headers["x-team"] == "search"  # the caller's settings reached the server
-    assert [(c.provider, c.outcome) for c in scope.report.calls] == [("mistral", "completed")]  # type: ignore[union-attr]
+    assert [(c.provider, c.outcome) for c in scope.report.calls] == [("mistral_ai", "completed")]  # type: ignore[union-attr]
     assert not mine.is_closed  # the vendor does not close a client it was given; neither do we
     mine.get(provider.url + "/health")  # the caller's own client is not scoped: no record
     assert len(scope.report.calls) == 1  # type: ignore[union-attr]
@@ -161,7 +161,7 @@ def test_sync_call_cancelled_from_another_thread(call: Any, sync_client: Any, pr
     one_request_seen_leaving(provider, result.t_cancel)
     assert [type(e) for e in result.errors] == [ScopeCancelled]
     (record,) = result.scope.report.calls  # type: ignore[union-attr]
-    assert (record.provider, record.operation, record.model) == ("mistral", "chat.completions", "local-1000")
+    assert (record.provider, record.operation, record.model) == ("mistral_ai", "chat.completions", "local-1000")
     assert record.outcome == "aborted" and record.cancel_reason == "client_disconnected"
     assert record.tokens_saved_max is not None and record.tokens_saved_max <= MAX_TOKENS
     assert record.tokens_saved is not None and record.tokens_saved > 0
@@ -274,7 +274,7 @@ async def test_async_call_cancelled_by_another_task(
         await wait(one_request_seen_leaving, provider, t_cancel)  # the refused call reached nobody
     assert [type(e) for e in raised] == [ScopeCancelled, ScopeCancelled]
     record = scope.report.calls[0]  # type: ignore[union-attr]
-    assert record.outcome == "aborted" and record.provider == "mistral"
+    assert record.outcome == "aborted" and record.provider == "mistral_ai"
     assert record.tokens_saved is not None and record.tokens_saved > 0
 
 

@@ -50,7 +50,8 @@ from ._wire import (
 )
 from .openai import ChatAssembler, ChatBodyMeter, openai_error
 
-PROVIDER = "mistral"
+#: the value OpenTelemetry's GenAI conventions give Mistral for `gen_ai.provider.name` (records carry it as it is)
+PROVIDER = "mistral_ai"
 
 #: the operations whose answer is a chat completion (streamed: ``CompletionChunk`` events)
 _COMPLETIONS = frozenset({"chat.completions", "fim.completions", "agents.completions"})
