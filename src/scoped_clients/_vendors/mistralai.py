@@ -263,7 +263,7 @@ def _asyncio_only(client: Any) -> None:
     build = http.build_request
 
     def build_request(*args: Any, **kwargs: Any) -> Any:
-        if current_scope() is not None:
+        if "trio" in sys.modules and current_scope() is not None:  # no Trio imported, no Trio running
             try:
                 library = sniffio.current_async_library()
             except sniffio.AsyncLibraryNotFoundError:
