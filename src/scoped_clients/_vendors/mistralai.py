@@ -91,8 +91,12 @@ class CompletionStreamMeter(SSEMeter):
         elif self.output_source == "estimated" and (has_text(event, b'"content"') or has_items(event, b'"content"')):
             self.tokens_out += 1
         finish = value_at(event, b'"finish_reason"')
-        usage = value_at(event, b'"usage"')
-        if (finish >= 0 and event[finish] == 34) or (usage >= 0 and event[usage] == 123):  # a string; "{"
+        if finish >= 0 and event[finish] == 34:  # a finish reason (a string, not null)
+            parse = True
+        else:  # a usage without one: not Mistral's own wire, but cheap to honour
+            usage = value_at(event, b'"usage"')
+            parse = usage >= 0 and event[usage] == 123  # "{", not null
+        if parse:
             data = event_data(event)
             if not isinstance(data, dict):
                 return
