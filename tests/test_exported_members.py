@@ -48,6 +48,7 @@ PUBLIC = {
     "scoped_clients.httpx": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
     "scoped_clients.httpx2": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
     "scoped_clients.mcp": ["Client", "ClientSession", "scope_session"],
+    "scoped_clients.mistralai": ["Mistral"],
     "scoped_clients.openai": ["AsyncOpenAI", "OpenAI", "async_http_client", "http_client"],
     "scoped_clients.otel": ["instrument"],
     "scoped_clients.prometheus": ["instrument"],

@@ -1,6 +1,7 @@
 """Run the vendors' own test-suites with their classes and with ours; print the new failures.
 
-The openai and anthropic sdists on PyPI ship their ``tests/``.  For the versions
+The openai and anthropic sdists on PyPI ship their ``tests/``, mistralai's its
+``src/mistralai/extra/tests/`` (``SUITE_DIRS``).  For the versions
 installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
 (``.cache/vendor-suites/venv``: the suites need pytest-asyncio, respx and more,
 which must not leak into our own test run) with scoped_clients and the same SDK
@@ -17,7 +18,7 @@ client classes skipped ours (anthropic's ``tests/lib/test_client_copy.py``
 collects every exported ``BaseClient`` subclass).  Exit status 1 when there is
 a new failure not listed in ``KNOWN`` below with its reason, or any test not run.
 
-Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic]``
+Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic,mistralai]``
 
 ``tests/api_resources`` are left out in both subsets: every one of them calls
 Stainless' Prism mock server, which serves an OpenAPI spec downloaded from the
@@ -56,6 +57,12 @@ def suite_deps() -> list[str]:
     return [line for line in lines if line and not line.startswith("-")]
 
 
+#: where an sdist keeps its suite (default ``tests``)
+SUITE_DIRS = {"mistralai": "src/mistralai/extra/tests"}
+#: left out of every mode, besides ``tests/api_resources``: mistralai's voice agents need its
+#: ``voice-agents`` extra (livekit, and pyaudio, which builds against the PortAudio C library)
+SUITE_IGNORE = {"mistralai": ["src/mistralai/extra/tests/voice_agents"]}
+
 #: test files run in CI (a few minutes): the clients' own behaviour, streaming, responses
 CI_SUBSET = {
     "openai": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
@@ -66,6 +73,8 @@ CI_SUBSET = {
         # collects every client class the package exports: ours must be among them
         "tests/lib/test_client_copy.py",
     ],
+    # the whole suite (about 15 s): the client's hooks, auth, tracing, streams, errors, batch, workflows
+    "mistralai": ["src/mistralai/extra/tests"],
 }
 
 #: new failures we accept, with the reason: (sdk, test id prefix) -> reason
@@ -111,7 +120,7 @@ def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
 def sdist(sdk: str, version: str) -> Path:
     """The vendor's sdist, unpacked under .cache (fetched once per version)."""
     target = CACHE / f"{sdk}-{version}"
-    if (target / "tests").is_dir():
+    if (target / SUITE_DIRS.get(sdk, "tests")).is_dir():
         return target
     download = CACHE / "downloads"
     download.mkdir(parents=True, exist_ok=True)
@@ -147,7 +156,7 @@ def venv(versions: dict[str, str]) -> Path:
     log(f"building the suites' virtualenv ({'newest releases' if NEWEST else 'requirements/vendor-suites.lock'})")
     sh(sys.executable, "-m", "venv", "--clear", home)
     pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
-    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic]", *pins, *deps, *constraints)
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai]", *pins, *deps, *constraints)
     stamp.write_text(wanted)
     return python
 
@@ -179,10 +188,18 @@ def run_mode(
         "SCOPED_VENDOR_SDK": sdk,
         "PYTHONPATH": os.pathsep.join([str(HERE), str(root)]),
     }
-    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+    for variable in (
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "MISTRAL_API_KEY",
+        "MISTRAL_SERVER_URL",
+    ):
         env.pop(variable, None)
     argv = [python, "-m", "pytest", *paths, "-p", "swap_plugin", "-o", f"addopts={' '.join(suite_options(root))}"]
     argv += ["-q", "--no-header", "-p", "no:cacheprovider", f"--junitxml={report}", "--ignore=tests/api_resources"]
+    argv += [f"--ignore={path}" for path in SUITE_IGNORE.get(sdk, [])]
     if workers > 1:
         argv += ["-n", str(workers)]
     started = time.monotonic()
@@ -214,7 +231,7 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", choices=["ci", "full"], default="ci")
-    parser.add_argument("--sdk", default="openai,anthropic")
+    parser.add_argument("--sdk", default="openai,anthropic,mistralai")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default="ours,scope")
     args = parser.parse_args()
@@ -225,7 +242,7 @@ def main() -> int:
     rows: list[str] = []
     for sdk in sdks:
         root = sdist(sdk, versions[sdk])
-        paths = CI_SUBSET[sdk] if args.subset == "ci" else ["tests"]
+        paths = CI_SUBSET[sdk] if args.subset == "ci" else [SUITE_DIRS.get(sdk, "tests")]
         baseline = run_mode(python, sdk, root, paths, "vendor", args.workers)
         passed = {t for t, (o, _) in baseline.items() if o == "passed"}
         for mode in args.modes.split(","):

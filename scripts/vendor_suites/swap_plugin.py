@@ -27,19 +27,23 @@ _NAMES = {
     "anthropic": ("scoped_clients.anthropic", ["Anthropic", "AsyncAnthropic"]),
     "cohere": ("scoped_clients.cohere", ["Client", "AsyncClient", "ClientV2", "AsyncClientV2"]),
     "qdrant_client": ("scoped_clients.qdrant", ["QdrantClient", "AsyncQdrantClient"]),
+    "mistralai": ("scoped_clients.mistralai", ["Mistral"]),
 }
+#: the SDK's modules that export its client names (default: the SDK's top module)
+_MODULES = {"mistralai": ("mistralai.client", "mistralai.client.sdk")}
 
 
 def _swap() -> None:
     """Every name the SDK exports for one of its clients (``anthropic.Client`` is ``anthropic.Anthropic``) is ours."""
     ours_module, names = _NAMES[SDK]
-    vendor = importlib.import_module(SDK)
     ours = importlib.import_module(ours_module)
-    for name in names:
-        original = getattr(vendor, name)
-        for alias, value in list(vars(vendor).items()):
-            if value is original:
-                setattr(vendor, alias, getattr(ours, name))
+    for module in _MODULES.get(SDK, (SDK,)):
+        vendor = importlib.import_module(module)
+        for name in names:
+            original = getattr(ours, name).vendor  # the SDK's class the drop-in name stands for
+            for alias, value in list(vars(vendor).items()):
+                if value is original:
+                    setattr(vendor, alias, getattr(ours, name))
 
 
 if MODE in ("ours", "scope"):

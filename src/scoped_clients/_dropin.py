@@ -37,7 +37,7 @@ import functools
 import importlib
 import inspect
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, TypeVar
 
 from ._calls import Profile
@@ -72,15 +72,19 @@ class DropIn(type):
                           profile=OpenAIProfile, http_path=("_client",), http_arg="http_client"): ...
 
     ``http_path`` is where the vendor instance keeps its httpx(2) client;
-    ``http_arg`` the constructor argument through which a caller passes their own.
+    ``http_arg`` the constructor argument through which a caller passes their own;
+    ``more_http`` further such pairs (an SDK with a sync and an async client).
     """
 
     vendor: type
     profile: Callable[[], Profile]
     http_path: tuple[str, ...]
     http_arg: str | None
+    #: every ``(http_path, http_arg)`` of an instance, the first one first
+    seats: tuple[tuple[tuple[str, ...], str | None], ...]
     options: tuple[str, ...]
     check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None
+    on_scoped: Callable[[Any], None] | None
 
     def __new__(
         mcs,
@@ -94,6 +98,8 @@ class DropIn(type):
         http_arg: str | None = None,
         options: tuple[str, ...] = ("always_stream", "finish_policy"),
         check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+        more_http: tuple[tuple[tuple[str, ...], str | None], ...] = (),
+        on_scoped: Callable[[Any], None] | None = None,
     ) -> DropIn:
         parent = next((base for base in bases if isinstance(base, DropIn)), None)
         if parent is not None:
@@ -105,7 +111,8 @@ class DropIn(type):
         namespace.setdefault("__doc__", vendor.__doc__)
         cls = super().__new__(mcs, name, bases, namespace)
         cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
-        cls.options, cls.check = options, check
+        cls.seats = ((http_path, http_arg), *more_http)
+        cls.options, cls.check, cls.on_scoped = options, check, on_scoped
         cls.__signature__ = _signature(vendor, options)  # type: ignore[attr-defined]
         _REGISTRY[vendor] = cls
         return cls
@@ -115,9 +122,21 @@ class DropIn(type):
         if cls.check is not None:
             cls.check(args, kwargs)
         client = cls.vendor(*args, **kwargs)  # the SDK validates and builds everything its own way
-        built_by_sdk = cls.http_arg is None or kwargs.get(cls.http_arg) is None
-        cls.scope_instance(client, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy)
+        given = cls.given_http(args, kwargs)
+        cls.scope_instance(client, given=given, always_stream=always_stream, finish_policy=finish_policy)
         return client
+
+    def given_http(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
+        """The HTTP client arguments a constructor call passed (not None), by keyword or position."""
+        names = {arg for _, arg in cls.seats if arg is not None}
+        if args:
+            try:
+                bound = inspect.signature(cls.vendor).bind_partial(*args, **kwargs).arguments
+            except TypeError:  # the vendor's constructor accepted what its signature does not say
+                bound = kwargs
+        else:
+            bound = kwargs
+        return frozenset(name for name in names if bound.get(name) is not None)
 
     def subclass(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> type:
         """A user's ``class Mine(AsyncOpenAI)``: a real subclass of the vendor's class, scoped at init.
@@ -134,10 +153,8 @@ class DropIn(type):
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             always_stream, finish_policy = dropin.options_from(kwargs)
             init(self, *args, **kwargs)
-            built_by_sdk = dropin.http_arg is None or kwargs.get(dropin.http_arg) is None
-            dropin.scope_instance(
-                self, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy
-            )
+            given = dropin.given_http(args, kwargs)
+            dropin.scope_instance(self, given=given, always_stream=always_stream, finish_policy=finish_policy)
 
         real.__init__ = __init__  # type: ignore[misc]
         real.__scoped_dropin__ = cls  # type: ignore[attr-defined]
@@ -154,15 +171,32 @@ class DropIn(type):
         return always_stream, finish_policy
 
     def scope_instance(
-        cls, client: Any, *, built_by_sdk: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
+        cls,
+        client: Any,
+        *,
+        given: Container[str | None],
+        always_stream: bool = False,
+        finish_policy: FinishPolicy = "abort",
     ) -> None:
-        """Scope the HTTP client a vendor instance holds (nothing to do for one without HTTP)."""
-        holder, attribute = _holder(client, cls.http_path)
-        if holder is None:
+        """Scope the HTTP clients a vendor instance holds (nothing to do for one without HTTP).
+
+        ``given``: the ``http_arg`` names whose client is not the SDK's own (the caller's, or
+        passed on by a copy): those are left as they are, and the SDK gets a scoped copy.
+        """
+        scoped_any = False
+        for path, arg in cls.seats:
+            holder, attribute = _holder(client, path)
+            if holder is None:
+                continue
+            http = getattr(holder, attribute)
+            built_by_sdk = arg not in given
+            scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built_by_sdk)
+            setattr(holder, attribute, scoped)
+            scoped_any = True
+        if not scoped_any:
             return
-        http = getattr(holder, attribute)
-        scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built_by_sdk)
-        setattr(holder, attribute, scoped)
+        if cls.on_scoped is not None:
+            cls.on_scoped(client)
         vendor_copy = getattr(type(client), "copy", None)
         if vendor_copy is not None:
             # Copies stay scoped even when given another HTTP client, and take our options.
@@ -171,8 +205,8 @@ class DropIn(type):
     def __instancecheck__(cls, instance: Any) -> bool:
         if not isinstance(instance, cls.vendor):
             return False
-        holder, attribute = _holder(instance, cls.http_path)
-        return holder is None or is_scoped(getattr(holder, attribute))
+        holders = [_holder(instance, path) for path, _ in cls.seats]
+        return all(holder is None or is_scoped(getattr(holder, attribute)) for holder, attribute in holders)
 
     def __subclasscheck__(cls, subclass: type) -> bool:
         return subclass is cls or (hasattr(subclass, "__scoped_dropin__") and issubclass(subclass, cls.vendor))
@@ -204,6 +238,8 @@ def dropins(vendor: Vendor) -> dict[str, DropIn]:
                 http_arg=declared.http_arg,
                 options=declared.options,
                 check=declared.check,
+                more_http=declared.more_http,
+                on_scoped=declared.on_scoped,
             )
         _built[vendor.provider] = built
     return built
@@ -243,7 +279,7 @@ class ScopedCopy:
         options = {name: kwargs.pop(name) for name in dropin.options if name in kwargs}
         result = self.__wrapped__(client, *args, **kwargs)
         merged = {**_options_of(client, dropin), **options}
-        dropin.scope_instance(result, built_by_sdk=False, **merged)  # a scoped HTTP client passed on is kept as it is
+        dropin.scope_instance(result, given=_EVERY, **merged)  # a scoped HTTP client passed on is kept as it is
         return result
 
     def __eq__(self, other: object) -> bool:
@@ -258,9 +294,19 @@ class ScopedCopy:
         return f"<scoped {self.__name__} of {self._client!r}>"
 
 
+class _Every:
+    """``given`` for a copy: every HTTP client of its instance was passed on to it."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+
+
 def _options_of(client: Any, dropin: DropIn) -> dict[str, Any]:
-    """The options a scoped vendor instance's HTTP client was scoped with."""
-    holder, attribute = _holder(client, dropin.http_path)
+    """The options a scoped vendor instance's HTTP clients were scoped with."""
+    holder, attribute = next((h for h in (_holder(client, p) for p, _ in dropin.seats) if h[0] is not None), (None, ""))
     http = getattr(holder, attribute, None)
     transport = getattr(http, "_transport", None)
     options = {
@@ -319,10 +365,11 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     else:
         known = ", ".join(sorted(f"{v.__module__.split('.')[0]}.{v.__qualname__}" for v in _REGISTRY))
         raise TypeError(f"scope_client() takes a vendor SDK client ({known}), not {type(client).__qualname__}")
-    holder, attribute = _holder(client, dropin.http_path)
-    if holder is None:
-        return client
     vendor_root = dropin.vendor.__module__.split(".", 1)[0]
-    built_by_sdk = type(getattr(holder, attribute)).__module__.split(".", 1)[0] == vendor_root
-    dropin.scope_instance(client, built_by_sdk=built_by_sdk, always_stream=always_stream, finish_policy=finish_policy)
+    given = set()
+    for path, arg in dropin.seats:
+        holder, attribute = _holder(client, path)
+        if holder is not None and type(getattr(holder, attribute)).__module__.split(".", 1)[0] != vendor_root:
+            given.add(arg)  # not of the SDK's own HTTP client class: maybe the caller's, left as it is
+    dropin.scope_instance(client, given=given, always_stream=always_stream, finish_policy=finish_policy)
     return client

@@ -50,7 +50,8 @@ class Vendor:
     provider: str
     #: its profile class: names the calls, builds the meters
     profile: Callable[[], Profile]
-    #: the import name of its SDK (``"openai"``, ``"qdrant_client"``), None for plain HTTP
+    #: the module of its SDK that exports the client classes (``"openai"``, ``"qdrant_client"``,
+    #: ``"mistralai.client"``), None for plain HTTP; ``by_sdk`` knows it by its top-level name
     sdk: str | None = None
     #: operations that generate tokens: an aborted one gets a tokens_saved estimate
     generative: frozenset[str] = frozenset()
@@ -78,6 +79,11 @@ class DropInName:
     http_path: tuple[str, ...]
     #: the constructor argument through which a caller passes their own HTTP client
     http_arg: str | None = None
+    #: further ``(http_path, http_arg)`` pairs, for an instance that holds more than one HTTP
+    #: client (Mistral: a sync one and an async one)
+    more_http: tuple[tuple[tuple[str, ...], str | None], ...] = ()
+    #: called with each vendor instance once its HTTP clients are scoped (a vendor's own guards)
+    on_scoped: Callable[[Any], None] | None = None
     #: the keyword options the drop-in adds to the vendor's constructor
     options: tuple[str, ...] = ("always_stream", "finish_policy")
     #: checks the constructor's arguments before the vendor's constructor runs (raises to refuse)
@@ -107,7 +113,7 @@ class _Registry:
                 found.append(vendor)
         self.all = tuple(found)
         self.providers = {v.provider: v for v in found}
-        self.sdks = {v.sdk: v for v in found if v.sdk is not None}
+        self.sdks = {v.sdk.partition(".")[0]: v for v in found if v.sdk is not None}
         self.planners = tuple(v.plan_stream for v in found if v.plan_stream is not None)
         self.any_generative = frozenset().union(*(v.generative for v in found))
         # an unknown provider is taken for an LLM API: the token-generating vendors' names
