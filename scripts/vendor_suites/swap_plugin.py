@@ -27,6 +27,7 @@ _NAMES = {
     "anthropic": ("scoped_clients.anthropic", ["Anthropic", "AsyncAnthropic"]),
     "cohere": ("scoped_clients.cohere", ["Client", "AsyncClient", "ClientV2", "AsyncClientV2"]),
     "qdrant_client": ("scoped_clients.qdrant", ["QdrantClient", "AsyncQdrantClient"]),
+    "groq": ("scoped_clients.groq", ["Groq", "AsyncGroq"]),
 }
 
 
