@@ -1,6 +1,6 @@
 """Run the vendors' own test-suites with their classes and with ours; print the new failures.
 
-The openai and anthropic sdists on PyPI ship their ``tests/``, mistralai's its
+The openai, anthropic and groq sdists on PyPI ship their ``tests/``, mistralai's its
 ``src/mistralai/extra/tests/`` (``SUITE_DIRS``).  For the versions
 installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
 (``.cache/vendor-suites/venv``: the suites need pytest-asyncio, respx and more,
@@ -18,7 +18,7 @@ client classes skipped ours (anthropic's ``tests/lib/test_client_copy.py``
 collects every exported ``BaseClient`` subclass).  Exit status 1 when there is
 a new failure not listed in ``KNOWN`` below with its reason, or any test not run.
 
-Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic,mistralai]``
+Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic,mistralai,groq]``
 
 ``tests/api_resources`` are left out in both subsets: every one of them calls
 Stainless' Prism mock server, which serves an OpenAPI spec downloaded from the
@@ -75,6 +75,7 @@ CI_SUBSET = {
     ],
     # the whole suite (about 15 s): the client's hooks, auth, tracing, streams, errors, batch, workflows
     "mistralai": ["src/mistralai/extra/tests"],
+    "groq": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
 }
 
 #: new failures we accept, with the reason: (sdk, test id prefix) -> reason
@@ -85,10 +86,10 @@ KNOWN: list[tuple[str, str, str, str]] = [
         sdk,
         r"tests\.test_client\..*::test_retrying_(status|timeout)_errors_doesnt_leak",
         r"",
-        "reads the private `client._client._transport._pool` and asserts the transport is httpx2's own class: "
-        "ours wraps httpx2's transport (the pool inside is the same and is released the same way)",
+        "reads the private `client._client._transport._pool` and asserts the transport is httpx2's own class "
+        "(groq: httpx's): ours wraps that transport (the pool inside is the same and is released the same way)",
     )
-    for sdk in ("openai", "anthropic")
+    for sdk in ("openai", "anthropic", "groq")
 ] + [
     (
         sdk,
@@ -156,7 +157,7 @@ def venv(versions: dict[str, str]) -> Path:
     log(f"building the suites' virtualenv ({'newest releases' if NEWEST else 'requirements/vendor-suites.lock'})")
     sh(sys.executable, "-m", "venv", "--clear", home)
     pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
-    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai]", *pins, *deps, *constraints)
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai,groq]", *pins, *deps, *constraints)
     stamp.write_text(wanted)
     return python
 
@@ -195,6 +196,8 @@ def run_mode(
         "ANTHROPIC_BASE_URL",
         "MISTRAL_API_KEY",
         "MISTRAL_SERVER_URL",
+        "GROQ_API_KEY",
+        "GROQ_BASE_URL",
     ):
         env.pop(variable, None)
     argv = [python, "-m", "pytest", *paths, "-p", "swap_plugin", "-o", f"addopts={' '.join(suite_options(root))}"]
@@ -231,7 +234,7 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", choices=["ci", "full"], default="ci")
-    parser.add_argument("--sdk", default="openai,anthropic,mistralai")
+    parser.add_argument("--sdk", default="openai,anthropic,mistralai,groq")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default="ours,scope")
     args = parser.parse_args()

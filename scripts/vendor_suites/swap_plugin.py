@@ -28,6 +28,7 @@ _NAMES = {
     "cohere": ("scoped_clients.cohere", ["Client", "AsyncClient", "ClientV2", "AsyncClientV2"]),
     "qdrant_client": ("scoped_clients.qdrant", ["QdrantClient", "AsyncQdrantClient"]),
     "mistralai": ("scoped_clients.mistralai", ["Mistral"]),
+    "groq": ("scoped_clients.groq", ["Groq", "AsyncGroq"]),
 }
 #: the SDK's modules that export its client names (default: the SDK's top module)
 _MODULES = {"mistralai": ("mistralai.client", "mistralai.client.sdk")}
