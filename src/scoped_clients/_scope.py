@@ -487,7 +487,7 @@ class RequestScope:
     async def __aenter__(self) -> Self:
         self._loop = self._registry.loop = LoopHandle()
         self._enter_common(is_async=True)
-        self._cancel_scope = anyio.CancelScope()
+        self._cancel_scope = self._loop.cancel_scope()
         self._cancel_scope.__enter__()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()

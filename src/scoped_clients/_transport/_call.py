@@ -413,7 +413,8 @@ class _AsyncBodyReader:
 
     async def _pull(self) -> bytes:
         call = self._call
-        with anyio.CancelScope() as read:
+        assert call.loop is not None  # an async body
+        with call.loop.cancel_scope() as read:
             call.read_scope = read
             try:
                 chunk: bytes = await self._iterator.__anext__()
