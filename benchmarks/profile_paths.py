@@ -5,7 +5,10 @@
 * ``idle``: ``async with RequestScope(): pass``, 5,000 times;
 * ``call``: a small GET through the scoped ``httpx2.AsyncClient``, a scope open, 500 times
   (the raw client is profiled the same way, so the scoped-only functions stand out);
-* ``sse``: one OpenAI chat stream of 3,000 chunks through the scoped client.
+* ``sse``: one OpenAI chat stream of 3,000 chunks through the scoped client;
+* ``mass`` (not in the default set): ``--streams`` streams cancelled at once, raw (cancel scopes
+  cancelled by hand) and scoped (a scope per stream), profiled from the first cancel until every
+  task has unwound; "per operation" is per stream.
 
 For each, the functions with the most own time (``tottime``), in microseconds per
 operation, and the cumulative time of the package's entry points.  cProfile inflates
@@ -71,14 +74,52 @@ def sse_work(url: str) -> Any:
     return work
 
 
-def profile(name: str, work: Any, backend: str, top: int) -> None:
-    profiler = cProfile.Profile()
+def mass_work(provider: RemoteProvider, streams: int, scoped: bool, profiler: cProfile.Profile) -> Any:
+    """``streams`` streams (a scope each, or raw tasks in cancel scopes), all cancelled at once; the profile
+    runs from the first cancel until every task has unwound."""
+
+    async def work() -> int:
+        provider.reset()
+        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
+        client: Any = (scoped_clients.httpx2.AsyncClient if scoped else httpx2.AsyncClient)(limits=limits)
+        handles: list[Any] = []
+
+        async def one(i: int) -> None:
+            handle: Any = RequestScope(f"s{i}") if scoped else anyio.CancelScope()
+            handles.append(handle)
+            async with anyio.AsyncExitStack() as stack:
+                await stack.enter_async_context(handle) if scoped else stack.enter_context(handle)
+                async with client.stream("GET", provider.url + "/units?n=100000&interval=0.25") as response:
+                    async for _ in response.aiter_raw():
+                        pass
+
+        async with client:
+            async with anyio.create_task_group() as tg:
+                for i in range(streams):
+                    tg.start_soon(one, i)
+                await anyio.to_thread.run_sync(
+                    provider.wait, lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log)
+                )
+                profiler.enable()
+                for handle in handles:
+                    handle.cancel() if isinstance(handle, anyio.CancelScope) else handle.cancel("client_disconnected")
+            profiler.disable()
+        return streams
+
+    return work
+
+
+def profile(name: str, work: Any, backend: str, top: int, profiler: cProfile.Profile | None = None) -> None:
+    own = profiler is None
+    profiler = profiler or cProfile.Profile()
     result: list[int] = []
 
     async def run() -> None:
-        profiler.enable()
+        if own:
+            profiler.enable()
         result.append(await work())
-        profiler.disable()
+        if own:
+            profiler.disable()
 
     anyio.run(run, backend=backend)
     ops = result[0]
@@ -104,10 +145,18 @@ def main() -> None:
     parser.add_argument("--backend", default="asyncio")
     parser.add_argument("--only", default="idle,call,sse")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--streams", type=int, default=1000, help="streams cancelled at once (--only mass)")
     args = parser.parse_args()
     only = args.only.split(",")
     if "idle" in only:
         profile("idle RequestScope open + close", idle, args.backend, args.top)
+    if "mass" in only:
+        with RemoteProvider(token_interval=0.25) as provider:
+            for scoped in (False, True):
+                profiler = cProfile.Profile()
+                what = "scoped, a scope per stream" if scoped else "raw, cancel scopes cancelled by hand"
+                work = mass_work(provider, args.streams, scoped, profiler)
+                profile(f"{args.streams} streams cancelled at once, {what}", work, args.backend, args.top, profiler)
     if "call" in only or "sse" in only:
         with RemoteProvider(token_interval=0.0) as provider:
             if "call" in only:
