@@ -87,11 +87,17 @@ def mass_work(provider: RemoteProvider, streams: int, scoped: bool, profiler: cP
         async def one(i: int) -> None:
             handle: Any = RequestScope(f"s{i}") if scoped else anyio.CancelScope()
             handles.append(handle)
-            async with anyio.AsyncExitStack() as stack:
-                await stack.enter_async_context(handle) if scoped else stack.enter_context(handle)
-                async with client.stream("GET", provider.url + "/units?n=100000&interval=0.25") as response:
-                    async for _ in response.aiter_raw():
-                        pass
+            if scoped:
+                async with handle:
+                    await read()
+            else:
+                with handle:
+                    await read()
+
+        async def read() -> None:
+            async with client.stream("GET", provider.url + "/units?n=100000&interval=0.25") as response:
+                async for _ in response.aiter_raw():
+                    pass
 
         async with client:
             async with anyio.create_task_group() as tg:
