@@ -20,17 +20,27 @@ Post = Callable[[Callable[[], object]], None]
 NewCancelScope = Callable[[], anyio.CancelScope]
 
 
+_native_scopes: dict[str, NewCancelScope] = {}
+
+
 def native_cancel_scope(library: str) -> NewCancelScope:
     """The cheapest cancel scope for the library running here: trio's own on trio, anyio's on asyncio.
 
     anyio's scope on trio only delegates to a ``trio.CancelScope`` (same semantics, nested with
-    anyio's freely) at about twice the cost per enter and exit; a call pays one per request.
+    anyio's freely) at about twice the cost per enter and exit.  On asyncio, ``anyio.CancelScope()``
+    looks its backend up on every call (sniffio, then the backend's factory) to build an instance of
+    the backend's class: that class is called directly.  A call pays one per request.
     """
-    if library == "trio":
-        import trio
+    scope_class = _native_scopes.get(library)
+    if scope_class is None:
+        if library == "trio":
+            import trio
 
-        return cast(NewCancelScope, trio.CancelScope)
-    return anyio.CancelScope
+            scope_class = cast(NewCancelScope, trio.CancelScope)
+        else:
+            scope_class = type(anyio.CancelScope())
+        _native_scopes[library] = scope_class
+    return scope_class
 
 
 def current_poster(library: str | None = None) -> Post:
