@@ -14,7 +14,8 @@ baseline and the scoped variant are interleaved too.  The figures (those of
   ``anyio.CancelScope`` for scale (no network);
 * ``call``: a small GET through ``httpx2.AsyncClient`` against a scoped one, the scope
   already open, and with a scope opened per call (wall median per call, and client
-  CPU per call);
+  CPU per call); and the same GET against an in-process transport (no network: the
+  steadiest per-call figure, client CPU);
 * ``sse``: an OpenAI chat stream through the raw SDK and the scoped client: client CPU per
   chunk (one SSE event each) and throughput; and the token meter alone fed the same
   recorded chunks (no network: the purest per-event figure).
@@ -44,6 +45,7 @@ FIGURES = ("idle", "call", "sse")
 IDLE_BLOCK = 2_000
 CALL_BLOCK = 25
 CALL_BLOCKS = 8
+IN_PROCESS_BLOCK = 500
 STREAM_TOKENS = 2_000
 STREAM_REPS = 3
 METER_REPS = 5
@@ -131,7 +133,53 @@ async def _call(url: str) -> dict[str, float]:
             await block(names[i % len(names)] if (i // len(names)) % 2 == 0 else names[-1 - i % len(names)])
     result = {f"{name}_wall": _median(values) * 1e6 for name, values in wall.items()}
     result.update({f"{name}_cpu": _median(values) * 1e6 for name, values in cpu.items()})
+    result.update(await _call_in_process())
     return result
+
+
+async def _call_in_process() -> dict[str, float]:
+    """The same GET against an in-process transport (no network, no provider): the steadiest per-call figure.
+
+    Its response carries a ``network_stream`` with a socket, as httpcore's do, so the scoped call takes the
+    path of a real one (a socket to shut down, no cancel scope per chunk); nothing is sent on that socket.
+    """
+    import socket
+
+    import httpx2
+
+    import scoped_clients.httpx2
+    from scoped_clients import RequestScope
+
+    sock = socket.socket()
+
+    class Stream:
+        def get_extra_info(self, name: str) -> Any:
+            return sock if name == "socket" else None
+
+    class Body(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b"unit\n"
+
+    class Transport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            headers = {"content-type": "text/plain"}
+            return httpx2.Response(200, headers=headers, stream=Body(), extensions={"network_stream": Stream()})
+
+    raw = httpx2.AsyncClient(transport=Transport())
+    scoped = scoped_clients.httpx2.AsyncClient(transport=Transport())
+    cpu: dict[str, list[float]] = {"raw": [], "scoped": []}
+    async with raw, scoped, RequestScope():
+        for client in (raw, scoped):
+            await client.get("http://in-process.test/units")
+        for rep in range(7):
+            for name in ("raw", "scoped") if rep % 2 == 0 else ("scoped", "raw"):
+                client = raw if name == "raw" else scoped
+                c = time.process_time()
+                for _ in range(IN_PROCESS_BLOCK):
+                    await client.get("http://in-process.test/units")
+                cpu[name].append((time.process_time() - c) / IN_PROCESS_BLOCK)
+    sock.close()
+    return {f"{name}_local": _median(values) * 1e6 for name, values in cpu.items()}
 
 
 async def _sse(url: str) -> dict[str, float]:
@@ -333,6 +381,21 @@ def main() -> None:
                             f"raw httpx2 call: {_cell(raw[0], '.0f')} / {_cell(raw[1], '.0f')} us",
                         ]
                     )
+            added = {
+                v: _diff(med("call", backend, v, "scoped_local"), med("call", backend, v, "raw_local"))
+                for v in ("old", "new")
+            }
+            raw = [med("call", backend, v, "raw_local") for v in ("old", "new")]
+            rows.append(
+                [
+                    backend,
+                    "added per call, scope already open, in-process transport (client CPU), us",
+                    _cell(added["old"], "+.1f"),
+                    _cell(added["new"], "+.1f"),
+                    _ratio(added["new"], added["old"]),
+                    f"raw httpx2 call, no network: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us",
+                ]
+            )
         if "sse" in figures:
             added = {
                 v: _diff(med("sse", backend, v, "scoped_cpu"), med("sse", backend, v, "raw_cpu"))
