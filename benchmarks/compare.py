@@ -41,11 +41,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-FIGURES = ("idle", "call", "sse")
+FIGURES = ("idle", "call", "sse", "memory")
 IDLE_BLOCK = 2_000
 CALL_BLOCK = 25
 CALL_BLOCKS = 8
 IN_PROCESS_BLOCK = 500
+MEMORY_SCOPES = 5_000
+MEMORY_CALLS = 2_000
 STREAM_TOKENS = 2_000
 STREAM_REPS = 3
 METER_REPS = 5
@@ -241,6 +243,75 @@ async def _sse(url: str) -> dict[str, float]:
     return result
 
 
+async def _memory() -> dict[str, float]:
+    """Bytes per open scope (beyond a task in a bare cancel scope) and per in-flight call (beyond a raw stream)."""
+    import gc
+    import socket
+    import tracemalloc
+
+    import anyio
+    import httpx2
+
+    import scoped_clients.httpx2
+    from scoped_clients import RequestScope
+
+    async def traced(start: Any, count: int) -> float:
+        """Python bytes per task while ``count`` tasks started by ``start(tg)`` are all blocked."""
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                start(tg)
+            await anyio.wait_all_tasks_blocked()
+            gc.collect()
+            size = (tracemalloc.get_traced_memory()[0] - base) / count
+            tg.cancel_scope.cancel()
+        tracemalloc.stop()
+        return size
+
+    async def in_bare_scope() -> None:
+        with anyio.CancelScope():
+            await anyio.sleep_forever()
+
+    async def in_request_scope() -> None:
+        async with RequestScope():
+            await anyio.sleep_forever()
+
+    result: dict[str, float] = {}
+    for name, fn in (("bare_task", in_bare_scope), ("scope_task", in_request_scope)) * 2:  # the second pass counts
+        result[name] = await traced(lambda tg, fn=fn: tg.start_soon(fn), MEMORY_SCOPES)
+
+    sock = socket.socket()
+
+    class Stream:
+        def get_extra_info(self, name: str) -> Any:
+            return sock if name == "socket" else None
+
+    class Body(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b"unit\n"
+            await anyio.sleep_forever()
+
+    class Transport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            headers = {"content-type": "text/plain"}
+            return httpx2.Response(200, headers=headers, stream=Body(), extensions={"network_stream": Stream()})
+
+    async def stream(client: Any) -> None:
+        async with client.stream("GET", "http://in-process.test/units") as response:
+            async for _ in response.aiter_raw():
+                pass
+
+    raw = httpx2.AsyncClient(transport=Transport())
+    scoped = scoped_clients.httpx2.AsyncClient(transport=Transport())
+    async with raw, scoped, RequestScope():
+        for name, client in (("raw_call", raw), ("scoped_call", scoped)) * 2:
+            result[name] = await traced(lambda tg, client=client: tg.start_soon(stream, client), MEMORY_CALLS)
+    sock.close()
+    return result
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -254,6 +325,8 @@ def worker(figure: str, backend: str, url: str) -> None:
         result = anyio.run(_idle, backend=backend)
     elif figure == "call":
         result = anyio.run(_call, url, backend=backend)
+    elif figure == "memory":
+        result = anyio.run(_memory, backend=backend)
     else:
         result = anyio.run(_sse, url, backend=backend)
     print(json.dumps(result))
@@ -437,6 +510,25 @@ def main() -> None:
                     "",
                 ]
             )
+        if "memory" in figures:
+            for key, base, what in (
+                ("scope_task", "bare_task", "memory per open scope (beyond a task in a bare cancel scope), B"),
+                ("scoped_call", "raw_call", "memory per in-flight call (beyond a raw stream), B"),
+            ):
+                added = {
+                    v: _diff(med("memory", backend, v, key), med("memory", backend, v, base)) for v in ("old", "new")
+                }
+                raw = [med("memory", backend, v, base) for v in ("old", "new")]
+                rows.append(
+                    [
+                        backend,
+                        what,
+                        _cell(added["old"], "+,.0f"),
+                        _cell(added["new"], "+,.0f"),
+                        _ratio(added["new"], added["old"]),
+                        f"the baseline itself: {_cell(raw[0], ',.0f')} / {_cell(raw[1], ',.0f')} B (tracemalloc)",
+                    ]
+                )
     print("| backend | figure | old | new | new / old | context (old / new) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
