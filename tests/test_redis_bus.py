@@ -319,7 +319,7 @@ def test_a_cancel_on_replica_2_stops_the_stream_on_replica_1(
     with httpx.Client(timeout=30) as http:
         with http.stream("GET", f"http://127.0.0.1:{first.port}/chat") as response:
             scope_id = response.headers["x-request-id"]
-            assert len(scope_id) == 32  # unguessable: a random UUID (122 random bits), as hex
+            assert len(scope_id) == 32  # unguessable: 128 random bits, as hex
             chunks = response.iter_text()
             next(chunks)
             log = provider.requests[0]

@@ -23,9 +23,9 @@ scopes of asyncio, Trio and sync code, in any thread, share one bus.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
@@ -52,8 +52,9 @@ V = TypeVar("V")
 
 
 def new_scope_id() -> str:
-    """A fresh, unguessable scope id: 32 hex digits of a random UUID (122 random bits)."""
-    return uuid.uuid4().hex
+    """A fresh, unguessable scope id: 32 hex digits, 128 random bits (``os.urandom``; a quarter of
+    ``uuid4().hex``'s cost, paid by every scope)."""
+    return os.urandom(16).hex()
 
 
 def valid_scope_id(value: object) -> bool:

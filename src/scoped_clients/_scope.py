@@ -487,7 +487,7 @@ class RequestScope:
     async def __aenter__(self) -> Self:
         self._loop = self._registry.loop = LoopHandle()
         self._enter_common(is_async=True)
-        self._cancel_scope = anyio.CancelScope()
+        self._cancel_scope = self._loop.cancel_scope()
         self._cancel_scope.__enter__()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -518,14 +518,15 @@ class RequestScope:
             outer = self._exit_cancel_scope(outer)
             if outer is None and isinstance(exc, anyio.get_cancelled_exc_class()) and _native_cancel_pending():
                 outer = exc  # a task.cancel() (asyncio.timeout, a framework) is not ours to absorb
-            with anyio.CancelScope(shield=True):
-                orphans = self._close_registry()
-                for call in orphans:
-                    with anyio.move_on_after(self._hook_timeout):
-                        await call.aclose_on_exit()
-                self._registry.record_in_flight(orphans)
-                if self.cancelled:
-                    await self._hooks.run_async()
+            orphans = self._close_registry()
+            if orphans or self.cancelled:  # a scope with nothing to close or run pays no shielded scope
+                with anyio.CancelScope(shield=True):
+                    for call in orphans:
+                        with anyio.move_on_after(self._hook_timeout):
+                            await call.aclose_on_exit()
+                    self._registry.record_in_flight(orphans)
+                    if self.cancelled:
+                        await self._hooks.run_async()
         finally:
             _current.reset(self._token)
             self._end(outer)

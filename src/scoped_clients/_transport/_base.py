@@ -17,8 +17,6 @@ import threading
 from types import ModuleType
 from typing import Any, ClassVar
 
-import anyio
-
 from .._calls import Profile
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from .._loop import LoopHandle
@@ -82,7 +80,7 @@ class AsyncTransportMixin(TransportBase):
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
         sent, plan = planned(request, self.always_stream, call)
         try:
-            with anyio.CancelScope() as pending:
+            with loop.cancel_scope() as pending:
                 call.pending_scope = pending
                 if call.aborted is not None:  # cancelled between admission and here
                     pending.cancel()

@@ -377,14 +377,23 @@ class _AsyncBodyReader:
 
     async def __anext__(self) -> bytes:
         call = self._call
-        if self._iterator is None:
+        iterator = self._iterator
+        if iterator is None:
             if call.aborted is not None:
                 raise call.cancelled_error()
-            self._iterator = self._inner.__aiter__()
-        elif self._iterator is _EXHAUSTED:
+            iterator = self._iterator = self._inner.__aiter__()
+        elif iterator is _EXHAUSTED:
             raise StopAsyncIteration
         try:
-            chunk = await (self._pull_from_socket() if call.sock is not None else self._pull())
+            if call.sock is not None:
+                # Inline rather than a coroutine of its own: this runs once per chunk.
+                chunk: bytes = await iterator.__anext__()
+                while call.aborted is not None:
+                    # The socket is shut down: keep pulling until the library's own generators fail
+                    # on EOF, so that none is left suspended.
+                    chunk = await iterator.__anext__()
+            else:
+                chunk = await self._pull()
         except StopAsyncIteration:
             self._iterator = _EXHAUSTED
             if call.aborted is not None:
@@ -402,17 +411,10 @@ class _AsyncBodyReader:
         self._feed(chunk)
         return chunk
 
-    async def _pull_from_socket(self) -> bytes:
-        chunk: bytes = await self._iterator.__anext__()
-        while self._call.aborted is not None:
-            # The socket is shut down: keep pulling until the library's own generators fail on
-            # EOF, so that none is left suspended.
-            chunk = await self._iterator.__anext__()
-        return chunk
-
     async def _pull(self) -> bytes:
         call = self._call
-        with anyio.CancelScope() as read:
+        assert call.loop is not None  # an async body
+        with call.loop.cancel_scope() as read:
             call.read_scope = read
             try:
                 chunk: bytes = await self._iterator.__anext__()

@@ -1,0 +1,547 @@
+"""This checkout against an earlier commit, in the same run: what a change cost or saved.
+
+    python benchmarks/compare.py bb44c0a [--rounds 5] [--only idle,call,sse] [--backends asyncio,trio]
+
+The old commit's ``src/`` is extracted with ``git archive`` into a temporary
+directory; each measurement runs in a fresh subprocess that imports one version
+(``PYTHONPATH`` puts the chosen ``src/`` first), and the two versions alternate
+round by round (old first in even rounds, new first in odd ones), so that a
+machine whose load drifts charges both alike.  Inside each subprocess the raw
+baseline and the scoped variant are interleaved too.  The figures (those of
+``overhead.py``, measured the way issue 23 states its targets):
+
+* ``idle``: open + close an idle ``async with RequestScope()`` (no call), and a bare
+  ``anyio.CancelScope`` for scale (no network);
+* ``call``: a small GET through ``httpx2.AsyncClient`` against a scoped one, the scope
+  already open, and with a scope opened per call (wall median per call, and client
+  CPU per call); and the same GET against an in-process transport (no network: the
+  steadiest per-call figure, client CPU);
+* ``sse``: an OpenAI chat stream through the raw SDK and the scoped client: client CPU per
+  chunk (one SSE event each) and throughput; and the token meter alone fed the same
+  recorded chunks (no network: the purest per-event figure).
+
+The provider (this checkout's, in its own process, streaming as fast as it can) is
+shared by both versions.  The harness is this file for both, so only the library
+differs; a figure the old code cannot produce (a module that did not exist yet) is
+``n/a``.  Every table says the load average before and after: on a shared machine,
+read the ratios of the same run, not the absolute microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FIGURES = ("idle", "call", "sse", "memory")
+IDLE_BLOCK = 2_000
+CALL_BLOCK = 25
+CALL_BLOCKS = 8
+IN_PROCESS_BLOCK = 500
+MEMORY_SCOPES = 5_000
+MEMORY_CALLS = 2_000
+STREAM_TOKENS = 2_000
+STREAM_REPS = 3
+METER_REPS = 5
+
+
+# ------------------------------------------------------------------ the worker (one version, one figure)
+
+
+async def _idle() -> dict[str, float]:
+    import anyio
+
+    from scoped_clients import RequestScope
+
+    async def scopes() -> float:
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            async with RequestScope():
+                pass
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
+    async def bare() -> float:
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            with anyio.CancelScope():
+                await anyio.lowlevel.checkpoint()
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
+    async def bare_no_checkpoint() -> float:
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            with anyio.CancelScope():  # noqa: ASYNC100 (its cost is the figure)
+                pass
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
+    samples: dict[str, list[float]] = {"scope": [], "bare": [], "bare_nocp": []}
+    await scopes()  # warm
+    for _ in range(5):
+        samples["bare"].append(await bare())
+        samples["bare_nocp"].append(await bare_no_checkpoint())
+        samples["scope"].append(await scopes())
+    return {name: _median(values) * 1e6 for name, values in samples.items()}
+
+
+async def _call(url: str) -> dict[str, float]:
+    import httpx2
+
+    import scoped_clients.httpx2
+    from scoped_clients import RequestScope
+
+    target = f"{url}/units?n=1&interval=0"
+    raw, scoped = httpx2.AsyncClient(), scoped_clients.httpx2.AsyncClient()
+    wall: dict[str, list[float]] = {"raw": [], "scoped": [], "per_call": []}
+    cpu: dict[str, list[float]] = {"raw": [], "scoped": [], "per_call": []}
+
+    async def block(name: str) -> None:
+        if name == "scoped":  # one scope open around the block, timed inside it
+            async with RequestScope():
+                await calls(name)
+        else:
+            await calls(name)
+
+    async def calls(name: str) -> None:
+        c = time.process_time()
+        for _ in range(CALL_BLOCK):
+            if name == "raw":
+                t = time.perf_counter()
+                await raw.get(target)
+                wall[name].append(time.perf_counter() - t)
+            elif name == "scoped":
+                t = time.perf_counter()
+                await scoped.get(target)
+                wall[name].append(time.perf_counter() - t)
+            else:
+                t = time.perf_counter()
+                async with RequestScope():
+                    await scoped.get(target)
+                wall[name].append(time.perf_counter() - t)
+        cpu[name].append((time.process_time() - c) / CALL_BLOCK)
+
+    async with raw, scoped:
+        for client in (raw, scoped):  # warm the pools
+            await client.get(target)
+        names = list(wall)
+        for i in range(CALL_BLOCKS * len(names)):
+            await block(names[i % len(names)] if (i // len(names)) % 2 == 0 else names[-1 - i % len(names)])
+    result = {f"{name}_wall": _median(values) * 1e6 for name, values in wall.items()}
+    result.update({f"{name}_cpu": _median(values) * 1e6 for name, values in cpu.items()})
+    result.update(await _call_in_process())
+    return result
+
+
+async def _call_in_process() -> dict[str, float]:
+    """The same GET against an in-process transport (no network, no provider): the steadiest per-call figure.
+
+    Its response carries a ``network_stream`` with a socket, as httpcore's do, so the scoped call takes the
+    path of a real one (a socket to shut down, no cancel scope per chunk); nothing is sent on that socket.
+    """
+    import socket
+
+    import httpx2
+
+    import scoped_clients.httpx2
+    from scoped_clients import RequestScope
+
+    sock = socket.socket()
+
+    class Stream:
+        def get_extra_info(self, name: str) -> Any:
+            return sock if name == "socket" else None
+
+    class Body(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b"unit\n"
+
+    class Transport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            headers = {"content-type": "text/plain"}
+            return httpx2.Response(200, headers=headers, stream=Body(), extensions={"network_stream": Stream()})
+
+    raw = httpx2.AsyncClient(transport=Transport())
+    scoped = scoped_clients.httpx2.AsyncClient(transport=Transport())
+    cpu: dict[str, list[float]] = {"raw": [], "scoped": []}
+    async with raw, scoped, RequestScope():
+        for client in (raw, scoped):
+            await client.get("http://in-process.test/units")
+        for rep in range(7):
+            for name in ("raw", "scoped") if rep % 2 == 0 else ("scoped", "raw"):
+                client = raw if name == "raw" else scoped
+                c = time.process_time()
+                for _ in range(IN_PROCESS_BLOCK):
+                    await client.get("http://in-process.test/units")
+                cpu[name].append((time.process_time() - c) / IN_PROCESS_BLOCK)
+    sock.close()
+    return {f"{name}_local": _median(values) * 1e6 for name, values in cpu.items()}
+
+
+async def _sse(url: str) -> dict[str, float]:
+    import httpx2
+    import openai
+
+    import scoped_clients.openai
+    from scoped_clients import RequestScope
+
+    raw = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x")
+    scoped = scoped_clients.openai.AsyncOpenAI(base_url=url + "/v1", api_key="x")
+    messages: Any = [{"role": "user", "content": "go"}]
+
+    async def stream(client: Any) -> int:
+        response = await client.chat.completions.create(model=f"local-{STREAM_TOKENS}", messages=messages, stream=True)
+        n = 0
+        async for chunk in response:
+            if chunk.choices and chunk.choices[0].delta.content:
+                n += 1
+        return n
+
+    rates: dict[str, list[float]] = {"raw": [], "scoped": []}
+    cpus: dict[str, list[float]] = {"raw": [], "scoped": []}
+    for rep in range(STREAM_REPS):
+        for name in ("raw", "scoped") if rep % 2 == 0 else ("scoped", "raw"):
+            t, c = time.perf_counter(), time.process_time()
+            if name == "raw":
+                n = await stream(raw)
+            else:
+                async with RequestScope():
+                    n = await stream(scoped)
+            t, c = time.perf_counter() - t, time.process_time() - c
+            rates[name].append(n / t)
+            cpus[name].append(c / n * 1e6)
+    await raw.close()
+    await scoped.close()
+    result = {f"{name}_rate": _median(values) for name, values in rates.items()}
+    result.update({f"{name}_cpu": _median(values) for name, values in cpus.items()})
+    # The meter alone, fed the chunks a stream arrives in (no network).
+    try:
+        from scoped_clients._vendors.openai import ChatStreamMeter
+    except ImportError:
+        return result
+    body = {"model": f"local-{STREAM_TOKENS}", "messages": messages, "stream": True}
+    chunks: list[bytes] = []
+    async with httpx2.AsyncClient() as client, client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        async for chunk in r.aiter_raw():
+            chunks.append(chunk)
+    events = b"".join(chunks).count(b"\n\n")
+    per_event = []
+    for _ in range(METER_REPS):
+        t = time.perf_counter()
+        meter = ChatStreamMeter()
+        for chunk in chunks:
+            meter.feed(chunk)
+        meter.close()
+        per_event.append((time.perf_counter() - t) / events)
+    result["meter_event"] = _median(per_event) * 1e6
+    return result
+
+
+async def _memory() -> dict[str, float]:
+    """Bytes per open scope (beyond a task in a bare cancel scope) and per in-flight call (beyond a raw stream)."""
+    import gc
+    import socket
+    import tracemalloc
+
+    import anyio
+    import httpx2
+
+    import scoped_clients.httpx2
+    from scoped_clients import RequestScope
+
+    async def traced(start: Any, count: int) -> float:
+        """Python bytes per task while ``count`` tasks started by ``start(tg)`` are all blocked."""
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                start(tg)
+            await anyio.wait_all_tasks_blocked()
+            gc.collect()
+            size = (tracemalloc.get_traced_memory()[0] - base) / count
+            tg.cancel_scope.cancel()
+        tracemalloc.stop()
+        return size
+
+    async def in_bare_scope() -> None:
+        with anyio.CancelScope():
+            await anyio.sleep_forever()
+
+    async def in_request_scope() -> None:
+        async with RequestScope():
+            await anyio.sleep_forever()
+
+    result: dict[str, float] = {}
+    for name, fn in (("bare_task", in_bare_scope), ("scope_task", in_request_scope)) * 2:  # the second pass counts
+        result[name] = await traced(lambda tg, fn=fn: tg.start_soon(fn), MEMORY_SCOPES)
+
+    sock = socket.socket()
+
+    class Stream:
+        def get_extra_info(self, name: str) -> Any:
+            return sock if name == "socket" else None
+
+    class Body(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b"unit\n"
+            await anyio.sleep_forever()
+
+    class Transport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            headers = {"content-type": "text/plain"}
+            return httpx2.Response(200, headers=headers, stream=Body(), extensions={"network_stream": Stream()})
+
+    async def stream(client: Any) -> None:
+        async with client.stream("GET", "http://in-process.test/units") as response:
+            async for _ in response.aiter_raw():
+                pass
+
+    raw = httpx2.AsyncClient(transport=Transport())
+    scoped = scoped_clients.httpx2.AsyncClient(transport=Transport())
+    async with raw, scoped, RequestScope():
+        for name, client in (("raw_call", raw), ("scoped_call", scoped)) * 2:
+            result[name] = await traced(lambda tg, client=client: tg.start_soon(stream, client), MEMORY_CALLS)
+    sock.close()
+    return result
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def worker(figure: str, backend: str, url: str) -> None:
+    import anyio
+
+    if figure == "idle":
+        result = anyio.run(_idle, backend=backend)
+    elif figure == "call":
+        result = anyio.run(_call, url, backend=backend)
+    elif figure == "memory":
+        result = anyio.run(_memory, backend=backend)
+    else:
+        result = anyio.run(_sse, url, backend=backend)
+    print(json.dumps(result))
+
+
+# ------------------------------------------------------------------ the parent
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The ``src/`` of ``rev``, extracted into ``into``; returns the directory to put on ``PYTHONPATH``."""
+    archive = subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def run_worker(src: Path, figure: str, backend: str, url: str) -> dict[str, float] | None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", figure, backend, url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        print(f"  {figure}/{backend} on {src}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _ratio(new: float | None, old: float | None) -> str:
+    return "n/a" if new is None or old is None or old == 0 else f"{new / old:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old", nargs="?", help="the earlier commit (anything `git archive` takes)")
+    parser.add_argument("--rounds", type=int, default=5, help="old/new pairs per figure and backend (default 5)")
+    parser.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated figures ({', '.join(FIGURES)})")
+    parser.add_argument("--backends", default="asyncio,trio")
+    parser.add_argument("--worker", nargs=3, metavar=("FIGURE", "BACKEND", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    if not args.old:
+        parser.error("name the earlier commit to compare against")
+    figures = [f for f in args.only.split(",") if f]
+    unknown = set(figures) - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures {sorted(unknown)}; choose from {', '.join(FIGURES)}")
+    backends = [b for b in args.backends.split(",") if b]
+    from _common import machine
+    from _remote import RemoteProvider
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+    new_name = head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+    old_name = subprocess.run(
+        ["git", "rev-parse", "--short", args.old], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    samples: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="compare-") as tmp, RemoteProvider(token_interval=0.0) as provider:
+        versions = {"old": extract(args.old, Path(tmp)), "new": ROOT / "src"}
+        for figure in figures:
+            for backend in backends:
+                for r in range(args.rounds):
+                    for version in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                        result = run_worker(versions[version], figure, backend, provider.url)
+                        if result is not None:
+                            samples.setdefault((figure, backend, version), []).append(result)
+                print(f"  {figure}/{backend} done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    load_after = os.getloadavg()
+
+    def med(figure: str, backend: str, version: str, key: str) -> float | None:
+        values = [s[key] for s in samples.get((figure, backend, version), []) if key in s]
+        return _median(values) if values else None
+
+    print(f"Machine: {machine()}")
+    print(
+        f"old = {old_name}, new = {new_name}; {args.rounds} rounds, old and new alternating; medians over the rounds.\n"
+        f"Load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load_before)}, "
+        f"after: {' / '.join(f'{x:.2f}' for x in load_after)}; {time.monotonic() - started:.0f} s.\n"
+    )
+    rows: list[list[str]] = []
+    for backend in backends:
+        if "idle" in figures:
+            bare = med("idle", backend, "new", "bare")
+            bare_old = med("idle", backend, "old", "bare")
+            old, new = med("idle", backend, "old", "scope"), med("idle", backend, "new", "scope")
+            rows.append(
+                [
+                    backend,
+                    "open + close an idle RequestScope, us",
+                    _cell(old, ".1f"),
+                    _cell(new, ".1f"),
+                    _ratio(new, old),
+                    f"bare anyio.CancelScope (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
+                    f"new = {_ratio(new, bare)} of it; without the checkpoint "
+                    f"{_cell(med('idle', backend, 'new', 'bare_nocp'), '.1f')}",
+                ]
+            )
+        if "call" in figures:
+            for key, what in (("scoped", "scope already open"), ("per_call", "a scope per call")):
+                for unit in ("wall", "cpu"):
+                    added = {
+                        v: _diff(med("call", backend, v, f"{key}_{unit}"), med("call", backend, v, f"raw_{unit}"))
+                        for v in ("old", "new")
+                    }
+                    raw = [med("call", backend, v, f"raw_{unit}") for v in ("old", "new")]
+                    rows.append(
+                        [
+                            backend,
+                            f"added per call, {what} ({'wall' if unit == 'wall' else 'client CPU'}), us",
+                            _cell(added["old"], "+.1f"),
+                            _cell(added["new"], "+.1f"),
+                            _ratio(added["new"], added["old"]),
+                            f"raw httpx2 call: {_cell(raw[0], '.0f')} / {_cell(raw[1], '.0f')} us",
+                        ]
+                    )
+            added = {
+                v: _diff(med("call", backend, v, "scoped_local"), med("call", backend, v, "raw_local"))
+                for v in ("old", "new")
+            }
+            raw = [med("call", backend, v, "raw_local") for v in ("old", "new")]
+            rows.append(
+                [
+                    backend,
+                    "added per call, scope already open, in-process transport (client CPU), us",
+                    _cell(added["old"], "+.1f"),
+                    _cell(added["new"], "+.1f"),
+                    _ratio(added["new"], added["old"]),
+                    f"raw httpx2 call, no network: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us",
+                ]
+            )
+        if "sse" in figures:
+            added = {
+                v: _diff(med("sse", backend, v, "scoped_cpu"), med("sse", backend, v, "raw_cpu"))
+                for v in ("old", "new")
+            }
+            raw = [med("sse", backend, v, "raw_cpu") for v in ("old", "new")]
+            rows.append(
+                [
+                    backend,
+                    "added per SSE event (client CPU, openai chat stream), us",
+                    _cell(added["old"], "+.2f"),
+                    _cell(added["new"], "+.2f"),
+                    _ratio(added["new"], added["old"]),
+                    f"raw SDK: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per chunk",
+                ]
+            )
+            share = {
+                v: _share(med("sse", backend, v, "scoped_rate"), med("sse", backend, v, "raw_rate"))
+                for v in ("old", "new")
+            }
+            rows.append(
+                [
+                    backend,
+                    "stream throughput, scoped / raw",
+                    _cell(share["old"], ".1%"),
+                    _cell(share["new"], ".1%"),
+                    "-",
+                    "wall units/s, interleaved in each subprocess",
+                ]
+            )
+            old, new = med("sse", backend, "old", "meter_event"), med("sse", backend, "new", "meter_event")
+            rows.append(
+                [
+                    backend,
+                    "token meter alone, us per SSE event",
+                    _cell(old, ".2f"),
+                    _cell(new, ".2f"),
+                    _ratio(new, old),
+                    "",
+                ]
+            )
+        if "memory" in figures:
+            for key, base, what in (
+                ("scope_task", "bare_task", "memory per open scope (beyond a task in a bare cancel scope), B"),
+                ("scoped_call", "raw_call", "memory per in-flight call (beyond a raw stream), B"),
+            ):
+                added = {
+                    v: _diff(med("memory", backend, v, key), med("memory", backend, v, base)) for v in ("old", "new")
+                }
+                raw = [med("memory", backend, v, base) for v in ("old", "new")]
+                rows.append(
+                    [
+                        backend,
+                        what,
+                        _cell(added["old"], "+,.0f"),
+                        _cell(added["new"], "+,.0f"),
+                        _ratio(added["new"], added["old"]),
+                        f"the baseline itself: {_cell(raw[0], ',.0f')} / {_cell(raw[1], ',.0f')} B (tracemalloc)",
+                    ]
+                )
+    print("| backend | figure | old | new | new / old | context (old / new) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _share(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+if __name__ == "__main__":
+    main()
