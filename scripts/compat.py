@@ -7,7 +7,8 @@ HTTP libraries there.  We rely on private attributes of httpcore, openai, cohere
 and qdrant-client (pin-tested by these tests), so an upgrade or a downgrade
 inside a range that breaks us fails CI, not a user.  Frameworks that cannot share the main
 venv (``EXTRA_PACKAGES``: LlamaIndex needs openai 2.x, arq redis-py < 6) are installed and
-tested here too, with the cancel bus on the oldest redis-py.
+tested here too, with the cancel bus on the oldest redis-py.  An extra whose floor cannot share
+that venv (``ALONE``) gets a venv of its own, pinned to its floor only.
 
 The lower bounds are read from ``pyproject.toml``: a range's floor that is not
 an installable release fails here, so the two cannot drift apart.
@@ -46,13 +47,17 @@ TESTS = [
     "tests/test_vendor_warnings.py",
     "tests/test_body_generators.py",
 ]
+#: extras whose floor cannot share the venv above (their own requirements exclude another extra's floor),
+#: each tested at its floor in a venv of its own, beside the newest releases of everything else, with the
+#: tests named here. mistralai: every release >= 2.0 needs opentelemetry-api >= 1.33.1, above our otel floor
+ALONE = {"mistralai": ["tests/test_mistralai.py"]}
 
 
-def floors() -> dict[str, str]:
-    """package -> the lowest version its range in pyproject.toml admits."""
+def floors(names: tuple[str, ...] = EXTRAS) -> dict[str, str]:
+    """package -> the lowest version its range in pyproject.toml admits, for the extras ``names``."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pins: dict[str, str] = {}
-    for extra in EXTRAS:
+    for extra in names:
         for requirement in extras[extra]:
             match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
             if match:
@@ -62,22 +67,33 @@ def floors() -> dict[str, str]:
     return pins
 
 
+def venv(home: Path, extras: str, pins: dict[str, str], packages: tuple[str, ...] = ()) -> Path:
+    """A virtualenv at ``home`` with ``.[extras]`` and ``pins``, rebuilt only when what it should hold changed."""
+    python = home / "bin" / "python"
+    stamp = home / "stamp"
+    wanted = repr(sorted(pins.items())) + extras + repr(packages)
+    if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(home)], check=True)
+        floor_pins = [f"{name}=={version}" for name, version in pins.items()]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}", *floor_pins], check=True)
+        if packages:  # the floors are named again so that no extra package moves them
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *packages, *floor_pins], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
 def main() -> int:
     pins = floors()
-    python = VENV / "bin" / "python"
-    stamp = VENV / "stamp"
-    wanted = repr(sorted(pins.items())) + "[test]" + repr(EXTRA_PACKAGES)
-    if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        argv = [str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"]
-        floor_pins = [f"{name}=={version}" for name, version in pins.items()]
-        subprocess.run(argv + floor_pins, check=True)
-        # the floors are named again so that no extra package moves them
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *EXTRA_PACKAGES, *floor_pins], check=True)
-        stamp.write_text(wanted)
+    python = venv(VENV, "[test]", pins, EXTRA_PACKAGES)
     print("compat: oldest releases of the supported ranges: " + ", ".join(f"{n}=={v}" for n, v in pins.items()))
     print("compat: with " + ", ".join(EXTRA_PACKAGES))
-    return subprocess.run([str(python), "-m", "pytest", *TESTS, "-q", *sys.argv[1:]], cwd=ROOT).returncode
+    status = subprocess.run([str(python), "-m", "pytest", *TESTS, "-q", *sys.argv[1:]], cwd=ROOT).returncode
+    for extra, tests in ALONE.items():
+        alone = floors((extra,))
+        python = venv(VENV.parent / extra, f"[test,{extra}]", alone)
+        print(f"compat: {extra} at its floor, alone: " + ", ".join(f"{n}=={v}" for n, v in alone.items()))
+        status |= subprocess.run([str(python), "-m", "pytest", *tests, "-q", *sys.argv[1:]], cwd=ROOT).returncode
+    return status
 
 
 if __name__ == "__main__":
