@@ -81,6 +81,7 @@ class DropIn(type):
     http_arg: str | None
     options: tuple[str, ...]
     check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None
+    scope: Callable[[Any, Callable[[Any, bool], Any]], None] | None
 
     def __new__(
         mcs,
@@ -94,6 +95,7 @@ class DropIn(type):
         http_arg: str | None = None,
         options: tuple[str, ...] = ("always_stream", "finish_policy"),
         check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+        scope: Callable[[Any, Callable[[Any, bool], Any]], None] | None = None,
     ) -> DropIn:
         parent = next((base for base in bases if isinstance(base, DropIn)), None)
         if parent is not None:
@@ -105,7 +107,7 @@ class DropIn(type):
         namespace.setdefault("__doc__", vendor.__doc__)
         cls = super().__new__(mcs, name, bases, namespace)
         cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
-        cls.options, cls.check = options, check
+        cls.options, cls.check, cls.scope = options, check, scope
         cls.__signature__ = _signature(vendor, options)  # type: ignore[attr-defined]
         _REGISTRY[vendor] = cls
         return cls
@@ -157,6 +159,13 @@ class DropIn(type):
         cls, client: Any, *, built_by_sdk: bool, always_stream: bool = False, finish_policy: FinishPolicy = "abort"
     ) -> None:
         """Scope the HTTP client a vendor instance holds (nothing to do for one without HTTP)."""
+        if cls.scope is not None:  # the vendor module scopes the instance's HTTP clients itself
+
+            def scoped(http: Any, built: bool) -> Any:
+                return scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built)
+
+            cls.scope(client, scoped)
+            return
         holder, attribute = _holder(client, cls.http_path)
         if holder is None:
             return
@@ -204,6 +213,7 @@ def dropins(vendor: Vendor) -> dict[str, DropIn]:
                 http_arg=declared.http_arg,
                 options=declared.options,
                 check=declared.check,
+                scope=declared.scope,
             )
         _built[vendor.provider] = built
     return built
@@ -309,9 +319,11 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     """
     check_options(finish_policy, always_stream)
     for base in type(client).__mro__:  # register the drop-ins of the client's SDK
-        vendor = by_sdk(base.__module__.split(".", 1)[0])
-        if vendor is not None and vendor.dropins:
-            dropins(vendor)
+        names = base.__module__.split(".")
+        for sdk in (names[0], ".".join(names[:2])):  # "openai", or a namespace package's "google.genai"
+            vendor = by_sdk(sdk)
+            if vendor is not None and vendor.dropins:
+                dropins(vendor)
     for vendor_cls in type(client).__mro__:
         dropin = _REGISTRY.get(vendor_cls)
         if dropin is not None:
