@@ -407,3 +407,90 @@ def test_cancel_from_another_thread_unblocks_a_sync_read(provider: LocalProvider
     log.wait_units(3)
     scope.cancel()
     assert done.wait(5) and log.wait_disconnect() and log.disconnected_at is not None
+
+
+def test_scope_client_scopes_a_client_built_elsewhere(provider: LocalProvider) -> None:
+    from scoped_clients import scope_client
+
+    made = scope_client(genai.Client(api_key="test", http_options=options(provider)))
+    _open.append(made)
+    assert isinstance(made, Client) and not made._api_client._use_aiohttp()
+    provider.token_interval = 0.0
+    with RequestScope() as scope:
+        made.models.generate_content(model="local-2", contents="hi")
+    assert [(r.provider, r.outcome) for r in scope.report.calls] == [("gemini", "completed")]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------- the meter and the assembler on wire samples
+
+#: as the service frames it: spaced JSON, CRLF line ends, a thought, a function call, usage at the end
+_USAGE_SO_FAR = {"promptTokenCount": 9, "totalTokenCount": 9}
+WIRE = [
+    {"candidates": [{"content": {"parts": [{"text": "plan", "thought": True}], "role": "model"}, "index": 0}]},
+    {"candidates": [{"content": {"parts": [{"text": "Hello"}], "role": "model"}, "index": 0}]},
+    {"candidates": [{"content": {"parts": [{"text": ", world"}], "role": "model"}, "index": 0}]},
+    {"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": {"a": 1}}}], "role": "model"}}]},
+    {
+        "candidates": [{"content": {"parts": [{"text": ""}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {
+            "promptTokenCount": 9,
+            "candidatesTokenCount": 5,
+            "thoughtsTokenCount": 2,
+            "totalTokenCount": 16,
+        },
+    },
+]
+
+
+def _wire(events: list[dict[str, Any]]) -> bytes:
+    import json
+
+    out = b""
+    for event in events:
+        data = {**event, "modelVersion": "gemini-x"}
+        data.setdefault("usageMetadata", _USAGE_SO_FAR)
+        out += b"data: " + json.dumps(data).encode() + b"\r\n\r\n"
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 100_000])
+def test_stream_meter_whatever_the_chunking(size: int) -> None:
+    from scoped_clients._vendors.google_genai import GenerateStreamMeter
+
+    data = _wire(WIRE)
+    meter = GenerateStreamMeter()
+    for start in range(0, len(data), size):
+        meter.feed(data[start : start + size])
+    meter.close()
+    assert (meter.tokens_in, meter.input_source) == (9, "provider")
+    assert (meter.tokens_out, meter.output_source) == (7, "provider")  # answer and thoughts
+    assert meter.tool_calls and meter.finish_reason == "STOP" and meter.error is None
+    cut = GenerateStreamMeter()  # a stream cut before its last chunk: one token per chunk received
+    cut.feed(_wire(WIRE[:4]))
+    assert (cut.tokens_out, cut.output_source, cut.finish_reason) == (4, "estimated", None)
+
+
+def test_assembler_rebuilds_the_answer_and_maps_errors() -> None:
+    import json
+
+    from scoped_clients._vendors.google_genai import GenerateAssembler
+
+    assembler = GenerateAssembler()
+    assembler.feed(_wire(WIRE))
+    assembler.close()
+    status, body = assembler.result()
+    (candidate,) = json.loads(body)["candidates"]
+    assert status == 200 and assembler.complete
+    assert candidate["content"]["parts"] == [
+        {"text": "plan", "thought": True},
+        {"text": "Hello, world"},
+        {"functionCall": {"name": "f", "args": {"a": 1}}},
+    ]
+    assert candidate["finishReason"] == "STOP"
+    assert json.loads(body)["usageMetadata"]["candidatesTokenCount"] == 5
+    blocked = GenerateAssembler()  # a blocked prompt: no candidate, complete all the same
+    blocked.feed(_wire([{"promptFeedback": {"blockReason": "SAFETY"}}]))
+    assert blocked.complete and "candidates" not in json.loads(blocked.result()[1])
+    failed = GenerateAssembler()
+    failed.feed(b'data: {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}\r\n\r\n')
+    assert failed.result()[0] == 429

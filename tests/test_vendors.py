@@ -8,8 +8,9 @@ from scoped_clients._vendors import by_provider, by_sdk, gen_ai_operation, gener
 
 
 def test_every_vendor_module_is_found() -> None:
-    assert sorted(v.provider for v in vendors()) == ["anthropic", "cohere", "http", "openai", "qdrant"]
+    assert sorted(v.provider for v in vendors()) == ["anthropic", "cohere", "gemini", "http", "openai", "qdrant"]
     assert by_sdk("qdrant_client") is by_provider("qdrant")
+    assert by_sdk("google.genai") is by_provider("gemini")
     assert by_sdk("httpx") is None  # plain HTTP has no SDK of its own
 
 
