@@ -494,3 +494,28 @@ def test_assembler_rebuilds_the_answer_and_maps_errors() -> None:
     failed = GenerateAssembler()
     failed.feed(b'data: {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}\r\n\r\n')
     assert failed.result()[0] == 429
+
+
+def test_client_aio_keeps_one_pool_per_event_loop(provider: LocalProvider) -> None:
+    """google-genai's own async client keeps a connection pool per asyncio loop (a client used by two
+    ``asyncio.run`` calls): the drop-in keeps that, each pool scoped."""
+    import asyncio
+
+    from scoped_clients._transport._base import is_scoped
+
+    made = client(provider)
+    provider.token_interval = 0.0
+    pools: list[Any] = []
+
+    async def call(last: bool) -> str:
+        async with RequestScope() as scope:
+            await made.aio.models.generate_content(model="local-2", contents="hi")
+        pool = made._api_client._async_httpx_client._client_for_running_loop()  # this loop's
+        assert is_scoped(pool)
+        pools.append(pool)
+        # google-genai leaves the pool of a loop that ended to the garbage collector: closed here
+        await (made.aio.aclose() if last else pool.aclose())
+        return scope.report.calls[0].outcome  # type: ignore[union-attr]
+
+    assert [asyncio.run(call(False)), asyncio.run(call(True))] == ["completed", "completed"]
+    assert len(provider.requests) == 2 and pools[0] is not pools[1]

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import sniffio
+
 from .._calls import CallInfo, Meter
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from . import DropInName, Vendor
@@ -278,12 +280,11 @@ def scope_genai(client: Any, scoped: Callable[[Any, bool], Any]) -> None:
 
     * sync: ``_api_client._httpx_client``, the SDK's own (scoped in place) or the caller's
       ``httpx_client`` (left as given: the SDK gets a scoped view of it).
-    * async: ``_api_client._async_httpx_client`` likewise.  The SDK's own keeps one inner
-      connection pool per asyncio loop, which no scope reaches and which cannot run on Trio:
-      it is switched to its own (scoped) pool, as google-genai does for a caller's transport.
-      With aiohttp importable google-genai would send through aiohttp instead: the options
-      its API client reads then name that transport, as a caller's ``async_client_args``
-      would, so it sends through the scoped client.
+    * async: ``_api_client._async_httpx_client`` likewise.  The SDK's own keeps one inner client
+      per asyncio loop (connections are bound to their loop): each is scoped as it is built
+      (``_scope_per_loop``).  With aiohttp importable google-genai would send through aiohttp
+      instead: the options its API client reads then name the scoped transport, as a caller's
+      ``async_client_args={"transport": ...}`` would, so it sends through the scoped client.
     """
     api: Any = getattr(client, "_api_client", None)
     options = getattr(api, "_http_options", None)
@@ -302,7 +303,10 @@ def scope_genai(client: Any, scoped: Callable[[Any, bool], Any]) -> None:
         built = options.httpx_async_client is None
     http = scoped(http, built)
     if getattr(http, "_per_loop", False):
-        http._per_loop = False  # its inner per-loop pools would bypass the scoped transport
+        if built:
+            _scope_per_loop(http, scoped)
+        else:  # a caller's per-loop client: its inner clients are its own, the view uses its outer pool
+            http._per_loop = False
     elif hasattr(http, "_client_for_running_loop") and not hasattr(http, "_per_loop"):
         raise UnsupportedError(
             f"google-genai's async client ({type(http).__qualname__}) changed how it pools connections; "
@@ -313,6 +317,41 @@ def scope_genai(client: Any, scoped: Callable[[Any, bool], Any]) -> None:
     if options.httpx_async_client is None and async_args.get("transport") is None:
         # google-genai reads this at every async request: a transport means "not aiohttp"
         options.async_client_args = {**async_args, "transport": http._transport}
+
+
+def _scope_per_loop(http: Any, scoped: Callable[[Any, bool], Any]) -> None:
+    """google-genai's own async client sends through one inner client per asyncio loop, built on
+    first use: each is scoped as it is built.  Outside asyncio (Trio), where google-genai's lookup
+    of the running loop fails, requests go through the outer client's own pool, scoped."""
+    inner_cls = http._inner_client_cls
+    lookup = http._client_for_running_loop
+    outer = _OuterPool(http)
+
+    def inner(**kwargs: Any) -> Any:
+        return scoped(inner_cls(**kwargs), True)
+
+    def for_running_loop() -> Any:
+        return lookup() if sniffio.current_async_library() == "asyncio" else outer
+
+    http._inner_client_cls = inner
+    http._client_for_running_loop = for_running_loop
+
+
+class _OuterPool:
+    """Sends through an httpx(2) client's own pool, past google-genai's per-loop ``send``."""
+
+    __slots__ = ("_client", "_send")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._send = next(
+            getattr(c, "send")  # noqa: B009  (the HTTP library's own AsyncClient.send)
+            for c in type(client).__mro__
+            if c.__name__ == "AsyncClient" and c.__module__.split(".", 1)[0] in ("httpx", "httpx2")
+        )
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        return await self._send(self._client, request, **kwargs)
 
 
 def _sdk_async_client(api: Any, sync: Any) -> Any:
