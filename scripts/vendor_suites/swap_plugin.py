@@ -27,6 +27,7 @@ _NAMES = {
     "anthropic": ("scoped_clients.anthropic", ["Anthropic", "AsyncAnthropic"]),
     "cohere": ("scoped_clients.cohere", ["Client", "AsyncClient", "ClientV2", "AsyncClientV2"]),
     "qdrant_client": ("scoped_clients.qdrant", ["QdrantClient", "AsyncQdrantClient"]),
+    "google.genai": ("scoped_clients.google_genai", ["Client"]),
 }
 
 
@@ -37,9 +38,11 @@ def _swap() -> None:
     ours = importlib.import_module(ours_module)
     for name in names:
         original = getattr(vendor, name)
-        for alias, value in list(vars(vendor).items()):
-            if value is original:
-                setattr(vendor, alias, getattr(ours, name))
+        # the SDK's package and the module that defines the class (``google.genai.client.Client``)
+        for module in {vendor, importlib.import_module(original.__module__)}:
+            for alias, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, alias, getattr(ours, name))
 
 
 if MODE in ("ours", "scope"):
