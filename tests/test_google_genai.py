@@ -504,6 +504,8 @@ def test_client_aio_keeps_one_pool_per_event_loop(provider: LocalProvider) -> No
     from scoped_clients._transport._base import is_scoped
 
     made = client(provider)
+    if not hasattr(made._api_client._async_httpx_client, "_client_for_running_loop"):
+        pytest.skip("this google-genai release keeps one async pool, bound to its first loop (2.x)")
     provider.token_interval = 0.0
     pools: list[Any] = []
 
