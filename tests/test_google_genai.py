@@ -521,3 +521,44 @@ def test_client_aio_keeps_one_pool_per_event_loop(provider: LocalProvider) -> No
 
     assert [asyncio.run(call(False)), asyncio.run(call(True))] == ["completed", "completed"]
     assert len(provider.requests) == 2 and pools[0] is not pools[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("_aclose_clients")
+@pytest.mark.parametrize("stack", ["callers-httpx2", "callers-httpx", "sdk-httpx"])
+async def test_stream_cancelled_on_either_http_library(
+    stack: str, provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's ``httpx_async_client`` (httpx2 or httpx 0.28), or google-genai's own clients on httpx
+    (``GOOGLE_GENAI_HTTP_CLIENT=httpx``): a stream cancelled while the SDK waits for its next chunk."""
+    extra: dict[str, Any] = {}
+    if stack == "sdk-httpx":
+        monkeypatch.setenv("GOOGLE_GENAI_HTTP_CLIENT", "httpx")
+    else:
+        extra["httpx_async_client"] = (httpx2 if stack == "callers-httpx2" else httpx).AsyncClient()
+    made = Client(api_key="test", http_options=options(provider, retry_options=RETRY, **extra))
+    _open.append(made)
+    if stack == "sdk-httpx":
+        assert type(made._api_client._async_httpx_client).__module__.startswith("google.genai")
+        assert isinstance(made._api_client._async_httpx_client, httpx.AsyncClient)
+    scope = RequestScope()
+
+    async def read() -> None:
+        with pytest.raises(ScopeCancelled):
+            async for _ in await made.aio.models.generate_content_stream(model="local-1000", contents="hi"):
+                pass
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg, scope:
+            tg.start_soon(read)
+            (log,) = await wait(provider.wait_for_requests, 1)
+            await wait(log.wait_units, 5)
+            t_cancel = time.monotonic()
+            scope.cancel("client_disconnected")
+            with scope.shield():
+                await wait(log.wait_disconnect)
+    assert log.disconnected_at is not None and log.units_after(t_cancel) <= 1
+    assert len(provider.requests) == 1
+    assert [r.outcome for r in scope.report.calls] == ["aborted"]  # type: ignore[union-attr]
+    if "httpx_async_client" in extra:
+        await extra["httpx_async_client"].aclose()
