@@ -4,7 +4,9 @@
 
 The scenarios and the sample app are the demo's (``scoped_clients.demo``):
 streaming chat, non-streaming chat, RAG (search -> rerank -> LLM),
-non-streaming Anthropic messages, fire-and-forget task, tool subprocess, and
+non-streaming Anthropic messages, non-streaming Gemini ``generate_content``
+(google-genai raw, on the aiohttp session it picks, vs ``scoped_clients.google_genai``),
+fire-and-forget task, tool subprocess, and
 one agent loop per framework (openai-agents, pydantic-ai, LangGraph: an LLM
 turn that calls a subprocess tool, the tool, a final LLM turn), dropped while
 the tool runs, and an MCP tool (the MCP SDK's own server in its own process,
@@ -34,11 +36,12 @@ from scoped_clients.demo.scenarios import AGENT_SCENARIOS, BASE_SCENARIOS, MCP_S
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", metavar="TEXT", help="only the scenarios whose name contains TEXT")
+    parser.add_argument("--only", action="append", help="only the scenarios whose name contains this (repeatable)")
     args = parser.parse_args()
     rows = []
     scenarios = [*BASE_SCENARIOS, *AGENT_SCENARIOS, *MCP_SCENARIOS]
-    scenarios = [s for s in scenarios if args.only is None or args.only in s.name]
+    if args.only:
+        scenarios = [s for s in scenarios if any(part in s.name for part in args.only)]
     runnable = [s for s in scenarios if s.available()]
     results = run_scenarios(args.reps, count_tasks=True, scenarios=runnable)
     for scenario in scenarios:

@@ -7,7 +7,8 @@ For each kind of call (streamed and non-streamed text, streamed and non-streamed
 tool calls, and the non-streamed ones again with ``always_stream=True``), a
 workload with varied output lengths (``natural`` units drawn from a seeded
 lognormal, ``max_tokens`` 400; text from models ``local-N``, tool calls scripted
-with N argument pieces): the first third completes (the estimator learns lengths
+with N argument pieces; the text kinds again through the Gemini drop-in,
+``scoped_clients.google_genai.Client``): the first third completes (the estimator learns lengths
 and rates from it), the rest is cancelled once the provider has produced a random
 number of units.  For each aborted call the provider knows what it would have
 produced (``min(N, max_tokens)``) and what it did produce (its units), so:
@@ -66,18 +67,54 @@ KINDS = {
     "non-streamed tool call": (False, True, False),
     "non-streamed tool call, always_stream": (False, True, True),
 }
+#: the same text workloads through ``scoped_clients.google_genai.Client`` (Gemini's wire format)
+GEMINI_KINDS = {
+    "Gemini streamed text": (True, False, False),
+    "Gemini non-streamed text": (False, False, False),
+    "Gemini non-streamed text, always_stream": (False, False, True),
+}
+KINDS.update(GEMINI_KINDS)
 
 
-def client(provider: LocalProvider, always_stream: bool) -> AsyncOpenAI | None:
+def client(provider: LocalProvider, always_stream: bool, kind: str = "") -> Any:
     extra = {"always_stream": True} if always_stream else {}
+    if kind in GEMINI_KINDS:
+        from scoped_clients.google_genai import Client
+
+        return Client(api_key="x", http_options={"base_url": provider.url}, **extra)
     try:
         return AsyncOpenAI(base_url=provider.url + "/v1", api_key="x", max_retries=0, **extra)
     except TypeError:  # a release without always_stream
         return None
 
 
+async def close(llm: Any) -> None:
+    if isinstance(llm, AsyncOpenAI):
+        await llm.close()
+    else:  # google-genai
+        await llm.aio.aclose()
+        llm.close()
+
+
+async def send(llm: Any, request: dict[str, Any], stream: bool) -> None:
+    if isinstance(llm, AsyncOpenAI):
+        if stream:
+            async for _ in await llm.chat.completions.create(stream=True, **request):
+                pass
+        else:
+            await llm.chat.completions.create(**request)
+        return
+    models = llm.aio.models  # google-genai: the same request in Gemini's terms
+    config = {"max_output_tokens": request["max_tokens"]}
+    if stream:
+        async for _ in await models.generate_content_stream(model=request["model"], contents="go", config=config):
+            pass
+    else:
+        await models.generate_content(model=request["model"], contents="go", config=config)
+
+
 async def one_call(
-    llm: AsyncOpenAI, provider: LocalProvider, kind: str, natural: int, stop_after: int | None
+    llm: Any, provider: LocalProvider, kind: str, natural: int, stop_after: int | None
 ) -> dict[str, Any] | None:
     """One call of ``kind``; cancelled once the provider produced ``stop_after`` units (None: completes)."""
     stream, tool, _ = KINDS[kind]
@@ -97,11 +134,7 @@ async def one_call(
 
     async def call() -> None:
         async with scope:
-            if stream:
-                async for _ in await llm.chat.completions.create(stream=True, **request):
-                    pass
-            else:
-                await llm.chat.completions.create(**request)
+            await send(llm, request, stream)
 
     t_cancel = 0.0
     async with anyio.create_task_group() as tg:
@@ -139,7 +172,7 @@ async def run(calls: int, kinds: list[str], seed: int = 7) -> dict[str, list[dic
     with LocalProvider(token_interval=0.002) as provider:
         for kind in kinds:
             always = KINDS[kind][2]
-            llm = client(provider, always)
+            llm = client(provider, always, kind)
             if llm is None:
                 results[kind] = None
                 continue
@@ -151,7 +184,7 @@ async def run(calls: int, kinds: list[str], seed: int = 7) -> dict[str, list[dic
                 row = await one_call(llm, provider, kind, natural, None if i < calls // 3 else stop_after)
                 if row is not None:
                     rows.append(row)
-            await llm.close()
+            await close(llm)
             results[kind] = rows
     return results
 

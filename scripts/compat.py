@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
 #: the extras whose vendor packages are pinned to their floor
-EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "groq", "httpx", "httpx2", "redis", "otel", "prometheus")
+EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "groq", "google_genai", "httpx", "httpx2", "redis", "otel", "prometheus")
 #: installed after ``.[test]``, beside the floors: frameworks that need openai 2.x (LlamaIndex's
 #: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it), and arq
 #: (it pins redis-py < 6, which Celery's Redis broker in the main venv cannot use)
@@ -36,6 +36,7 @@ TESTS = [
     "tests/test_dropin.py",
     "tests/test_llm_clients.py",
     "tests/test_groq.py",
+    "tests/test_google_genai.py",
     "tests/test_transport.py",
     "tests/test_rag.py",
     "tests/test_agents_llamaindex.py",

@@ -111,6 +111,8 @@ def vendor_env(provider: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("CO_API_KEY", "docs")
     monkeypatch.setenv("CO_API_URL", provider.url)
     monkeypatch.setenv("QDRANT_URL", provider.url)
+    monkeypatch.setenv("GEMINI_API_KEY", "docs")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", provider.url)
     monkeypatch.syspath_prepend(str(SAMPLES))  # the samples' shared _harness
     return provider
 

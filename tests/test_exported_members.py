@@ -46,6 +46,7 @@ PUBLIC = {
     "scoped_clients.cohere": ["AsyncClient", "AsyncClientV2", "Client", "ClientV2"],
     "scoped_clients.demo": ["SCENARIOS", "run_demo", "run_scenarios"],
     "scoped_clients.groq": ["AsyncGroq", "Groq"],
+    "scoped_clients.google_genai": ["Client"],
     "scoped_clients.httpx": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
     "scoped_clients.httpx2": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
     "scoped_clients.mcp": ["Client", "ClientSession", "scope_session"],

@@ -1,7 +1,8 @@
 """What the docs' samples share to run against the embedded provider (never shown in the docs).
 
 ``tests/test_docs.py`` sets the vendors' environment variables to the provider before it imports a
-sample (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``CO_API_URL``, ``QDRANT_URL``, the API keys), then
+sample (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``CO_API_URL``, ``QDRANT_URL``,
+``GOOGLE_GEMINI_BASE_URL``, the API keys), then
 calls the sample's ``check()``, which drives it and asserts what the provider observed.
 """
 

@@ -1,8 +1,8 @@
 """Run the vendors' own test-suites with their classes and with ours; print the new failures.
 
 The openai, anthropic and groq sdists on PyPI ship their ``tests/``, mistralai's its
-``src/mistralai/extra/tests/`` (``SUITE_DIRS``).  For the versions
-installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
+``src/mistralai/extra/tests/``; google-genai's ships them inside the package (``google/genai/tests``:
+its client tests run offline, the rest need recorded replays or a key).  For the versions installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
 (``.cache/vendor-suites/venv``: the suites need pytest-asyncio, respx and more,
 which must not leak into our own test run) with scoped_clients and the same SDK
 versions, and runs each suite three times through ``swap_plugin.py``:
@@ -18,7 +18,7 @@ client classes skipped ours (anthropic's ``tests/lib/test_client_copy.py``
 collects every exported ``BaseClient`` subclass).  Exit status 1 when there is
 a new failure not listed in ``KNOWN`` below with its reason, or any test not run.
 
-Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic,mistralai,groq]``
+Usage: ``python scripts/vendor_suites/run.py [--subset ci|full] [--sdk openai,anthropic,mistralai,groq,google-genai]``
 
 ``tests/api_resources`` are left out in both subsets: every one of them calls
 Stainless' Prism mock server, which serves an OpenAPI spec downloaded from the
@@ -57,8 +57,17 @@ def suite_deps() -> list[str]:
     return [line for line in lines if line and not line.startswith("-")]
 
 
-#: where an sdist keeps its suite (default ``tests``)
-SUITE_DIRS = {"mistralai": "src/mistralai/extra/tests"}
+#: per suite (its distribution name): the import name of its SDK, where the sdist keeps its tests, and
+#: pytest options it needs. google-genai's tests live in the package and ``google`` is a namespace
+#: package: without ``consider_namespace_packages`` pytest imports them (and so a second copy of the
+#: SDK) as ``genai.tests...``, where our swap of ``google.genai.Client`` never reaches.
+SUITES: dict[str, tuple[str, str, list[str]]] = {
+    "openai": ("openai", "tests", []),
+    "anthropic": ("anthropic", "tests", []),
+    "google-genai": ("google.genai", "google/genai/tests", ["-o", "consider_namespace_packages=true"]),
+    "mistralai": ("mistralai", "src/mistralai/extra/tests", []),
+    "groq": ("groq", "tests", []),
+}
 #: left out of every mode, besides ``tests/api_resources``: mistralai's voice agents need its
 #: ``voice-agents`` extra (livekit, and pyaudio, which builds against the PortAudio C library)
 SUITE_IGNORE = {"mistralai": ["src/mistralai/extra/tests/voice_agents"]}
@@ -76,31 +85,65 @@ CI_SUBSET = {
     # the whole suite (about 15 s): the client's hooks, auth, tracing, streams, errors, batch, workflows
     "mistralai": ["src/mistralai/extra/tests"],
     "groq": ["tests/test_client.py", "tests/test_streaming.py", "tests/test_response.py"],
+    # the client: construction, HTTP options, custom clients, event loops, retries, streams, close
+    "google-genai": ["google/genai/tests/client"],
 }
 
 #: new failures we accept, with the reason: (sdk, test id prefix) -> reason
 #: new failures we accept: (sdk, test id pattern, failure message pattern, reason). Each reads a
 #: private attribute that a scoped client cannot keep identical; none is about behaviour.
-KNOWN: list[tuple[str, str, str, str]] = [
-    (
-        sdk,
-        r"tests\.test_client\..*::test_retrying_(status|timeout)_errors_doesnt_leak",
-        r"",
-        "reads the private `client._client._transport._pool` and asserts the transport is httpx2's own class "
-        "(groq: httpx's): ours wraps that transport (the pool inside is the same and is released the same way)",
-    )
-    for sdk in ("openai", "anthropic", "groq")
-] + [
-    (
-        sdk,
-        r".*",
-        r"^assert <httpx2?\.(Async)?Client object at 0x[0-9a-f]+> is <httpx2?\.(Async)?Client object at",
-        "asserts `client._client is http_client` (a private attribute): the SDK holds a scoped copy of the "
-        "caller's client (same class, headers, auth, cookies, hooks and pool) so the caller's object is never "
-        "changed; closing it closes the caller's client",
-    )
-    for sdk in ("openai", "anthropic")
-]
+KNOWN: list[tuple[str, str, str, str]] = (
+    [
+        (
+            sdk,
+            r"tests\.test_client\..*::test_retrying_(status|timeout)_errors_doesnt_leak",
+            r"",
+            "reads the private `client._client._transport._pool` and asserts the transport is httpx2's own class "
+            "(groq: httpx's): ours wraps that transport (the pool inside is the same and is released the same way)",
+        )
+        for sdk in ("openai", "anthropic", "groq")
+    ]
+    + [
+        (
+            sdk,
+            r".*",
+            r"^assert <httpx2?\.(Async)?Client object at 0x[0-9a-f]+> is <httpx2?\.(Async)?Client object at",
+            "asserts `client._client is http_client` (a private attribute): the SDK holds a scoped copy of the "
+            "caller's client (same class, headers, auth, cookies, hooks and pool) so the caller's object is never "
+            "changed; closing it closes the caller's client",
+        )
+        for sdk in ("openai", "anthropic")
+    ]
+    + [
+        (
+            "google-genai",
+            r".*",
+            r"^assert <httpx2?\.(Async)?Client object at 0x[0-9a-f]+> is <httpx2?\.(Async)?Client object at",
+            "asserts `client._api_client._httpx_client is http_client` (private): the SDK holds a scoped copy of the "
+            "caller's client, as for openai and anthropic",
+        ),
+        (
+            "google-genai",
+            r"google\.genai\.tests\.client\.test_client_initialization::.*_allows_aiohttp_to_be_used",
+            r"_use_aiohttp",
+            "asserts that client.aio would use aiohttp: the drop-in never does (no scope can abort aiohttp's "
+            "requests); it sends through google-genai's own httpx2/httpx client, scoped",
+        ),
+        (
+            "google-genai",
+            r"google\.genai\.tests\.client\.test_(client_initialization|custom_client)::",
+            r"UnsupportedError: scoped_clients\.google_genai\.Client cannot scope HttpOptions\(aiohttp_client",
+            "passes HttpOptions(aiohttp_client=...): refused by the drop-in, by design (no scope can abort it)",
+        ),
+        (
+            "google-genai",
+            r"google\.genai\.tests\.client\.test_(client_close|client_initialization)::.*(aiohttp|google_auth_async)",
+            r"ConnectError: \[Errno -2\] Name or service not known",
+            "mocks aiohttp (or google-auth's aiohttp session) and calls an unreachable host: the drop-in sends "
+            "through its scoped httpx client instead, which really tries to connect",
+        ),
+    ]
+)
 
 
 def known_reason(sdk: str, test_id: str, message: str) -> str | None:
@@ -120,8 +163,9 @@ def sh(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 def sdist(sdk: str, version: str) -> Path:
     """The vendor's sdist, unpacked under .cache (fetched once per version)."""
-    target = CACHE / f"{sdk}-{version}"
-    if (target / SUITE_DIRS.get(sdk, "tests")).is_dir():
+    name = sdk.replace("-", "_")  # the sdist's file and directory name (google_genai-3.6.1)
+    target = CACHE / f"{name}-{version}"
+    if (target / SUITES[sdk][1]).is_dir():
         return target
     download = CACHE / "downloads"
     download.mkdir(parents=True, exist_ok=True)
@@ -132,13 +176,13 @@ def sdist(sdk: str, version: str) -> Path:
         "download",
         "-q",
         "--no-deps",
-        "--no-binary",
-        ":all:",
+        "--no-binary",  # the sdist of the SDK only: its build requirements may come as wheels
+        sdk,
         f"{sdk}=={version}",
         "-d",
         download,
     )
-    archive = next(download.glob(f"{sdk}-{version}.tar.gz"))
+    archive = next(download.glob(f"{name}-{version}.tar.gz"))
     with tarfile.open(archive) as tar:
         tar.extractall(CACHE, filter="data")
     return target
@@ -157,7 +201,7 @@ def venv(versions: dict[str, str]) -> Path:
     log(f"building the suites' virtualenv ({'newest releases' if NEWEST else 'requirements/vendor-suites.lock'})")
     sh(sys.executable, "-m", "venv", "--clear", home)
     pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
-    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai,groq]", *pins, *deps, *constraints)
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai,groq,google_genai]", *pins, *deps, *constraints)
     stamp.write_text(wanted)
     return python
 
@@ -186,7 +230,7 @@ def run_mode(
     env = {
         **os.environ,
         "SCOPED_VENDOR_MODE": mode,
-        "SCOPED_VENDOR_SDK": sdk,
+        "SCOPED_VENDOR_SDK": SUITES[sdk][0],
         "PYTHONPATH": os.pathsep.join([str(HERE), str(root)]),
     }
     for variable in (
@@ -200,7 +244,10 @@ def run_mode(
         "GROQ_BASE_URL",
     ):
         env.pop(variable, None)
+    for variable in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_GENAI_HTTP_CLIENT"):
+        env.pop(variable, None)
     argv = [python, "-m", "pytest", *paths, "-p", "swap_plugin", "-o", f"addopts={' '.join(suite_options(root))}"]
+    argv += SUITES[sdk][2]
     argv += ["-q", "--no-header", "-p", "no:cacheprovider", f"--junitxml={report}", "--ignore=tests/api_resources"]
     argv += [f"--ignore={path}" for path in SUITE_IGNORE.get(sdk, [])]
     if workers > 1:
@@ -234,7 +281,7 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", choices=["ci", "full"], default="ci")
-    parser.add_argument("--sdk", default="openai,anthropic,mistralai,groq")
+    parser.add_argument("--sdk", default="openai,anthropic,mistralai,groq,google-genai")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--modes", default="ours,scope")
     args = parser.parse_args()
@@ -245,7 +292,7 @@ def main() -> int:
     rows: list[str] = []
     for sdk in sdks:
         root = sdist(sdk, versions[sdk])
-        paths = CI_SUBSET[sdk] if args.subset == "ci" else [SUITE_DIRS.get(sdk, "tests")]
+        paths = CI_SUBSET[sdk] if args.subset == "ci" else [SUITES[sdk][1]]
         baseline = run_mode(python, sdk, root, paths, "vendor", args.workers)
         passed = {t for t, (o, _) in baseline.items() if o == "passed"}
         for mode in args.modes.split(","):

@@ -29,6 +29,7 @@ _NAMES = {
     "qdrant_client": ("scoped_clients.qdrant", ["QdrantClient", "AsyncQdrantClient"]),
     "mistralai": ("scoped_clients.mistralai", ["Mistral"]),
     "groq": ("scoped_clients.groq", ["Groq", "AsyncGroq"]),
+    "google.genai": ("scoped_clients.google_genai", ["Client"]),
 }
 #: the SDK's modules that export its client names (default: the SDK's top module)
 _MODULES = {"mistralai": ("mistralai.client", "mistralai.client.sdk")}
@@ -38,10 +39,11 @@ def _swap() -> None:
     """Every name the SDK exports for one of its clients (``anthropic.Client`` is ``anthropic.Anthropic``) is ours."""
     ours_module, names = _NAMES[SDK]
     ours = importlib.import_module(ours_module)
-    for module in _MODULES.get(SDK, (SDK,)):
-        vendor = importlib.import_module(module)
-        for name in names:
-            original = getattr(ours, name).vendor  # the SDK's class the drop-in name stands for
+    for name in names:
+        original = getattr(ours, name).vendor  # the SDK's class the drop-in name stands for
+        # the SDK's modules that export it, and the module that defines it (``google.genai.client.Client``)
+        modules = {importlib.import_module(module) for module in _MODULES.get(SDK, (SDK,))}
+        for vendor in modules | {importlib.import_module(original.__module__)}:
             for alias, value in list(vars(vendor).items()):
                 if value is original:
                     setattr(vendor, alias, getattr(ours, name))

@@ -85,6 +85,7 @@ class DropIn(type):
     options: tuple[str, ...]
     check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None
     on_scoped: Callable[[Any], None] | None
+    scope: Callable[[Any, Callable[[Any, bool], Any]], None] | None
 
     def __new__(
         mcs,
@@ -100,6 +101,7 @@ class DropIn(type):
         check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
         more_http: tuple[tuple[tuple[str, ...], str | None], ...] = (),
         on_scoped: Callable[[Any], None] | None = None,
+        scope: Callable[[Any, Callable[[Any, bool], Any]], None] | None = None,
     ) -> DropIn:
         parent = next((base for base in bases if isinstance(base, DropIn)), None)
         if parent is not None:
@@ -113,6 +115,7 @@ class DropIn(type):
         cls.vendor, cls.profile, cls.http_path, cls.http_arg = vendor, profile, http_path, http_arg
         cls.seats = ((http_path, http_arg), *more_http)
         cls.options, cls.check, cls.on_scoped = options, check, on_scoped
+        cls.options, cls.check, cls.scope = options, check, scope
         cls.__signature__ = _signature(vendor, options)  # type: ignore[attr-defined]
         _REGISTRY[vendor] = cls
         return cls
@@ -181,10 +184,20 @@ class DropIn(type):
         """Scope the HTTP clients a vendor instance holds (nothing to do for one without HTTP).
 
         ``given``: the ``http_arg`` names whose client is not the SDK's own (the caller's, or
-        passed on by a copy): those are left as they are, and the SDK gets a scoped copy.
+        passed on by a copy): those are left as they are, and the SDK gets a scoped copy. A vendor
+        module that declares ``scope=`` scopes the instance's clients itself (it tells the SDK's own
+        from the caller's).
         """
-        scoped_any = False
-        for path, arg in cls.seats:
+        if cls.scope is not None:  # the vendor module scopes the instance's HTTP clients itself
+
+            def scope_one(http: Any, built: bool) -> Any:
+                return scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built)
+
+            cls.scope(client, scope_one)
+            scoped_any = True
+        else:
+            scoped_any = False
+        for path, arg in cls.seats if cls.scope is None else ():
             holder, attribute = _holder(client, path)
             if holder is None:
                 continue
@@ -240,6 +253,7 @@ def dropins(vendor: Vendor) -> dict[str, DropIn]:
                 check=declared.check,
                 more_http=declared.more_http,
                 on_scoped=declared.on_scoped,
+                scope=declared.scope,
             )
         _built[vendor.provider] = built
     return built
@@ -355,9 +369,11 @@ def scope_client(client: T, *, always_stream: bool = False, finish_policy: Finis
     """
     check_options(finish_policy, always_stream)
     for base in type(client).__mro__:  # register the drop-ins of the client's SDK
-        vendor = by_sdk(base.__module__.split(".", 1)[0])
-        if vendor is not None and vendor.dropins:
-            dropins(vendor)
+        names = base.__module__.split(".")
+        for sdk in (names[0], ".".join(names[:2])):  # "openai", or a namespace package's "google.genai"
+            vendor = by_sdk(sdk)
+            if vendor is not None and vendor.dropins:
+                dropins(vendor)
     for vendor_cls in type(client).__mro__:
         dropin = _REGISTRY.get(vendor_cls)
         if dropin is not None:

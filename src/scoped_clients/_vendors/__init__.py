@@ -88,6 +88,10 @@ class DropInName:
     options: tuple[str, ...] = ("always_stream", "finish_policy")
     #: checks the constructor's arguments before the vendor's constructor runs (raises to refuse)
     check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
+    #: for an SDK whose instance holds more than one HTTP client (google-genai's sync and async):
+    #: scopes them all, given the instance and ``scoped(http, built_by_sdk)``, which returns one
+    #: HTTP client scoped; ``http_path`` then only tells a scoped instance (``isinstance``)
+    scope: Callable[[Any, Callable[[Any, bool], Any]], None] | None = None
 
 
 class _Registry:

@@ -56,20 +56,24 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
     import cohere
     import openai
     import qdrant_client
+    from google import genai
 
     if mode == "raw":
         llm = openai.AsyncOpenAI(base_url=provider_url + "/v1", api_key="demo")
         claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="demo")
+        gemini = genai.Client(api_key="demo", http_options={"base_url": provider_url})
         rerank = cohere.AsyncClientV2(base_url=provider_url, api_key="demo")
         vectors = qdrant_client.AsyncQdrantClient(url=provider_url, check_compatibility=False)
     else:  # the one change a user makes: the imports
         from scoped_clients.anthropic import AsyncAnthropic
         from scoped_clients.cohere import AsyncClientV2
+        from scoped_clients.google_genai import Client
         from scoped_clients.openai import AsyncOpenAI
         from scoped_clients.qdrant import AsyncQdrantClient
 
         llm = AsyncOpenAI(base_url=provider_url + "/v1", api_key="demo")
         claude = AsyncAnthropic(base_url=provider_url, api_key="demo")
+        gemini = Client(api_key="demo", http_options={"base_url": provider_url})
         rerank = AsyncClientV2(base_url=provider_url, api_key="demo")
         vectors = AsyncQdrantClient(url=provider_url, check_compatibility=False)
     background: set[asyncio.Task[Any]] = set()
@@ -94,6 +98,11 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
     async def non_streaming_anthropic(request: Request) -> Response:
         message = await claude.messages.create(model=MODEL, messages=QUESTION, max_tokens=MAX_TOKENS)
         return JSONResponse({"answer": "".join(b.text for b in message.content if b.type == "text")})
+
+    async def non_streaming_gemini(request: Request) -> Response:
+        config = genai.types.GenerateContentConfig(max_output_tokens=MAX_TOKENS)
+        response = await gemini.aio.models.generate_content(model=MODEL, contents=QUESTION[0]["content"], config=config)
+        return JSONResponse({"answer": response.text})
 
     async def rag(request: Request) -> Response:
         hits = await vectors.query_points(COLLECTION, query=QUERY_VECTOR, limit=5, with_payload=True)
@@ -133,6 +142,8 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
         await asyncio.gather(*background, return_exceptions=True)
         await llm.close()
         await claude.close()
+        await gemini.aio.aclose()
+        gemini.close()
         await vectors.close()
         await rerank._client_wrapper.httpx_client.httpx_client.aclose()
 
@@ -142,6 +153,7 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
             Route("/stream", stream),
             Route("/complete", non_streaming),
             Route("/complete-anthropic", non_streaming_anthropic),
+            Route("/complete-gemini", non_streaming_gemini),
             Route("/rag", rag),
             Route("/fire", fire_and_forget),
             Route("/tool", tool),

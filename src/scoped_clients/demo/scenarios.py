@@ -51,6 +51,7 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("streaming chat", "/stream", 1, 5),
     Scenario("non-streaming chat", "/complete", 1, 5),
     Scenario("non-streaming chat (Anthropic)", "/complete-anthropic", 1, 5),
+    Scenario("non-streaming chat (Gemini)", "/complete-gemini", 1, 5),
     Scenario("RAG: search -> rerank -> LLM", "/rag", 1, 3),
     Scenario("fire-and-forget task", "/fire", 1, 5),
     Scenario("tool subprocess", "/tool", 0, 5, tool=True),
