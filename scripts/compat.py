@@ -27,7 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
 #: the extras whose vendor packages are pinned to their floor
-EXTRAS = ("openai", "anthropic", "cohere", "qdrant", "groq", "google_genai", "httpx", "httpx2", "redis", "otel", "prometheus")
+EXTRAS = (
+    "openai",
+    "anthropic",
+    "cohere",
+    "qdrant",
+    "groq",
+    "google_genai",
+    "httpx",
+    "httpx2",
+    "redis",
+    "otel",
+    "prometheus",
+)
 #: installed after ``.[test]``, beside the floors: frameworks that need openai 2.x (LlamaIndex's
 #: ``llama-index-llms-openai`` requires ``openai<3``, so the main venv cannot have it), and arq
 #: (it pins redis-py < 6, which Celery's Redis broker in the main venv cannot use)

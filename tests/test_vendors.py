@@ -11,7 +11,7 @@ def test_every_vendor_module_is_found() -> None:
     providers = ["anthropic", "cohere", "gcp.gemini", "groq", "http", "mistral_ai", "openai", "qdrant"]
     assert sorted(v.provider for v in vendors()) == providers
     assert by_sdk("qdrant_client") is by_provider("qdrant")
-    assert by_sdk("mistralai") is by_provider("mistral_ai")  # its classes live in mistralai.client
+    assert by_sdk("mistralai.client") is by_provider("mistral_ai")  # mistralai is a namespace package
     assert by_sdk("google.genai") is by_provider("gcp.gemini")
     assert by_sdk("httpx") is None  # plain HTTP has no SDK of its own
 

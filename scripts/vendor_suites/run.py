@@ -2,7 +2,8 @@
 
 The openai, anthropic and groq sdists on PyPI ship their ``tests/``, mistralai's its
 ``src/mistralai/extra/tests/``; google-genai's ships them inside the package (``google/genai/tests``:
-its client tests run offline, the rest need recorded replays or a key).  For the versions installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
+its client tests run offline, the rest need recorded replays or a key).  For the versions
+installed in ``.venv`` this fetches those sdists, builds a separate virtualenv
 (``.cache/vendor-suites/venv``: the suites need pytest-asyncio, respx and more,
 which must not leak into our own test run) with scoped_clients and the same SDK
 versions, and runs each suite three times through ``swap_plugin.py``:
@@ -201,7 +202,8 @@ def venv(versions: dict[str, str]) -> Path:
     log(f"building the suites' virtualenv ({'newest releases' if NEWEST else 'requirements/vendor-suites.lock'})")
     sh(sys.executable, "-m", "venv", "--clear", home)
     pins = [f"{sdk}=={version}" for sdk, version in versions.items()]
-    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[openai,anthropic,mistralai,groq,google_genai]", *pins, *deps, *constraints)
+    extras = "openai,anthropic,mistralai,groq,google_genai"
+    sh(python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extras}]", *pins, *deps, *constraints)
     stamp.write_text(wanted)
     return python
 

@@ -117,7 +117,8 @@ class _Registry:
                 found.append(vendor)
         self.all = tuple(found)
         self.providers = {v.provider: v for v in found}
-        self.sdks = {v.sdk.partition(".")[0]: v for v in found if v.sdk is not None}
+        # by the SDK's import name: "openai", or under a namespace package "google.genai", "mistralai.client"
+        self.sdks = {v.sdk: v for v in found if v.sdk is not None}
         self.planners = tuple(v.plan_stream for v in found if v.plan_stream is not None)
         self.any_generative = frozenset().union(*(v.generative for v in found))
         # an unknown provider is taken for an LLM API: the token-generating vendors' names
@@ -163,7 +164,7 @@ def by_provider(provider: str) -> Vendor | None:
 
 
 def by_sdk(root: str) -> Vendor | None:
-    """The vendor whose SDK is imported as ``root`` (``"openai"``, ``"qdrant_client"``)."""
+    """The vendor whose SDK is imported as ``root`` (``"openai"``, ``"qdrant_client"``, ``"google.genai"``)."""
     return _registry.load().sdks.get(root)
 
 
