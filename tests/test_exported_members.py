@@ -47,6 +47,7 @@ PUBLIC = {
     "scoped_clients.demo": ["SCENARIOS", "run_demo", "run_scenarios"],
     "scoped_clients.httpx": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
     "scoped_clients.httpx2": ["AsyncClient", "AsyncScopedTransport", "Client", "ScopedTransport"],
+    "scoped_clients.litellm": ["acompletion", "aembedding", "arerank", "close_litellm_async_clients", "completion"],
     "scoped_clients.mcp": ["Client", "ClientSession", "scope_session"],
     "scoped_clients.openai": ["AsyncOpenAI", "OpenAI", "async_http_client", "http_client"],
     "scoped_clients.otel": ["instrument"],
