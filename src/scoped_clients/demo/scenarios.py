@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import statistics
@@ -30,8 +31,12 @@ class Scenario:
     #: an agent loop (``demo.agents``): LLM turn calling the tool, the tool, a final LLM turn;
     #: dropped while the tool runs
     agent: agents.Framework | None = None
+    #: an SDK the scenario needs beyond the demo extra's (LiteLLM), or None
+    sdk: str | None = None
 
     def available(self) -> bool:
+        if self.sdk is not None and importlib.util.find_spec(self.sdk) is None:
+            return False
         return self.agent is None or self.agent.installed()
 
 
@@ -39,6 +44,7 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("streaming chat", "/stream", 1, 5),
     Scenario("non-streaming chat", "/complete", 1, 5),
     Scenario("non-streaming chat (Anthropic)", "/complete-anthropic", 1, 5),
+    Scenario("non-streaming chat (LiteLLM, anthropic/)", "/complete-litellm", 1, 5, sdk="litellm"),
     Scenario("RAG: search -> rerank -> LLM", "/rag", 1, 3),
     Scenario("fire-and-forget task", "/fire", 1, 5),
     Scenario("tool subprocess", "/tool", 0, 5, tool=True),
@@ -48,7 +54,7 @@ AGENT_SCENARIOS: tuple[Scenario, ...] = tuple(
     Scenario(f"agent: {f.name} (LLM -> tool -> LLM)", f.path, 1, 5, tool=True, agent=f) for f in agents.FRAMEWORKS
 )
 #: the demo's default set: the agent scenarios of the frameworks that are installed
-SCENARIOS: tuple[Scenario, ...] = BASE_SCENARIOS + tuple(s for s in AGENT_SCENARIOS if s.available())
+SCENARIOS: tuple[Scenario, ...] = tuple(s for s in BASE_SCENARIOS + AGENT_SCENARIOS if s.available())
 
 
 @dataclass
