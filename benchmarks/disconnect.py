@@ -1,10 +1,11 @@
 """Disconnect scenarios through real uvicorn, repeated: raw SDK app vs scoped app, same code otherwise.
 
-    python benchmarks/disconnect.py [--reps 3]
+    python benchmarks/disconnect.py [--reps 3] [--only SUBSTRING]
 
 The scenarios and the sample app are the demo's (``scoped_clients.demo``):
 streaming chat, non-streaming chat, RAG (search -> rerank -> LLM),
-non-streaming Anthropic messages, fire-and-forget task, tool subprocess, and
+non-streaming Anthropic messages, the same through LiteLLM (``anthropic/``, when
+LiteLLM is installed), fire-and-forget task, tool subprocess, and
 one agent loop per framework (openai-agents, pydantic-ai, LangGraph: an LLM
 turn that calls a subprocess tool, the tool, a final LLM turn), dropped while
 the tool runs.  A framework that is not installed gets an "n/a" row saying
@@ -30,15 +31,16 @@ from scoped_clients.demo.scenarios import AGENT_SCENARIOS, BASE_SCENARIOS, Outco
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the scenarios whose name contains this")
     args = parser.parse_args()
     rows = []
-    scenarios = [*BASE_SCENARIOS, *AGENT_SCENARIOS]
+    scenarios = [s for s in (*BASE_SCENARIOS, *AGENT_SCENARIOS) if args.only in s.name]
     runnable = [s for s in scenarios if s.available()]
     results = run_scenarios(args.reps, count_tasks=True, scenarios=runnable)
     for scenario in scenarios:
         if not scenario.available():
-            assert scenario.agent is not None
-            rows.append([scenario.name, f"n/a ({scenario.agent.install})", "", "", "", "", ""])
+            install = scenario.agent.install if scenario.agent is not None else f"pip install {scenario.sdk}"
+            rows.append([scenario.name, f"n/a ({install})", "", "", "", "", ""])
             continue
         raw, scoped = results[scenario.name]["raw"], results[scenario.name]["scoped"]
         latencies = [o.latency_ms for o in scoped if o.latency_ms is not None]

@@ -21,6 +21,7 @@ import pytest
 from _helpers import cancel_sync_call
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._exceptions import UnsupportedError
+from scoped_clients._vendors.litellm import LiteLLMProfile
 from scoped_clients.provider import LocalProvider
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -39,12 +40,18 @@ BASES = {
     "groq": "/openai/v1",
     "mistral": "/mistral/v1",
 }
-#: the provider each record names (LiteLLM's, or the vendor module's of that provider)
-RECORDED = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini", "cohere": "cohere", "groq": "groq"}
-RECORDED["mistral"] = "mistral"
+#: the provider each record names: the vendor module's of that provider where the registry has one
+#: (openai, anthropic, cohere here), else LiteLLM's own name (gemini, groq, mistral until theirs are merged)
+RECORDED = {prefix: LiteLLMProfile(prefix, None).provider for prefix in BASES}
 #: prefixes whose records carry the provider's token counts (a vendor module meters them in this branch)
 METERED = ("openai", "anthropic", "cohere")
 TRIO = "LiteLLM runs on asyncio only (its async path calls asyncio.get_event_loop())"
+
+
+def test_records_name_the_provider() -> None:
+    assert {RECORDED[p] for p in ("openai", "anthropic", "cohere")} == {"openai", "anthropic", "cohere"}
+    assert RECORDED["groq"] in ("groq",) and RECORDED["mistral"] in ("mistral", "mistralai")
+    assert RECORDED["gemini"] in ("gemini", "google_genai", "google")
 
 
 def kwargs_for(provider: LocalProvider, prefix: str, model: str) -> dict[str, Any]:
