@@ -167,6 +167,42 @@ async def test_completed_calls_name_the_provider_and_model(
         assert (plain.tokens_out, plain.tokens_out_source) == (4, "provider")
 
 
+async def test_concurrent_calls_each_own_their_scope(provider: LocalProvider, on_asyncio: None) -> None:
+    """Two scoped cohere/ calls at once (the cache seam is installed once, removed after the last): the
+    cancelled one stops at the provider, the other completes; neither borrows the other's handler."""
+    kwargs = kwargs_for(provider, "cohere", "local-1000")
+    done = anyio.Event()
+    raised: list[BaseException] = []
+
+    async def long_call() -> None:  # a task outside the scope's body: it gets ScopeCancelled
+        try:
+            await scoped.acompletion(messages=MESSAGES, **kwargs)
+        except ScopeCancelled as exc:
+            raised.append(exc)
+
+    async def kept() -> None:
+        async with RequestScope() as scope:
+            await scoped.acompletion(messages=MESSAGES, max_tokens=30, **kwargs_for(provider, "cohere", "local-30"))
+        assert [(c.model, c.outcome) for c in scope.report.calls] == [("local-30", "completed")]  # type: ignore[union-attr]
+        done.set()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kept)
+            async with RequestScope() as cancelled:
+                tg.start_soon(long_call)
+                logs = await anyio.to_thread.run_sync(provider.wait_for_requests, 2)
+                (long,) = [log for log in logs if log.body and b"local-1000" in log.body]
+                await anyio.to_thread.run_sync(long.wait_units, 3)
+                t_cancel = time.monotonic()
+                cancelled.cancel("client_disconnected")
+            await anyio.to_thread.run_sync(long.wait_disconnect)  # the abort runs on this loop: do not block it
+            await done.wait()
+    assert long.units_after(t_cancel) <= 1 and len(raised) == 1
+    assert len(provider.requests) == 2
+    assert [(c.model, c.outcome) for c in cancelled.report.calls] == [("local-1000", "aborted")]  # type: ignore[union-attr]
+
+
 async def test_outside_a_scope_it_is_litellms_call(provider: LocalProvider, anyio_backend: Any) -> None:
     """LiteLLM's own call, its own clients (cached, on its aiohttp transport: nothing of ours)."""
     if anyio_backend == "trio":
