@@ -335,3 +335,16 @@ def test_a_failed_call_leaves_num_retries_as_it_was(provider: LocalProvider) -> 
         from scoped_clients._vendors.litellm import close_sync_clients
 
         close_sync_clients()
+
+
+def test_sync_embeddings_and_rerank_are_scoped(provider: LocalProvider, sync_unchanged: None) -> None:
+    with RequestScope() as scope:
+        embedded = scoped.embedding(
+            model="mistral/local-embed", input=["a", "b"], api_base=provider.url + "/mistral/v1", api_key="t"
+        )
+        ranked = scoped.rerank(
+            model="cohere/rerank-v3.5", query="q", documents=["a", "b"], api_base=provider.url, api_key="t"
+        )
+    assert len(embedded.data) == 2 and len(ranked.results) == 2
+    records = [(c.provider, c.model, c.outcome) for c in scope.report.calls]  # type: ignore[union-attr]
+    assert records == [(RECORDED["mistral"], "local-embed", "completed"), ("cohere", "rerank-v3.5", "completed")]

@@ -1,4 +1,4 @@
-"""LiteLLM's ``acompletion`` / ``completion`` / ``aembedding`` / ``arerank``, owned by the ambient ``RequestScope``.
+"""LiteLLM's ``acompletion`` / ``completion``, embeddings and rerank, owned by the ambient ``RequestScope``.
 
 ``from scoped_clients.litellm import acompletion`` instead of ``from litellm import
 acompletion``: the same function (LiteLLM's signature, arguments and answers); inside a
@@ -22,18 +22,30 @@ import litellm  # ImportError without the extra
 
 from ._vendors import litellm as _vendor
 
-__all__ = ["acompletion", "aembedding", "arerank", "close_litellm_async_clients", "completion"]
+__all__ = [
+    "acompletion",
+    "aembedding",
+    "arerank",
+    "close_litellm_async_clients",
+    "completion",
+    "embedding",
+    "rerank",
+]
 
 if TYPE_CHECKING:
     from litellm import acompletion as acompletion
     from litellm import aembedding as aembedding
     from litellm import arerank as arerank
     from litellm import completion as completion
+    from litellm import embedding as embedding
+    from litellm import rerank as rerank
 else:
     acompletion = _vendor.scoped_async("acompletion", "completion")
     completion = _vendor.scoped_sync("completion", "completion")
     aembedding = _vendor.scoped_async("aembedding", "embedding")
     arerank = _vendor.scoped_async("arerank", "rerank")
+    embedding = _vendor.scoped_sync("embedding", "embedding")
+    rerank = _vendor.scoped_sync("rerank", "rerank")
 
 
 async def close_litellm_async_clients() -> None:
