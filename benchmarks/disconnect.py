@@ -6,6 +6,7 @@ The scenarios and the sample app are the demo's (``scoped_clients.demo``):
 streaming chat, non-streaming chat, RAG (search -> rerank -> LLM),
 non-streaming Anthropic messages, non-streaming Gemini ``generate_content``
 (google-genai raw, on the aiohttp session it picks, vs ``scoped_clients.google_genai``),
+the same Anthropic messages through LiteLLM (``anthropic/``, when LiteLLM is installed),
 fire-and-forget task, tool subprocess, and
 one agent loop per framework (openai-agents, pydantic-ai, LangGraph: an LLM
 turn that calls a subprocess tool, the tool, a final LLM turn), dropped while

@@ -29,6 +29,8 @@ def test_demo_stops_every_scenario_upstream() -> None:
     assert results["non-streaming chat"]["raw"].units_after_drop > 100
     assert results["non-streaming chat (Anthropic)"]["raw"].units_after_drop > 100
     assert results["non-streaming chat (Gemini)"]["raw"].units_after_drop > 100
+    if "non-streaming chat (LiteLLM, anthropic/)" in results:  # when LiteLLM is installed
+        assert results["non-streaming chat (LiteLLM, anthropic/)"]["raw"].units_after_drop > 100
     assert results["RAG: search -> rerank -> LLM"]["raw"].calls_after_drop == 2
     assert results["tool subprocess"]["raw"].units_after_drop > 100
     # the MCP row (the test extra installs mcp): what the MCP server's tool handler noted itself; the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -76,6 +78,13 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
         gemini = Client(api_key="demo", http_options={"base_url": provider_url})
         rerank = AsyncClientV2(base_url=provider_url, api_key="demo")
         vectors = AsyncQdrantClient(url=provider_url, check_compatibility=False)
+    litellm_acompletion: Any = None
+    if importlib.util.find_spec("litellm") is not None:  # optional: its scenario runs when it is installed
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price map fetched from GitHub
+        if mode == "raw":
+            from litellm import acompletion as litellm_acompletion
+        else:
+            from scoped_clients.litellm import acompletion as litellm_acompletion
     background: set[asyncio.Task[Any]] = set()
 
     async def complete() -> str:
@@ -103,6 +112,14 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
         config = genai.types.GenerateContentConfig(max_output_tokens=MAX_TOKENS)
         response = await gemini.aio.models.generate_content(model=MODEL, contents=QUESTION[0]["content"], config=config)
         return JSONResponse({"answer": response.text})
+
+    async def non_streaming_litellm(request: Request) -> Response:
+        if litellm_acompletion is None:
+            return JSONResponse({"error": "LiteLLM is not installed"}, status_code=501)
+        response = await litellm_acompletion(
+            model=f"anthropic/{MODEL}", messages=QUESTION, max_tokens=MAX_TOKENS, api_base=provider_url, api_key="demo"
+        )
+        return JSONResponse({"answer": response.choices[0].message.content})
 
     async def rag(request: Request) -> Response:
         hits = await vectors.query_points(COLLECTION, query=QUERY_VECTOR, limit=5, with_payload=True)
@@ -146,6 +163,10 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
         gemini.close()
         await vectors.close()
         await rerank._client_wrapper.httpx_client.httpx_client.aclose()
+        if "litellm" in sys.modules:  # LiteLLM's cached clients (the raw app's), our pools (the scoped one's)
+            from scoped_clients.litellm import close_litellm_async_clients
+
+            await close_litellm_async_clients()
 
     app: ASGIApp = Starlette(
         lifespan=lifespan,
@@ -154,6 +175,7 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
             Route("/complete", non_streaming),
             Route("/complete-anthropic", non_streaming_anthropic),
             Route("/complete-gemini", non_streaming_gemini),
+            Route("/complete-litellm", non_streaming_litellm),
             Route("/rag", rag),
             Route("/fire", fire_and_forget),
             Route("/tool", tool),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import statistics
@@ -34,16 +35,22 @@ class Scenario:
     agent: agents.Framework | None = None
     #: a tool on an MCP server (``demo.mcp_tool``), called from a task the request does not cancel
     mcp: bool = False
+    #: an SDK the scenario needs (LiteLLM), or None
+    sdk: str | None = None
 
     def available(self) -> bool:
         if self.mcp:
             return mcp_tool.installed()
+        if self.sdk is not None and importlib.util.find_spec(self.sdk) is None:
+            return False
         return self.agent is None or self.agent.installed()
 
     def install(self) -> str | None:
         """What to install to run it (None: the ``demo`` extra is enough)."""
         if self.mcp:
             return mcp_tool.INSTALL
+        if self.sdk is not None:
+            return f"pip install {self.sdk}"
         return self.agent.install if self.agent is not None else None
 
 
@@ -52,6 +59,7 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("non-streaming chat", "/complete", 1, 5),
     Scenario("non-streaming chat (Anthropic)", "/complete-anthropic", 1, 5),
     Scenario("non-streaming chat (Gemini)", "/complete-gemini", 1, 5),
+    Scenario("non-streaming chat (LiteLLM, anthropic/)", "/complete-litellm", 1, 5, sdk="litellm"),
     Scenario("RAG: search -> rerank -> LLM", "/rag", 1, 3),
     Scenario("fire-and-forget task", "/fire", 1, 5),
     Scenario("tool subprocess", "/tool", 0, 5, tool=True),
@@ -63,7 +71,7 @@ AGENT_SCENARIOS: tuple[Scenario, ...] = tuple(
 #: a tool on the MCP SDK's own server, in its own process; dropped while the tool runs
 MCP_SCENARIOS: tuple[Scenario, ...] = (Scenario("MCP tool (call in a task of its own)", mcp_tool.PATH, 0, 5, mcp=True),)
 #: the demo's default set: the agent and MCP scenarios whose packages are installed
-SCENARIOS: tuple[Scenario, ...] = BASE_SCENARIOS + tuple(s for s in AGENT_SCENARIOS + MCP_SCENARIOS if s.available())
+SCENARIOS: tuple[Scenario, ...] = tuple(s for s in BASE_SCENARIOS + AGENT_SCENARIOS + MCP_SCENARIOS if s.available())
 
 
 @dataclass
