@@ -40,18 +40,16 @@ BASES = {
     "groq": "/openai/v1",
     "mistral": "/mistral/v1",
 }
-#: the provider each record names: the vendor module's of that provider where the registry has one
-#: (openai, anthropic, cohere here), else LiteLLM's own name (gemini, groq, mistral until theirs are merged)
+#: the provider each record names: the vendor module's of that provider (OpenTelemetry's names)
 RECORDED = {prefix: LiteLLMProfile(prefix, None).provider for prefix in BASES}
 #: prefixes whose records carry the provider's token counts (a vendor module meters them in this branch)
-METERED = ("openai", "anthropic", "cohere")
+METERED = ("openai", "anthropic", "cohere", "gemini", "groq", "mistral")
 TRIO = "LiteLLM runs on asyncio only (its async path calls asyncio.get_event_loop())"
 
 
 def test_records_name_the_provider() -> None:
     assert {RECORDED[p] for p in ("openai", "anthropic", "cohere")} == {"openai", "anthropic", "cohere"}
-    assert RECORDED["groq"] in ("groq",) and RECORDED["mistral"] in ("mistral", "mistralai")
-    assert RECORDED["gemini"] in ("gemini", "google_genai", "google")
+    assert (RECORDED["groq"], RECORDED["mistral"], RECORDED["gemini"]) == ("groq", "mistral_ai", "gcp.gemini")
 
 
 def kwargs_for(provider: LocalProvider, prefix: str, model: str) -> dict[str, Any]:
@@ -232,9 +230,9 @@ async def test_embeddings_and_rerank_are_scoped(provider: LocalProvider, on_asyn
         assert len(ranked.results) == 2
     records = [(c.provider, c.model, c.outcome) for c in scope.report.calls]  # type: ignore[union-attr]
     assert records == [
-        ("mistral", "local-embed", "completed"),
+        (RECORDED["mistral"], "local-embed", "completed"),
         ("cohere", "local-embed", "completed"),
-        ("gemini", "local-embed", "completed"),
+        (RECORDED["gemini"], "local-embed", "completed"),
         ("cohere", "rerank-v3.5", "completed"),
     ]
 
