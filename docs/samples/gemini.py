@@ -48,7 +48,7 @@ def check(provider: object) -> None:
         (log,) = provider.requests  # type: ignore[attr-defined]
         assert_stopped(log, t_cancel)
         (record,) = scope.report.calls  # type: ignore[union-attr]
-        assert (record.provider, record.outcome, record.tokens_out) == ("gemini", "aborted", 3)
+        assert (record.provider, record.outcome, record.tokens_out) == ("gcp.gemini", "aborted", 3)
         with RequestScope() as sync_scope:
             summarize("a short text")
         assert [c.outcome for c in sync_scope.report.calls] == ["completed"]  # type: ignore[union-attr]
