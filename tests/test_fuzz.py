@@ -3,9 +3,12 @@
 The engine is ``tests/_fuzz.py`` (``benchmarks/soak.py`` runs it for 10,000+ iterations).
 A failure prints the seed and the iteration; replay one case with
 ``FUZZ_SEED=<seed> FUZZ_ITERATION=<i> pytest tests/test_fuzz.py``, a whole run with ``FUZZ_SEED=<seed>``.
+``FUZZ_ITERATIONS=<n>`` (default 120) draws n cases per backend, for a longer run than the suite's.
 """
 
 from __future__ import annotations
+
+import os
 
 import anyio
 import anyio.lowlevel
@@ -15,13 +18,16 @@ from _fuzz import Engine, draw_cases, seed_from_env
 from scoped_clients import RequestScope, ScopeStateError
 from scoped_clients.provider import LocalProvider
 
-#: cases per backend: each backend runs the async cases of its own draw and a share of sync ones
-ITERATIONS = 120
+#: cases per backend: each backend runs the async cases of its own draw and a share of sync ones;
+#: ``FUZZ_ITERATIONS`` raises it for one run (issue 23 asks for 5,000)
+ITERATIONS = int(os.environ.get("FUZZ_ITERATIONS") or 120)
 DEFAULT_SEED = 13
+#: 300 s for the default 120 cases, scaled for a longer run (2.5 s a case at most)
+TIMEOUT = max(300.0, 2.5 * ITERATIONS)
 
 
 @pytest.mark.anyio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(TIMEOUT)
 async def test_random_cancellations(provider: LocalProvider, anyio_backend: object) -> None:
     # asyncio 13, trio 14, uvloop 15: each backend draws its own cases
     backend = anyio_backend if isinstance(anyio_backend, str) else "uvloop"

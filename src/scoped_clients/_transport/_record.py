@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .._report import CallRecord, Outcome
+from .._report import CallRecord, Outcome, new_call_record
 from .._savings import SavingsEstimate, call_shape, default_estimator, get_prices
 from .._vendors import generates_tokens
 
@@ -26,33 +26,36 @@ def build_record(call: HttpCall) -> CallRecord:
     detail = dict(call.detail)
     if call.status_code is not None:
         detail["status_code"] = call.status_code
-    return CallRecord(
-        provider=info.provider,
-        operation=info.operation,
-        model=info.model,
-        outcome=outcome,
-        started_at=call.started_at,
-        duration=now - call.started_at,
-        tokens_in=meter.tokens_in,
-        tokens_out=received,
-        tokens_in_source=meter.input_source,
-        tokens_out_source=meter.output_source,
-        tokens_saved=saved,
-        tokens_saved_max=None if savings is None else savings.tokens_saved_max,
-        saved_method=None if savings is None else savings.method,
-        saved_shape=None if savings is None else savings.shape,
-        tokens_saved_source=None if savings is None else savings.tokens_saved_source,
-        tokens_saved_max_source=None if savings is None else savings.tokens_saved_max_source,
-        tokens_produced=None if savings is None else savings.tokens_produced,
-        tokens_produced_source=None if savings is None else savings.tokens_produced_source,
-        cost_saved=cost,
-        cancel_reason=call.aborted.code if call.aborted is not None else None,
-        cancelled_at=call.aborted.time if call.aborted is not None else None,
-        orphan=call.orphan,
-        error=call.error,
-        finish_reason=meter.finish_reason,
-        units=dict(meter.units),
-        detail=detail,
+    aborted = call.aborted
+    return new_call_record(
+        {
+            "provider": info.provider,
+            "operation": info.operation,
+            "model": info.model,
+            "outcome": outcome,
+            "started_at": call.started_at,
+            "duration": now - call.started_at,
+            "tokens_in": meter.tokens_in,
+            "tokens_out": received,
+            "tokens_in_source": meter.input_source,
+            "tokens_out_source": meter.output_source,
+            "tokens_saved": saved,
+            "tokens_saved_max": None if savings is None else savings.tokens_saved_max,
+            "saved_method": None if savings is None else savings.method,
+            "saved_shape": None if savings is None else savings.shape,
+            "tokens_saved_source": None if savings is None else savings.tokens_saved_source,
+            "tokens_saved_max_source": None if savings is None else savings.tokens_saved_max_source,
+            "tokens_produced": None if savings is None else savings.tokens_produced,
+            "tokens_produced_source": None if savings is None else savings.tokens_produced_source,
+            "cost_saved": cost,
+            "cancel_reason": None if aborted is None else aborted.code,
+            "cancelled_at": None if aborted is None else aborted.time,
+            "orphan": call.orphan,
+            "error": call.error,
+            "finish_reason": meter.finish_reason,
+            "units": dict(meter.units),
+            "detail": detail,
+        }
     )
 
 
@@ -67,6 +70,8 @@ def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> 
     produced from the time the call ran before the abort.
     """
     meter, info = call.meter, call.info
+    if outcome == "completed" and received <= 0:
+        return None  # nothing to learn from, nothing saved
     estimator = default_estimator()
     requested = info.extra.get("shape", "text")
     shape = call_shape(requested, meter.tool_calls, meter.finish_reason, output_seen=meter.streamed and received > 0)
