@@ -211,8 +211,6 @@ def frozen_builder(cls: type[T]) -> Callable[[dict[str, Any]], T]:
     call, a ``ScopeReport`` once per scope).  The result is the same object (class, fields,
     equality, hash); a missing field is a ``KeyError``, an unknown one a ``TypeError``.
     """
-    if hasattr(cls, "__post_init__"):  # it would be skipped: build those with their __init__
-        raise TypeError(f"frozen_builder({cls.__name__}): a class with __post_init__ needs its own __init__")
     setters = tuple((f.name, getattr(cls, f.name).__set__) for f in fields(cls))  # type: ignore[arg-type]
     new = object.__new__
 
