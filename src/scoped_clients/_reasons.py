@@ -84,24 +84,6 @@ class CancelReason:
         return f"{self.code}: {self.message}" if self.message else str(self.code)
 
 
-def own_reason(code: ReasonCode, message: str) -> CancelReason:
-    """A reason of the library's own (one of ``ReasonCode``, a short literal message), built without the checks.
-
-    Every scope makes one when it ends (``scope_closed``): ``CancelReason(...)`` costs
-    three times as much through ``__post_init__``'s checks of what is known to be valid.
-    Equal to ``CancelReason(code, message)`` made at the same instant.
-    """
-    reason = object.__new__(CancelReason)
-    _set_code(reason, code.value)
-    _set_message(reason, message)
-    _set_time(reason, time.monotonic())
-    return reason
-
-
-#: the slots' own setters (what the frozen dataclass's ``object.__setattr__`` ends up calling)
-_set_code, _set_message, _set_time = (getattr(CancelReason, name).__set__ for name in ("code", "message", "time"))
-
-
 def coerce_reason(reason: object, message: object = None) -> CancelReason:
     """Turn what the user passed to ``cancel()`` into a ``CancelReason``."""
     if isinstance(reason, CancelReason):

@@ -17,15 +17,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from ._calls import UsageSource
 from ._savings import FigureSource
 
 logger = logging.getLogger("scoped_clients")
-
-T = TypeVar("T")
 
 Outcome = Literal["completed", "aborted", "refused", "failed"]
 ScopeOutcome = Literal["completed", "cancelled", "failed"]
@@ -203,28 +201,6 @@ _sinks: list[ReportSink] = []
 _sinks_lock = threading.Lock()
 
 
-def frozen_builder(cls: type[T]) -> Callable[[dict[str, Any]], T]:
-    """``build(values)``: ``cls(**values)`` for a frozen, slotted dataclass given every field, for less.
-
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; the
-    slots' own setters do the same at about half the cost (a ``CallRecord`` is built once per
-    call, a ``ScopeReport`` once per scope).  The result is the same object (class, fields,
-    equality, hash); a missing field is a ``KeyError``, an unknown one a ``TypeError``.
-    """
-    setters = tuple((f.name, getattr(cls, f.name).__set__) for f in fields(cls))  # type: ignore[arg-type]
-    new = object.__new__
-
-    def build(values: dict[str, Any]) -> T:
-        if len(values) != len(setters):
-            raise TypeError(f"{cls.__name__} takes {len(setters)} fields, got {sorted(values)}")
-        instance = new(cls)
-        for name, set_field in setters:
-            set_field(instance, values[name])
-        return instance
-
-    return build
-
-
 def log_sink(report: ScopeReport) -> None:
     """The default sink: one structured line on the ``scoped_clients`` logger."""
     if logger.isEnabledFor(logging.INFO):
@@ -265,9 +241,3 @@ def emit(report: ScopeReport) -> None:
             sink(report)
         except Exception:
             logger.exception("scoped_clients report sink %r failed", sink)
-
-
-#: ``ScopeReport(**values)``, for less (``frozen_builder``)
-new_scope_report = frozen_builder(ScopeReport)
-#: ``CallRecord(**values)``, for less (``frozen_builder``)
-new_call_record = frozen_builder(CallRecord)

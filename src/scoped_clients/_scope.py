@@ -43,9 +43,9 @@ from ._checks import check_deadline, check_name, check_timeout, seconds
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._hooks import Hook, Hooks
 from ._loop import LoopHandle
-from ._reasons import CancelReason, ReasonCode, coerce_reason, own_reason
+from ._reasons import CancelReason, ReasonCode, coerce_reason
 from ._registry import CallRegistry, Owned
-from ._report import ScopeOutcome, ScopeReport, emit, new_scope_report
+from ._report import ScopeOutcome, ScopeReport, emit
 from ._timer import TimerHandle, call_at
 
 logger = logging.getLogger("scoped_clients")
@@ -582,7 +582,7 @@ class RequestScope:
         """At exit: abort what is still in flight and hand it back to be closed, then recorded."""
         with self._lock:
             if self._cancel_reason is None:
-                self._closed_reason = own_reason(
+                self._closed_reason = CancelReason(
                     ReasonCode.SCOPE_CLOSED, "the scope's block ended while the call was still in flight"
                 )
             reason = self._cancel_reason or self._closed_reason
@@ -602,7 +602,7 @@ class RequestScope:
         with self._lock:
             self._state = _State.ENDED
             if self._closed_reason is None and self._cancel_reason is None:
-                self._closed_reason = own_reason(ReasonCode.SCOPE_CLOSED, "the scope has ended")
+                self._closed_reason = CancelReason(ReasonCode.SCOPE_CLOSED, "the scope has ended")
             records = self._registry.seal()
             self._hooks.clear()
         if self.parent is not None:
@@ -619,17 +619,15 @@ class RequestScope:
         else:
             outcome = "completed"
         reason = self._cancel_reason
-        self._report = new_scope_report(
-            {
-                "scope": self.name,
-                "scope_id": self.id,
-                "outcome": outcome,
-                "cancel_reason": reason.code if reason else None,
-                "cancel_message": reason.message if reason else None,
-                "started_at": self._started_at,
-                "duration": time.monotonic() - self._started_at,
-                "calls": records,
-            }
+        self._report = ScopeReport(
+            scope=self.name,
+            scope_id=self.id,
+            outcome=outcome,
+            cancel_reason=reason.code if reason else None,
+            cancel_message=reason.message if reason else None,
+            started_at=self._started_at,
+            duration=time.monotonic() - self._started_at,
+            calls=records,
         )
         emit(self._report)
 
