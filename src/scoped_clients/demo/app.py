@@ -81,6 +81,11 @@ def build_app(mode: Mode, provider_url: str, tick_file: str, probe: TaskProbe | 
     litellm_acompletion: Any = None
     if importlib.util.find_spec("litellm") is not None:  # optional: its scenario runs when it is installed
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price map fetched from GitHub
+        import litellm
+
+        # LiteLLM prints its provider list to stdout on every failed call (the dropped ones, raw and scoped
+        # alike); the demo's output is its table
+        litellm.suppress_debug_info = True
         if mode == "raw":
             from litellm import acompletion as litellm_acompletion
         else:
