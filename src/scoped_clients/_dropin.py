@@ -188,24 +188,20 @@ class DropIn(type):
         module that declares ``scope=`` scopes the instance's clients itself (it tells the SDK's own
         from the caller's).
         """
+
+        def scope_one(http: Any, built: bool) -> Any:
+            return scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built)
+
         if cls.scope is not None:  # the vendor module scopes the instance's HTTP clients itself
-
-            def scope_one(http: Any, built: bool) -> Any:
-                return scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built)
-
             cls.scope(client, scope_one)
             scoped_any = True
         else:
             scoped_any = False
-        for path, arg in cls.seats if cls.scope is None else ():
-            holder, attribute = _holder(client, path)
-            if holder is None:
-                continue
-            http = getattr(holder, attribute)
-            built_by_sdk = arg not in given
-            scoped = scope_http_client(http, cls.profile(), finish_policy, always_stream, built_by_sdk=built_by_sdk)
-            setattr(holder, attribute, scoped)
-            scoped_any = True
+            for path, arg in cls.seats:
+                holder, attribute = _holder(client, path)
+                if holder is not None:
+                    setattr(holder, attribute, scope_one(getattr(holder, attribute), arg not in given))
+                    scoped_any = True
         if not scoped_any:
             return
         if cls.on_scoped is not None:
