@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -220,6 +221,36 @@ async def test_check_after_end_raises() -> None:
     assert scope.report is not None
     with pytest.raises(ScopeCancelled, match="scope_closed"):
         scope.check()
+
+
+async def test_report_without_a_sink_is_built_when_read_and_final(caplog: pytest.LogCaptureFixture) -> None:
+    """No sink and no INFO log: the report is built on first read (issue 23), then always the same object."""
+    caplog.set_level(logging.WARNING, logger="scoped_clients")
+    async with RequestScope("lazy") as scope:
+        assert scope.report is None
+        await anyio.lowlevel.checkpoint()
+    assert scope._report is None  # nothing wanted it at the exit
+    report = scope.report
+    assert report is not None and report.scope == "lazy" and report.scope_id == scope.id
+    assert report.outcome == "completed" and report.duration >= 0 and report.calls == ()
+    assert scope.report is report
+
+
+async def test_report_with_a_sink_is_the_one_the_sink_got(reports: list[ScopeReport]) -> None:
+    async with RequestScope("eager") as scope:
+        pass
+    assert reports[-1] is scope.report and scope.report.scope == "eager"
+
+
+async def test_scope_closed_reason_is_one_object_made_on_first_use() -> None:
+    async with RequestScope() as scope:
+        pass
+    with pytest.raises(ScopeCancelled) as first:
+        scope.check()
+    with pytest.raises(ScopeCancelled) as second:
+        scope.check()
+    assert first.value.reason is second.value.reason
+    assert first.value.reason.code == "scope_closed"
 
 
 # ---------------------------------------------------------------- bad use

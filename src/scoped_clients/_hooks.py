@@ -20,6 +20,28 @@ logger = logging.getLogger("scoped_clients")
 Hook = Callable[[], object] | Callable[[], Awaitable[object]]
 
 
+class NoHooks:
+    """The hooks of a scope that has none yet (most scopes never get one): nothing to run."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def clear(self) -> None:
+        pass
+
+    def run_sync(self) -> None:
+        pass
+
+    async def run_async(self) -> None:
+        pass
+
+
+#: shared by every scope until its first ``on_cancel()``
+NO_HOOKS = NoHooks()
+
+
 class Hooks:
     """The hooks of one scope (``owner``, named in the log lines), guarded by the scope's lock."""
 

@@ -13,11 +13,14 @@ from collections.abc import Callable
 from typing import cast
 
 import anyio
+import anyio.abc
 import sniffio
 
 Post = Callable[[Callable[[], object]], None]
 #: makes a cancel scope of the running library's own kind (``cancel()``, ``cancelled_caught``, ``with``)
 NewCancelScope = Callable[[], anyio.CancelScope]
+#: makes anyio's task group of the running library (what ``anyio.create_task_group()`` returns)
+NewTaskGroup = Callable[[], anyio.abc.TaskGroup]
 
 
 _native_scopes: dict[str, NewCancelScope] = {}
@@ -41,6 +44,21 @@ def native_cancel_scope(library: str) -> NewCancelScope:
             scope_class = type(anyio.CancelScope())
         _native_scopes[library] = scope_class
     return scope_class
+
+
+_task_groups: dict[str, NewTaskGroup] = {}
+
+
+def native_task_group(library: str) -> NewTaskGroup:
+    """anyio's task group class for the library running here, called directly.
+
+    ``anyio.create_task_group()`` looks its backend up on every call (sniffio, then a weak
+    dictionary) to build an instance of that backend's class; a scope makes one per request.
+    """
+    group_class = _task_groups.get(library)
+    if group_class is None:
+        group_class = _task_groups[library] = cast(NewTaskGroup, type(anyio.create_task_group()))
+    return group_class
 
 
 def current_poster(library: str | None = None) -> Post:
@@ -80,7 +98,7 @@ def current_poster(library: str | None = None) -> Post:
 class LoopHandle:
     """The loop a piece of async state lives on: its thread and a poster."""
 
-    __slots__ = ("cancel_scope", "post", "thread_id")
+    __slots__ = ("cancel_scope", "post", "task_group", "thread_id")
 
     def __init__(self) -> None:
         library = sniffio.current_async_library()
@@ -88,6 +106,8 @@ class LoopHandle:
         self.post = current_poster(library)
         #: a new cancel scope of the loop's own kind (``native_cancel_scope``)
         self.cancel_scope = native_cancel_scope(library)
+        #: a new task group of anyio's for the loop's library (``native_task_group``)
+        self.task_group = native_task_group(library)
 
     def run(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now if we are on the loop's thread, else as soon as the loop can."""

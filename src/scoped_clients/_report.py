@@ -232,6 +232,11 @@ def add_report_sink(sink: ReportSink) -> Callable[[], None]:
     return remove
 
 
+def reporting() -> bool:
+    """Whether an ended scope's report is wanted at once: a sink is registered or the log takes it."""
+    return bool(_sinks) or logger.isEnabledFor(logging.INFO)
+
+
 def emit(report: ScopeReport) -> None:
     log_sink(report)
     with _sinks_lock:

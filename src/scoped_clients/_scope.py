@@ -41,11 +41,11 @@ from ._bus import CancelBus, check_bus, check_scope_id, new_scope_id
 from ._checks import MAX_NAME_LENGTH as MAX_NAME_LENGTH
 from ._checks import check_deadline, check_name, check_timeout, seconds
 from ._exceptions import ScopeCancelled, ScopeStateError
-from ._hooks import Hook, Hooks
+from ._hooks import NO_HOOKS, Hook, Hooks, NoHooks
 from ._loop import LoopHandle
 from ._reasons import CancelReason, ReasonCode, coerce_reason
 from ._registry import CallRegistry, Owned
-from ._report import ScopeOutcome, ScopeReport, emit
+from ._report import CallRecord, ScopeOutcome, ScopeReport, emit, reporting
 from ._timer import TimerHandle, call_at
 
 logger = logging.getLogger("scoped_clients")
@@ -62,6 +62,8 @@ class _Ambient(Enum):
 
 
 _AMBIENT = _Ambient.AMBIENT
+#: the default ``hook_timeout`` (seconds)
+_HOOK_TIMEOUT = 5.0
 
 
 class _State(Enum):
@@ -148,7 +150,7 @@ class RequestScope:
         timeout: float | None = None,
         deadline: float | None = None,
         parent: RequestScope | _Ambient | None = _AMBIENT,
-        hook_timeout: float = 5.0,
+        hook_timeout: float = _HOOK_TIMEOUT,
         id: str | None = None,
         bus: CancelBus | None = None,
     ) -> None:
@@ -157,21 +159,26 @@ class RequestScope:
                 f"parent must be a RequestScope or None (no parent), not {type(parent).__name__}; "
                 f"leave it out to nest under the ambient scope"
             )
-        bound = seconds(hook_timeout, "hook_timeout")
-        if bound < 0 or math.isinf(bound):
-            raise ValueError(
-                f"hook_timeout must be a finite number of seconds >= 0, got {hook_timeout!r}: hooks run "
-                f"shielded, so an unbounded one could hold the request open forever"
-            )
+        # Every argument left at its default skips its check: a scope is opened per request.
+        if hook_timeout is _HOOK_TIMEOUT:
+            bound = _HOOK_TIMEOUT
+        else:
+            bound = seconds(hook_timeout, "hook_timeout")
+            if bound < 0 or math.isinf(bound):
+                raise ValueError(
+                    f"hook_timeout must be a finite number of seconds >= 0, got {hook_timeout!r}: hooks run "
+                    f"shielded, so an unbounded one could hold the request open forever"
+                )
         #: free text; names longer than ``MAX_NAME_LENGTH`` characters are truncated
-        self.name = check_name(name)
+        self.name = None if name is None else check_name(name)
         #: who the scope is to a cancel bus, a log line, a page that wants to stop it: unguessable by default
         self.id: str = new_scope_id() if id is None else check_scope_id(id)
-        check_bus(bus, "RequestScope(bus=...)")
+        if bus is not None:
+            check_bus(bus, "RequestScope(bus=...)")
         self.bus = bus
         self._leave_bus: Callable[[], None] | None = None
-        self._timeout = check_timeout(timeout)
-        self._own_deadline = check_deadline(deadline)
+        self._timeout = None if timeout is None else check_timeout(timeout)
+        self._own_deadline = None if deadline is None else check_deadline(deadline)
         self._parent_arg = parent
         self._hook_timeout = bound
         self.parent: RequestScope | None = None
@@ -179,13 +186,17 @@ class RequestScope:
         self._state = _State.NEW
         self._is_async = False
         self._cancel_reason: CancelReason | None = None
+        # Once the block ends uncancelled: why calls are refused from then on (the message; the
+        # ``scope_closed`` reason itself is made on first use, by ``_closed()``: most scopes never need it).
+        self._closing: str | None = None
         self._closed_reason: CancelReason | None = None
         #: the calls it owns (``registry(scope)``: the contract with HTTP calls, tools, retries)
         self._registry = CallRegistry(self, self._lock, RequestScope._is_shielded)
         self._children: set[RequestScope] = set()
-        self._hooks = Hooks(self, self._lock, bound)
+        self._hooks: Hooks | NoHooks = NO_HOOKS  # made with the first hook
         self._hook_runner: anyio.CancelScope | None = None
         self._report: ScopeReport | None = None
+        self._ending: tuple[ScopeOutcome, float, tuple[CallRecord, ...]] | None = None
         self._started_at = 0.0
         self._deadline: float | None = None
         # async state
@@ -215,6 +226,10 @@ class RequestScope:
     @property
     def report(self) -> ScopeReport | None:
         """The scope's ``ScopeReport``: ``None`` until the block has exited, then final."""
+        if self._report is None and self._ending is not None:
+            with self._lock:  # built on first read when no sink wanted it at the exit
+                if self._report is None:
+                    self._report = self._build_report()
         return self._report
 
     @property
@@ -273,9 +288,20 @@ class RequestScope:
 
     def check(self) -> None:
         """Raise ``ScopeCancelled`` if the scope was cancelled or has ended."""
-        reason = self._cancel_reason or self._closed_reason
-        if reason is not None:
-            raise ScopeCancelled(reason, self.name)
+        reason = self._cancel_reason
+        if reason is None:
+            if self._closing is None:
+                return
+            reason = self._closed()
+        raise ScopeCancelled(reason, self.name)
+
+    def _closed(self) -> CancelReason:
+        """The ``scope_closed`` reason of a scope whose block ended uncancelled: one object, made on first use."""
+        with self._lock:
+            if self._closed_reason is None:
+                assert self._closing is not None
+                self._closed_reason = CancelReason(ReasonCode.SCOPE_CLOSED, self._closing)
+            return self._closed_reason
 
     # ----------------------------------------------------------------- hooks
 
@@ -302,6 +328,8 @@ class RequestScope:
                     f"on_cancel({hook!r}) is async but {self!r} was entered with plain `with`, which cannot "
                     f"await it: register a sync hook, or use `async with`"
                 )
+            if isinstance(self._hooks, NoHooks):
+                self._hooks = Hooks(self, self._lock, self._hook_timeout)
             self._hooks.add(hook)
             run_now = self._cancel_reason is not None
         if self._is_async and self._loop is not None:
@@ -445,10 +473,12 @@ class RequestScope:
         else:
             inherited = None
         self._started_at = time.monotonic()
-        deadlines = [d for d in (self._own_deadline, parent.deadline if parent else None) if d is not None]
-        if self._timeout is not None:
-            deadlines.append(self._started_at + self._timeout)
-        self._deadline = min(deadlines) if deadlines else None
+        inherited_deadline = parent._deadline if parent is not None else None
+        if self._own_deadline is not None or self._timeout is not None or inherited_deadline is not None:
+            deadlines = [d for d in (self._own_deadline, inherited_deadline) if d is not None]
+            if self._timeout is not None:
+                deadlines.append(self._started_at + self._timeout)
+            self._deadline = min(deadlines)
         self._token = _current.set(self)
         if inherited is not None:
             self.cancel(inherited)
@@ -489,7 +519,7 @@ class RequestScope:
         self._enter_common(is_async=True)
         self._cancel_scope = self._loop.cancel_scope()
         self._cancel_scope.__enter__()
-        self._tg = anyio.create_task_group()
+        self._tg = self._loop.task_group()
         await self._tg.__aenter__()
         self._tg_open = True
         if self._deadline is not None and not self.cancelled:
@@ -516,7 +546,12 @@ class RequestScope:
         try:
             outer = await self._settle_children(exc)
             outer = self._exit_cancel_scope(outer)
-            if outer is None and isinstance(exc, anyio.get_cancelled_exc_class()) and _native_cancel_pending():
+            if (
+                outer is None
+                and exc is not None
+                and isinstance(exc, anyio.get_cancelled_exc_class())
+                and _native_cancel_pending()
+            ):
                 outer = exc  # a task.cancel() (asyncio.timeout, a framework) is not ours to absorb
             orphans = self._close_registry()
             if orphans or self.cancelled:  # a scope with nothing to close or run pays no shielded scope
@@ -549,7 +584,7 @@ class RequestScope:
         # A cancellation of the body is handed to the task group, which knows whether it was its
         # own (a child failed) or an enclosing scope's; any other exception is not (the group
         # would wrap it in an ExceptionGroup): a user's `except ValueError` keeps working.
-        handed = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+        handed = exc if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()) else None
         try:
             swallowed = await self._tg.__aexit__(type(handed) if handed else None, handed, _tb(handed))
         except BaseException as children:
@@ -581,13 +616,12 @@ class RequestScope:
     def _close_registry(self) -> list[Owned]:
         """At exit: abort what is still in flight and hand it back to be closed, then recorded."""
         with self._lock:
-            if self._cancel_reason is None:
-                self._closed_reason = CancelReason(
-                    ReasonCode.SCOPE_CLOSED, "the scope's block ended while the call was still in flight"
-                )
-            reason = self._cancel_reason or self._closed_reason
-            assert reason is not None
+            if self._cancel_reason is None and self._closing is None:
+                self._closing = "the scope's block ended while the call was still in flight"
             orphans = self._registry.in_flight()
+            if not orphans:
+                return orphans
+            reason = self._cancel_reason or self._closed()
         for call in orphans:
             call.abort(reason, orphan=self._cancel_reason is None)
         return orphans
@@ -601,8 +635,8 @@ class RequestScope:
             self._leave_bus = None
         with self._lock:
             self._state = _State.ENDED
-            if self._closed_reason is None and self._cancel_reason is None:
-                self._closed_reason = CancelReason(ReasonCode.SCOPE_CLOSED, "the scope has ended")
+            if self._closing is None and self._cancel_reason is None:
+                self._closing = "the scope has ended"
             records = self._registry.seal()
             self._hooks.clear()
         if self.parent is not None:
@@ -618,18 +652,25 @@ class RequestScope:
             outcome = "failed"
         else:
             outcome = "completed"
+        self._ending = (outcome, time.monotonic() - self._started_at, records)
+        if reporting():  # a sink or the log wants it now; else it is built when read
+            self._report = report = self._build_report()
+            emit(report)
+
+    def _build_report(self) -> ScopeReport:
+        assert self._ending is not None
+        outcome, duration, records = self._ending
         reason = self._cancel_reason
-        self._report = ScopeReport(
+        return ScopeReport(
             scope=self.name,
             scope_id=self.id,
             outcome=outcome,
             cancel_reason=reason.code if reason else None,
             cancel_message=reason.message if reason else None,
             started_at=self._started_at,
-            duration=time.monotonic() - self._started_at,
+            duration=duration,
             calls=records,
         )
-        emit(self._report)
 
     def _absorbs(self, exc: BaseException | None) -> bool:
         """Whether ``exc`` is only this scope's (or a descendant's) cancellation."""
