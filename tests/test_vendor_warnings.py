@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import httpx2
 import openai
 import pytest
@@ -115,6 +117,44 @@ async def test_raw_http_library_closed_early_leaves_its_generators(provider: Loc
     if library == "httpx2" and tuple(map(int, httpx2.__version__.split(".")[:2])) < (2, 17):
         leaked = {"httpcore2._async.connection_pool.PoolByteStream.__aiter__"}
     assert leaked <= set(names), names
+
+
+@pytest.mark.anyio
+async def test_raw_httpx_cancelled_mid_upload_leaves_its_request_body_generator() -> None:
+    """httpx 0.28 on httpcore 1.x (Cohere, Qdrant, openai 2.x): a request cancelled while its body is being
+    sent leaves httpx's ``ByteStream.__aiter__`` suspended: httpcore's ``_send_request_body`` iterates the
+    request stream with ``async for`` and never closes it when a send is cancelled (httpx2 2.17 does not).
+    The fuzz test's clients on httpx meet it when a cancel lands mid-upload (a 5,000-case trio run did)."""
+    import httpx
+
+    accepted = anyio.Event()
+    peers: list[anyio.abc.SocketStream] = []
+
+    async def hold(peer: anyio.abc.SocketStream) -> None:  # accepts, never reads: the upload fills the buffers
+        peers.append(peer)
+        accepted.set()
+        await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hold)
+        async with unexhausted() as names:
+            async with httpx.AsyncClient() as client:
+                with anyio.CancelScope() as upload:
+
+                    async def cancel_once_stuck() -> None:
+                        await accepted.wait()
+                        await anyio.wait_all_tasks_blocked()  # the client is blocked sending its body
+                        upload.cancel()
+
+                    tg.start_soon(cancel_once_stuck)
+                    await client.post(f"http://127.0.0.1:{port}/", content=b"x" * 32_000_000)
+            assert upload.cancelled_caught
+        tg.cancel_scope.cancel()
+    for peer in peers:
+        await peer.aclose()
+    assert "httpx._content.ByteStream.__aiter__" in names, names
 
 
 # -- the MCP SDK, raw, against its own server (tests/_mcp_server.py in its own process)
