@@ -101,14 +101,18 @@ async def _own_all(owner: RequestScope, streams: int, read: Any, url: str, *, ta
         task_status.started()
 
 
-def floor(provider: RemoteProvider, streams: int) -> tuple[list[float], int]:
-    """The measuring server's own floor: plain sockets shut down in a tight loop, no client library at all."""
+def floor(provider: RemoteProvider, streams: int, path: str = PATH) -> tuple[list[float], int]:
+    """The measuring server's own floor: plain sockets shut down in a tight loop, no client library at all.
+
+    Same provider process, same request, same polling of its log: what any client would be measured at if
+    shutting its sockets down cost nothing and nothing else ran after it.
+    """
     provider.reset()
     host, port = provider.url.removeprefix("http://").split(":")
     socks = []
     for _ in range(streams):
         sock = socket.create_connection((host, int(port)))
-        sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         socks.append(sock)
     provider.wait(lambda log: len(log) == streams and all(len(e["units"]) >= 2 for e in log))
     t0 = time.monotonic()
