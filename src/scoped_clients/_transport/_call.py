@@ -133,10 +133,13 @@ class HttpCall:
                 return
             self.aborted = reason
             self.orphan = orphan
-        if self.loop is not None:
-            self.loop.run(self._abort_on_loop)
-        else:
+        loop = self.loop
+        if loop is None:
             self._shutdown()
+        elif threading.get_ident() == loop.thread_id:
+            self._abort_on_loop()
+        else:
+            loop.post(self._abort_on_loop)
 
     def _abort_on_loop(self) -> None:
         if self.pending_scope is not None:

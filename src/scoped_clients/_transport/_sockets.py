@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import weakref
+from asyncio.trsock import TransportSocket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,16 +27,27 @@ def shutdown_socket(sock: Any) -> None:
     """Shut a socket down for both directions, whatever object wraps it.
 
     A ``socket.socket`` (``ssl.SSLSocket`` included, whose own ``shutdown`` would
-    tear down TLS state) is shut down through the base class; anything else
-    (uvloop's pseudo-sockets refuse ``shutdown``) through a duplicate of its
-    file descriptor, which reaches the same kernel socket.
+    tear down TLS state) is shut down through the base class, asyncio's
+    ``TransportSocket`` through its own ``shutdown`` (that of the socket it wraps: no
+    duplicate descriptor, three system calls fewer); anything else (uvloop's
+    pseudo-sockets refuse ``shutdown``) through a duplicate of its file descriptor,
+    which reaches the same kernel socket.
     """
-    if isinstance(sock, socket.socket):
+    if type(sock) is TransportSocket:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    elif isinstance(sock, socket.socket):
         try:  # the base class's method: for an SSLSocket it skips the TLS teardown
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
-        return
+    else:
+        _shutdown_through_dup(sock)
+
+
+def _shutdown_through_dup(sock: Any) -> None:
     try:
         fd = sock.fileno()
     except (OSError, ValueError, AttributeError):
