@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import socket
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import httpx2
+import sniffio
 from _common import machine, median, percentile, table, verdict
 from _remote import RemoteProvider, units_after
 
@@ -28,15 +29,25 @@ from scoped_clients import RequestScope
 PATH = "/units?n=1000000&interval=0.05"
 
 
+class Run(NamedTuple):
+    latencies: list[float]  #: ms from the first cancel to the provider seeing each client go
+    units_after: int  #: the most units one stream produced after the cancel
+    lag_before: float  #: the loop's worst lag (ms) in 250 ms of steady streaming before the cancel
+    lag_during: float  #: the same from the first cancel until every stream's task has unwound
+    longest_turn: float  #: the CPU time (ms) of the loop's longest turn in that window
+    unwound: float  #: ms from the first cancel until every stream's task has unwound
+
+
 async def run(
     provider: RemoteProvider, streams: int, scoped_mode: bool, *, one_scope: bool = False, path: str = PATH
-) -> tuple[list[float], int, float, float]:
+) -> Run:
     """Open ``streams`` streams, cancel them all at once.
 
-    Returns the latencies (ms), the max units after the cancel, and the event loop's worst lag (ms) in 250 ms of
-    steady streaming before the cancel and from the cancel until the upstream saw the last disconnect.
-
     ``one_scope``: a single RequestScope owns every stream (one cancel) instead of one scope each.
+
+    The longest turn is the loop's own measure of a stall, steadier than the ticker's lag on a shared
+    machine: the CPU time this thread spent between two waits of the loop for I/O (the selector's
+    ``select`` on asyncio, trio's ``before_io_wait`` / ``after_io_wait``).
     """
     provider.reset()
     limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
@@ -52,10 +63,19 @@ async def run(
             await anyio.sleep(0.001)
             lag = max(lag, time.perf_counter() - t - 0.001)
 
+    left = streams
+    unwound = anyio.Event()
+
     async def read(url: str) -> None:
-        async with client.stream("GET", url) as response:
-            async for _ in response.aiter_raw():
-                pass
+        nonlocal left
+        try:
+            async with client.stream("GET", url) as response:
+                async for _ in response.aiter_raw():
+                    pass
+        finally:
+            left -= 1
+            if left == 0:
+                unwound.set()
 
     async def one(i: int) -> None:
         handle: Any = RequestScope(f"s{i}") if scoped_mode else anyio.CancelScope()
@@ -83,15 +103,65 @@ async def run(
         lag = 0.0
         await anyio.sleep(0.25)  # the streams' steady state, for comparison
         lag_before, lag = lag, 0.0
+        turns = _Turns()
         t0 = time.monotonic()
         for handle in handles:
             handle.cancel() if isinstance(handle, anyio.CancelScope) else handle.cancel("client_disconnected")
         log = await anyio.to_thread.run_sync(
             provider.wait, lambda log: all(e["disconnected_at"] is not None for e in log)
         )
+        await unwound.wait()
+        t_unwound = time.monotonic()
+        turns.stop()
         stop_ticker.set()
     latencies = [(e["disconnected_at"] - t0) * 1000 for e in log]
-    return latencies, max(units_after(e, t0) for e in log), lag_before * 1000, lag * 1000
+    after = max(units_after(e, t0) for e in log)
+    return Run(latencies, after, lag_before * 1000, lag * 1000, turns.longest * 1000, (t_unwound - t0) * 1000)
+
+
+class _Turns:
+    """The CPU time of the running loop's longest turn (between two waits for I/O) until ``stop()``."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._start: float | None = None
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            class Instrument(trio.abc.Instrument):
+                def before_io_wait(self, timeout: float) -> None:
+                    turns.waiting()
+
+                def after_io_wait(self, timeout: float) -> None:
+                    turns.running()
+
+            turns, instrument = self, Instrument()
+            trio.lowlevel.add_instrument(instrument)
+            self.stop = lambda: trio.lowlevel.remove_instrument(instrument)
+        else:
+            import asyncio
+
+            selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+            select = selector.select
+
+            def timed(timeout: float | None = None) -> Any:
+                self.waiting()
+                try:
+                    return select(timeout)
+                finally:
+                    self.running()
+
+            selector.select = timed
+            self.stop = lambda: delattr(selector, "select")
+        self.running()
+
+    def running(self) -> None:
+        self._start = time.thread_time()
+
+    def waiting(self) -> None:
+        if self._start is not None:
+            self.longest = max(self.longest, time.thread_time() - self._start)
+            self._start = None
 
 
 async def _own_all(owner: RequestScope, streams: int, read: Any, url: str, *, task_status: Any) -> None:
@@ -145,7 +215,7 @@ def main() -> None:
         )
         for backend in ("asyncio", "trio"):
             for scoped_mode in (False, True):
-                latencies, after, _, _ = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)
+                latencies, after = anyio.run(run, provider, args.streams, scoped_mode, backend=backend)[:2]
                 p99 = percentile(latencies, 99)
                 rows.append(
                     [

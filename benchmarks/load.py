@@ -5,7 +5,9 @@
 Two shapes: one RequestScope per stream (a server shutting down) and one
 scope owning every stream (one cancel).  Reports the time until the upstream
 saw the last disconnect (target < 20 ms) and the event loop's worst lag
-meanwhile (a 1 ms ticker).  Baseline: raw clients whose tasks are cancelled by
+from the cancel until every stream's task has unwound (a 1 ms ticker), with
+the CPU time of the loop's longest turn in that window (steadier than the
+ticker on a shared machine).  Baseline: raw clients whose tasks are cancelled by
 hand.  The provider runs in its own process.  The first row is the provider's
 own floor: as many bare sockets (no HTTP library) opened by this process and
 shut down in one tight loop, measured the same way.
@@ -83,24 +85,28 @@ def main() -> None:
                 max(f[1] for f in floors),
                 "-",
                 "-",
+                "-",
+                "-",
             ]
         )
         for backend in BACKENDS:
             for label, scoped_mode, one_scope in CLIENTS:
                 job = functools.partial(run, provider, args.streams, scoped_mode, one_scope=one_scope, path=path)
                 runs = [anyio.run(job, backend=backend) for _ in range(args.reps)]
-                latencies[backend, label] = [r[0] for r in runs]
-                lasts = [max(r[0]) for r in runs]
+                latencies[backend, label] = [r.latencies for r in runs]
+                lasts = [max(r.latencies) for r in runs]
                 rows.append(
                     [
                         backend,
                         label,
                         args.streams,
-                        f"{median(median(r[0]) for r in runs):.1f}",
-                        f"{median(percentile(r[0], 99) for r in runs):.1f}",
+                        f"{median(median(r.latencies) for r in runs):.1f}",
+                        f"{median(percentile(r.latencies, 99) for r in runs):.1f}",
                         f"{median(lasts):.1f} ({min(lasts):.1f}-{max(lasts):.1f})",
-                        max(r[1] for r in runs),
-                        f"{median(r[2] for r in runs):.1f} -> {median(r[3] for r in runs):.1f}",
+                        max(r.units_after for r in runs),
+                        f"{median(r.lag_before for r in runs):.1f} -> {median(r.lag_during for r in runs):.1f}",
+                        f"{median(r.longest_turn for r in runs):.1f}",
+                        f"{median(r.unwound for r in runs):.0f}",
                         verdict(median(lasts) < TARGET_MS) if scoped_mode else "-",
                     ]
                 )
@@ -116,6 +122,8 @@ def main() -> None:
         "last disconnect ms, median (min-max)",
         "max units after",
         "worst loop lag ms, steady -> during cancel",
+        "longest loop turn, CPU ms",
+        "all unwound ms",
         f"median last < {TARGET_MS:.0f} ms",
     ]
     print(table(headers, rows))
