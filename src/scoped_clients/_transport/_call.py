@@ -123,6 +123,8 @@ class HttpCall:
     # -------------------------------------------------------------- aborting
 
     def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
+        loop = self.loop
+        on_loop = loop is not None and threading.get_ident() == loop.thread_id
         with self.lock:
             if self.phase == _DONE or self.aborted is not None or self.shielded:
                 return
@@ -133,10 +135,14 @@ class HttpCall:
                 return
             self.aborted = reason
             self.orphan = orphan
-        loop = self.loop
+            if on_loop and self.pending_scope is None and self.sock is not None:
+                # A body read on this very loop (a mass cancel is a thousand of these): the
+                # socket now, under the lock already held (``_abort_on_loop`` without the detour).
+                shutdown_socket(self.sock)
+                return
         if loop is None:
             self._shutdown()
-        elif threading.get_ident() == loop.thread_id:
+        elif on_loop:
             self._abort_on_loop()
         else:
             loop.post(self._abort_on_loop)
