@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import httpx2
 import psutil
 import pytest
 import trustme
@@ -360,3 +361,79 @@ async def test_report_to_dict_is_json_with_every_call(provider: LocalProvider) -
     assert data["scope"] == "json" and data["outcome"] == "completed" and data["completed"] == 2
     assert [c["outcome"] for c in data["calls"]] == ["completed", "completed"]
     assert all(c["detail"]["status_code"] == 200 for c in data["calls"])
+
+
+# ------------------------------------------------------------- mass cancel
+
+#: streams cancelled in one turn of the loop (benchmarks/load.py takes 1,000; this many keeps the test quick)
+MASS = 107
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("one_scope", [False, True], ids=["scope_per_stream", "one_scope_owning_all"])
+async def test_a_mass_cancel_reaches_every_call_and_every_body(one_scope: bool, provider: LocalProvider) -> None:
+    """Many streams cancelled in one turn of the loop (a server shutting down, a scope owning them all).
+
+    Every call is aborted (the provider sees every client go, at most one unit after the cancel), every
+    body is cancelled (a child parked in ``sleep_forever`` ends), every report says so, no socket is left."""
+    streaming = anyio.Event()
+    reading = 0
+    scopes: list[RequestScope] = []
+    parked_cancelled = 0
+
+    async def parked() -> None:
+        nonlocal parked_cancelled
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            parked_cancelled += 1
+            raise
+
+    async def read(client: Any) -> None:
+        nonlocal reading
+        first = True
+        async with client.stream("GET", provider.url + "/units?n=100000&interval=0.05") as response:
+            async for _ in response.aiter_raw():
+                if first:
+                    first = False
+                    reading += 1
+                    if reading == MASS:
+                        streaming.set()
+
+    async def own(client: Any) -> None:
+        async with RequestScope() as scope:
+            scopes.append(scope)
+            scope.spawn(parked)
+            await read(client)
+
+    async def own_all(client: Any) -> None:
+        async with RequestScope() as scope, anyio.create_task_group() as tg:
+            scopes.append(scope)
+            scope.spawn(parked)
+            for _ in range(MASS):
+                tg.start_soon(read, client)
+
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
+    async with scoped_clients.httpx2.AsyncClient(limits=limits) as client:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                if one_scope:
+                    tg.start_soon(own_all, client)
+                else:
+                    for _ in range(MASS):
+                        tg.start_soon(own, client)
+                await streaming.wait()
+                t_cancel = time.monotonic()
+                for scope in scopes:  # one turn of the loop: no await between the cancels
+                    scope.cancel("shutdown")
+            logs = provider.requests
+            assert len(logs) == MASS
+            for log in logs:
+                assert await wait(log.wait_disconnect) >= t_cancel
+    assert parked_cancelled == len(scopes)
+    assert max(log.units_after(t_cancel) for log in logs) <= 1  # a unit every 50 ms per stream
+    calls = [call for scope in scopes if scope.report is not None for call in scope.report.calls]
+    assert len(calls) == MASS
+    assert {call.outcome for call in calls} == {"aborted"}
+    assert all(scope.report is not None and scope.report.cancel_reason == "shutdown" for scope in scopes)
+    assert _client_sockets(provider.port) == 0
