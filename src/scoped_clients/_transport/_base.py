@@ -23,7 +23,7 @@ from .._loop import LoopHandle
 from .._scope import current_scope, registry
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
-from ._call import AsyncBodyMixin, SyncBodyMixin, open_call, planned, raise_for, received
+from ._call import AsyncBodyMixin, SyncBodyMixin, is_native_cancel, open_call, planned, raise_for, received
 from ._sockets import current, install_tracking
 
 
@@ -79,6 +79,22 @@ class AsyncTransportMixin(TransportBase):
             loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
         sent, plan = planned(request, self.always_stream, call)
+        body = scope._cancel_scope
+        if body is not None and call.aborted is None and loop.reaches(body):
+            # The call runs inside the scope's own cancel scope, with no shield between: cancelling
+            # that one (what the scope does anyway) interrupts it, no cancel scope of its own needed.
+            call.pending_scope = body
+            try:
+                response = await self.transport.handle_async_request(sent)
+            except BaseException as exc:
+                call.pending_scope = None
+                if call.aborted is not None and is_native_cancel(exc):
+                    call.finish("aborted")
+                    raise call.cancelled_error() from exc
+                raise_for(call, exc)
+            call.pending_scope = None
+            response, reading = received(plan, response, call, self._body_cls, "aclose")
+            return response if reading is None else await reading.read_async(response)
         try:
             with loop.cancel_scope() as pending:
                 call.pending_scope = pending
