@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import sniffio
@@ -53,7 +53,7 @@ def _reaches_trio() -> Reaches:
 
     def reaches(target: object) -> bool:
         try:
-            status = current_task()._cancel_status
+            status: Any = current_task()._cancel_status
             while status is not None:
                 scope = status._scope
                 if scope is target:

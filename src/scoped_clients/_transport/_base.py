@@ -23,7 +23,16 @@ from .._loop import LoopHandle
 from .._scope import current_scope, registry
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
-from ._call import AsyncBodyMixin, SyncBodyMixin, is_native_cancel, open_call, planned, raise_for, received
+from ._call import (
+    AsyncBodyMixin,
+    SyncBodyMixin,
+    attach_body,
+    is_native_cancel,
+    open_call,
+    planned,
+    raise_for,
+    received,
+)
 from ._sockets import current, install_tracking
 
 
@@ -78,7 +87,7 @@ class AsyncTransportMixin(TransportBase):
         if loop is None or loop.thread_id != threading.get_ident():
             loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
-        sent, plan = planned(request, self.always_stream, call)
+        sent, plan = planned(request, True, call) if self.always_stream else (request, None)
         body = scope._cancel_scope
         if body is not None and call.aborted is None and loop.reaches(body):
             # The call runs inside the scope's own cancel scope, with no shield between: cancelling
@@ -93,6 +102,8 @@ class AsyncTransportMixin(TransportBase):
                     raise call.cancelled_error() from exc
                 raise_for(call, exc)
             call.pending_scope = None
+            if plan is None:
+                return attach_body(call, response, self._body_cls, "aclose")
             response, reading = received(plan, response, call, self._body_cls, "aclose")
             return response if reading is None else await reading.read_async(response)
         try:
