@@ -190,6 +190,11 @@ class HttpCall:
             self.phase = _DONE
             self.sock = None
             self.tracked = None
+            # The body refers to the call: dropping the call's hold on the body breaks that cycle, so
+            # that a finished call is freed at once rather than left to the cycle collector (~9 objects
+            # a call, and a gen-0 collection every ~50 calls that the HTTP library's code then pays for).
+            # Only an unfinished call is closed at the scope's exit.
+            self.body_closer = None
             if self.aborted is not None and outcome != "completed":
                 outcome = "aborted"
             if error is not None and outcome == "failed":
