@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from .._calls import Profile
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from .._loop import LoopHandle
-from .._scope import current_scope, registry
+from .._scope import current_scope
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
 from ._call import (
@@ -83,7 +83,7 @@ class AsyncTransportMixin(TransportBase):
             response = await self.transport.handle_async_request(sent)
             response, reading = received(plan, response, None, self._body_cls, "")
             return response if reading is None else await reading.read_async(response)
-        loop = registry(scope).loop  # the scope's loop, when the call runs on it
+        loop = scope._registry.loop  # the scope's loop, when the call runs on it
         if loop is None or loop.thread_id != threading.get_ident():
             loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)

@@ -162,7 +162,7 @@ class HttpCall:
         self.aborted = reason
         self.phase = _DONE
         self.outcome = "refused"
-        return build_record(self)
+        return build_record(self, settled=True)
 
     def cancelled_error(self) -> ScopeCancelled:
         assert self.aborted is not None
@@ -208,7 +208,7 @@ class HttpCall:
         self.outcome = outcome
         record = self.record
         if record is None:
-            record = self.record = build_record(self)
+            record = self.record = build_record(self, settled=True)
         self.registry.release(self, record)
 
     def _close_meter(self) -> None:

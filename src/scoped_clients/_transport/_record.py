@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from ._call import HttpCall
 
 
-def build_record(call: HttpCall) -> CallRecord:
+def build_record(call: HttpCall, *, settled: bool = False) -> CallRecord:
+    """The call's record.  ``settled``: the call is done and nothing writes its ``detail`` any more,
+    so the record takes that dict itself rather than a copy (a call still in flight at the scope's
+    exit may yet note ``closed_early``: its record gets a copy)."""
     meter = call.meter
     info = call.info
     # A call still in flight when its record is taken (the scope is ending) was aborted.
@@ -54,7 +57,7 @@ def build_record(call: HttpCall) -> CallRecord:
     record.error = call.error
     record.finish_reason = meter.finish_reason
     record.units = dict(meter.units)
-    detail = record.detail = dict(call.detail)
+    detail = record.detail = call.detail if settled else dict(call.detail)
     if call.status_code is not None:
         detail["status_code"] = call.status_code
     finished: CallRecord = record.finished()
