@@ -116,9 +116,9 @@ def cancel_reaches(library: str) -> Reaches:
 
     True when the current task runs inside ``target`` with no shielded cancel scope between: a call
     made there can rely on ``target``'s cancel instead of a cancel scope of its own.  It reads the
-    library's own cancel-scope chain (trio's cancel statuses, anyio's asyncio task states: private
-    names, stable since trio 0.23 and anyio 4.0); if they are missing, every answer is False and the
-    call takes its own cancel scope, as before.
+    library's own cancel-scope chain (trio's ``Task._cancel_status`` chain, anyio's asyncio
+    ``_task_states``: private names, read as trio 0.35 and anyio 4.16 have them); if they are missing,
+    every answer is False and the call takes its own cancel scope, as before.
     """
     reaches = _reaches.get(library)
     if reaches is None:
