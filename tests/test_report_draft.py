@@ -4,6 +4,8 @@ exactly the record the dataclass's own constructor makes (every field set, equal
 from __future__ import annotations
 
 import dataclasses
+import gc
+from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -40,3 +42,35 @@ async def test_records_built_by_the_transport_are_plain_call_records() -> None:
         assert rebuilt == record and repr(rebuilt) == repr(record)
         with pytest.raises(dataclasses.FrozenInstanceError):
             record.outcome = "completed"  # type: ignore[misc]
+
+
+class _Body(httpx2.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"unit\n"
+
+
+@pytest.mark.anyio
+async def test_a_finished_call_leaves_no_garbage_for_the_collector() -> None:
+    """A settled call is freed by reference counting, as a raw call is: nothing waits for the cycle collector."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=_Body())  # a streamed body: the scoped transport wraps it
+
+    async def garbage_of(client: httpx2.AsyncClient) -> int:
+        await client.get("http://test/")  # warm
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                await client.get("http://test/")
+        finally:
+            gc.enable()
+        return gc.collect()
+
+    raw = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    scoped = scoped_clients.httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    async with raw, scoped, RequestScope() as scope:
+        raw_garbage = await garbage_of(raw)
+        scoped_garbage = await garbage_of(scoped)
+    assert scope.report is not None and len(scope.report.calls) == 21
+    assert scoped_garbage <= raw_garbage
