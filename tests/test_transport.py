@@ -6,6 +6,7 @@ go, how many units it produced after the cancel, and how many requests it got.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import ssl
@@ -97,6 +98,47 @@ async def test_cancel_while_waiting_for_headers(lib: ModuleType, provider: Local
     assert scope.report is not None
     (record,) = scope.report.calls
     assert record.outcome == "aborted" and record.cancel_reason == "client_disconnected"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("around", ["nothing", "a cancel scope", "a shielded cancel scope"])
+async def test_cancel_while_waiting_for_headers_inside_the_body(
+    lib: ModuleType, provider: LocalProvider, around: str
+) -> None:
+    """In the body's own task the call waits under the scope's own cancel scope (its own one only
+    when a shield stands between): either way the caller gets ScopeCancelled and the server the
+    disconnect at once, before the block ends."""
+    errors: list[BaseException] = []
+    cancelled_at: list[float] = []
+    async with lib.AsyncClient() as client:
+        scope = RequestScope("pending")
+
+        async def cancel() -> None:
+            await wait(provider.wait_for_requests, 1)
+            cancelled_at.append(time.monotonic())
+            scope.cancel("client_disconnected")
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel)
+                async with scope:
+                    inner = anyio.CancelScope(shield=around == "a shielded cancel scope")
+                    with inner if around != "nothing" else contextlib.nullcontext():
+                        try:
+                            await client.get(provider.url + SLOW)
+                        except ScopeCancelled as exc:
+                            errors.append(exc)
+            log = only_request(provider)
+            seen = await wait(log.wait_disconnect)
+    (t_cancel,) = cancelled_at
+    assert seen >= t_cancel
+    assert len(provider.requests) == 1  # no retry
+    assert len(errors) == 1 and errors[0].reason.code == "client_disconnected"  # type: ignore[attr-defined]
+    assert scope.report is not None and scope.report.outcome == "cancelled"
+    (record,) = scope.report.calls
+    assert record.outcome == "aborted" and record.cancel_reason == "client_disconnected"
+    assert "cancelled_by" not in record.detail
 
 
 @pytest.mark.anyio

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -61,6 +61,89 @@ def native_task_group(library: str) -> NewTaskGroup:
     return group_class
 
 
+#: whether a cancel of ``target`` (a cancel scope of the running library) reaches the current task now
+Reaches = Callable[[object], bool]
+
+
+def _reaches_trio() -> Reaches:
+    """trio: ``target`` is on the current task's chain of cancel statuses, with no shield below it."""
+    from trio.lowlevel import current_task
+
+    def reaches(target: object) -> bool:
+        try:
+            status: Any = current_task()._cancel_status
+            while status is not None:
+                scope = status._scope
+                if scope is target:
+                    return True
+                if scope.shield:
+                    return False
+                status = status._parent
+        except AttributeError:  # another trio's internals
+            pass
+        return False
+
+    return reaches
+
+
+def _reaches_asyncio() -> Reaches:
+    """asyncio: ``target`` is on the current task's chain of anyio cancel scopes, with no shield below it.
+
+    A task anyio does not know (``asyncio.shield``'s, a bare ``create_task``'s) is not reached.
+    """
+    from asyncio import current_task
+
+    from anyio._backends._asyncio import _task_states
+
+    def reaches(target: object) -> bool:
+        try:
+            state = _task_states.get(current_task())  # type: ignore[arg-type]
+            scope = None if state is None else state.cancel_scope
+            while scope is not None:
+                if scope is target:
+                    return True
+                if scope._shield:
+                    return False
+                scope = scope._parent_scope
+        except AttributeError:  # another anyio's internals
+            pass
+        return False
+
+    return reaches
+
+
+def _never(target: object) -> bool:
+    return False
+
+
+def _checked(make: Callable[[], Reaches]) -> Reaches:
+    """``make()``, answering False where this trio / anyio lacks the internals it reads."""
+    try:
+        reaches = make()
+    except ImportError:
+        return _never
+
+    return reaches
+
+
+_reaches: dict[str, Reaches] = {}
+
+
+def cancel_reaches(library: str) -> Reaches:
+    """``reaches(target)``: whether cancelling ``target`` (an entered cancel scope) now interrupts this task.
+
+    True when the current task runs inside ``target`` with no shielded cancel scope between: a call
+    made there can rely on ``target``'s cancel instead of a cancel scope of its own.  It reads the
+    library's own cancel-scope chain (trio's ``Task._cancel_status`` chain, anyio's asyncio
+    ``_task_states``: private names, read as trio 0.35 and anyio 4.16 have them); if they are missing,
+    every answer is False and the call takes its own cancel scope, as before.
+    """
+    reaches = _reaches.get(library)
+    if reaches is None:
+        reaches = _reaches[library] = _checked(_reaches_trio if library == "trio" else _reaches_asyncio)
+    return reaches
+
+
 def current_poster(library: str | None = None) -> Post:
     """A thread-safe, non-blocking ``post(fn)`` for the event loop running here (``library``: its name, if known)."""
     if library is None:
@@ -98,7 +181,7 @@ def current_poster(library: str | None = None) -> Post:
 class LoopHandle:
     """The loop a piece of async state lives on: its thread and a poster."""
 
-    __slots__ = ("cancel_scope", "post", "task_group", "thread_id")
+    __slots__ = ("cancel_scope", "post", "reaches", "task_group", "thread_id")
 
     def __init__(self) -> None:
         library = sniffio.current_async_library()
@@ -108,6 +191,8 @@ class LoopHandle:
         self.cancel_scope = native_cancel_scope(library)
         #: a new task group of anyio's for the loop's library (``native_task_group``)
         self.task_group = native_task_group(library)
+        #: whether an entered cancel scope's cancel reaches the current task (``cancel_reaches``)
+        self.reaches = cancel_reaches(library)
 
     def run(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now if we are on the loop's thread, else as soon as the loop can."""

@@ -20,10 +20,19 @@ from typing import Any, ClassVar
 from .._calls import Profile
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from .._loop import LoopHandle
-from .._scope import current_scope, registry
+from .._scope import current_scope
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
-from ._call import AsyncBodyMixin, SyncBodyMixin, open_call, planned, raise_for, received
+from ._call import (
+    AsyncBodyMixin,
+    SyncBodyMixin,
+    attach_body,
+    is_native_cancel,
+    open_call,
+    planned,
+    raise_for,
+    received,
+)
 from ._sockets import current, install_tracking
 
 
@@ -74,11 +83,29 @@ class AsyncTransportMixin(TransportBase):
             response = await self.transport.handle_async_request(sent)
             response, reading = received(plan, response, None, self._body_cls, "")
             return response if reading is None else await reading.read_async(response)
-        loop = registry(scope).loop  # the scope's loop, when the call runs on it
+        loop = scope._registry.loop  # the scope's loop, when the call runs on it
         if loop is None or loop.thread_id != threading.get_ident():
             loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
-        sent, plan = planned(request, self.always_stream, call)
+        sent, plan = planned(request, True, call) if self.always_stream else (request, None)
+        body = scope._cancel_scope
+        if body is not None and call.aborted is None and loop.reaches(body):
+            # The call runs inside the scope's own cancel scope, with no shield between: cancelling
+            # that one (what the scope does anyway) interrupts it, no cancel scope of its own needed.
+            call.pending_scope = body
+            try:
+                response = await self.transport.handle_async_request(sent)
+            except BaseException as exc:
+                call.pending_scope = None
+                if call.aborted is not None and is_native_cancel(exc):
+                    call.finish("aborted")
+                    raise call.cancelled_error() from exc
+                raise_for(call, exc)
+            call.pending_scope = None
+            if plan is None:
+                return attach_body(call, response, self._body_cls, "aclose")
+            response, reading = received(plan, response, call, self._body_cls, "aclose")
+            return response if reading is None else await reading.read_async(response)
         try:
             with loop.cancel_scope() as pending:
                 call.pending_scope = pending

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._report import CallRecord, Outcome
+from .._report import CallRecord, CallRecordDraft, Outcome
 from .._savings import SavingsEstimate, call_shape, default_estimator, get_prices
 from .._vendors import generates_tokens
 
@@ -13,47 +13,55 @@ if TYPE_CHECKING:
     from ._call import HttpCall
 
 
-def build_record(call: HttpCall) -> CallRecord:
+def build_record(call: HttpCall, *, settled: bool = False) -> CallRecord:
+    """The call's record.  ``settled``: the call is done and nothing writes its ``detail`` any more,
+    so the record takes that dict itself rather than a copy (a call still in flight at the scope's
+    exit may yet note ``closed_early``: its record gets a copy)."""
     meter = call.meter
     info = call.info
     # A call still in flight when its record is taken (the scope is ending) was aborted.
     outcome: Outcome = call.outcome or "aborted"
     now = time.monotonic()
     received = meter.tokens_out  # read once: a reader in another thread may still feed the meter
-    savings = _savings_of(call, outcome, now, received)
-    saved = None if savings is None else savings.tokens_saved
-    cost = None if saved is None else get_prices().cost(info.model, 0, saved)
-    detail = dict(call.detail)
+    record: Any = CallRecordDraft()  # every field is set below (tests/test_report_draft.py)
+    record.provider = info.provider
+    record.operation = info.operation
+    record.model = info.model
+    record.outcome = outcome
+    record.started_at = call.started_at
+    record.duration = now - call.started_at
+    record.tokens_in = meter.tokens_in
+    record.tokens_out = received
+    record.tokens_in_source = meter.input_source
+    record.tokens_out_source = meter.output_source
+    # Only an aborted call has savings, and only a completed one with output teaches the estimator.
+    savings = _savings_of(call, outcome, now, received) if outcome == "aborted" or received > 0 else None
+    if savings is None:
+        record.tokens_saved = record.tokens_saved_max = record.saved_method = record.saved_shape = None
+        record.tokens_saved_source = record.tokens_saved_max_source = None
+        record.tokens_produced = record.tokens_produced_source = record.cost_saved = None
+    else:
+        saved = record.tokens_saved = savings.tokens_saved
+        record.tokens_saved_max = savings.tokens_saved_max
+        record.saved_method = savings.method
+        record.saved_shape = savings.shape
+        record.tokens_saved_source = savings.tokens_saved_source
+        record.tokens_saved_max_source = savings.tokens_saved_max_source
+        record.tokens_produced = savings.tokens_produced
+        record.tokens_produced_source = savings.tokens_produced_source
+        record.cost_saved = None if saved is None else get_prices().cost(info.model, 0, saved)
+    aborted = call.aborted
+    record.cancel_reason = None if aborted is None else aborted.code
+    record.cancelled_at = None if aborted is None else aborted.time
+    record.orphan = call.orphan
+    record.error = call.error
+    record.finish_reason = meter.finish_reason
+    record.units = dict(meter.units)
+    detail = record.detail = call.detail if settled else dict(call.detail)
     if call.status_code is not None:
         detail["status_code"] = call.status_code
-    return CallRecord(
-        provider=info.provider,
-        operation=info.operation,
-        model=info.model,
-        outcome=outcome,
-        started_at=call.started_at,
-        duration=now - call.started_at,
-        tokens_in=meter.tokens_in,
-        tokens_out=received,
-        tokens_in_source=meter.input_source,
-        tokens_out_source=meter.output_source,
-        tokens_saved=saved,
-        tokens_saved_max=None if savings is None else savings.tokens_saved_max,
-        saved_method=None if savings is None else savings.method,
-        saved_shape=None if savings is None else savings.shape,
-        tokens_saved_source=None if savings is None else savings.tokens_saved_source,
-        tokens_saved_max_source=None if savings is None else savings.tokens_saved_max_source,
-        tokens_produced=None if savings is None else savings.tokens_produced,
-        tokens_produced_source=None if savings is None else savings.tokens_produced_source,
-        cost_saved=cost,
-        cancel_reason=call.aborted.code if call.aborted is not None else None,
-        cancelled_at=call.aborted.time if call.aborted is not None else None,
-        orphan=call.orphan,
-        error=call.error,
-        finish_reason=meter.finish_reason,
-        units=dict(meter.units),
-        detail=detail,
-    )
+    finished: CallRecord = record.finished()
+    return finished
 
 
 def _savings_of(call: HttpCall, outcome: Outcome, now: float, received: int) -> SavingsEstimate | None:

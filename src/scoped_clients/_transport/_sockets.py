@@ -76,14 +76,15 @@ def socket_of(stream: Any) -> Any:
     response, which a pooled connection only needs to pay once.
     """
     try:
-        return _sockets[stream]
-    except (KeyError, TypeError):
-        sock = stream.get_extra_info("socket")
-        try:
-            _sockets[stream] = sock
-        except TypeError:  # a stream that cannot be weakly referenced: no caching
-            pass
-        return sock
+        sock = _sockets.get(stream, _UNKNOWN)  # no KeyError raised and caught for a new connection
+    except TypeError:  # a stream that cannot be weakly referenced: no caching
+        return stream.get_extra_info("socket")
+    if sock is _UNKNOWN:
+        sock = _sockets[stream] = stream.get_extra_info("socket")
+    return sock
+
+
+_UNKNOWN = object()
 
 
 class TrackedStream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,8 +18,7 @@ class GenericProfile:
     provider = "http"
 
     def describe(self, method: str, url: str, body: bytes) -> CallInfo:
-        parts = urlsplit(url)
-        return CallInfo(provider=self.provider, operation=f"{method} {parts.hostname}{parts.path}")
+        return CallInfo(provider=self.provider, operation=_operation(method, url))
 
     def meter(self, info: CallInfo, status_code: int, content_type: str) -> Meter:
         return Meter()
@@ -33,6 +33,13 @@ class GenericProfile:
         remaining = scope.remaining()
         if remaining is not None and DEADLINE_HEADER not in request.headers:
             request.headers[DEADLINE_HEADER] = format_timeout(remaining)
+
+
+@functools.lru_cache(maxsize=512)
+def _operation(method: str, url: str) -> str:
+    """``"GET host/path"``: a service calls the same few URLs over and over, so each is parsed once."""
+    parts = urlsplit(url)
+    return f"{method} {parts.hostname}{parts.path}"
 
 
 #: plain HTTP (``scoped_clients.httpx`` / ``httpx2``): no tokens, no stream plan; its drop-in
