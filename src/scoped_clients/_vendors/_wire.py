@@ -223,27 +223,32 @@ class SSEMeter(SSESplitter, Meter):
         buffer = self._joined(data)
         start = 0
         if self.counts_blocks and len(buffer) >= _BLOCK:
-            # Several events at once (the body reader feeds a batch of chunks): a run of plain
-            # events is counted with a few byte scans of the whole run, the rest one by one.
+            # Several events at once (the body reader feeds a batch of chunks): runs of plain
+            # events are counted with a few byte scans each, the rest event by event.
             last = buffer.rfind(b"\n\n")
-            # (a run of three or more newlines ends differently split two by two: not here)
+            # (a run of three or more newlines is split two by two from its start: not here)
             if last > 0 and buffer[last - 1] != 10:
-                start = self._block(buffer, last + 2)
+                start = last + 2
+                self._block(buffer, 0, start)
         self._split(buffer, start)
 
-    def _block(self, buffer: bytes, end: int) -> int:
-        """Account for the complete events of ``buffer[:end]``: where the one-by-one split must go on."""
-        start = 0
-        for _ in range(2):  # whole, then without its first event (a stream's first event is often unlike the rest)
+    def _block(self, buffer: bytes, start: int, end: int) -> None:
+        """Account for ``buffer[start:end]``, complete events: counted at once, or its halves, or one by one."""
+        if end - start >= _BLOCK:
             if self.count_block(buffer, start, end):
-                return end
+                return
+            # A stream's first and last events are unlike the rest: count the halves on their own.
+            middle = buffer.find(b"\n\n", (start + end) // 2, end - 2)
+            if end - start >= 2 * _BLOCK and middle > 0 and buffer[middle - 1] != 10:
+                self._block(buffer, start, middle + 2)
+                self._block(buffer, middle + 2, end)
+                return
+        event = self.event
+        while start < end:
             stop = buffer.find(b"\n\n", start, end)
             if stop > start:
-                self.event(buffer[start:stop])
+                event(buffer[start:stop])
             start = stop + 2
-            if start >= end:
-                break
-        return start
 
     def count_block(self, buffer: bytes, start: int, end: int) -> bool:
         """Account for the events of ``buffer[start:end]`` (complete: it ends with a blank line) at
