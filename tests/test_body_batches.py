@@ -197,12 +197,16 @@ async def test_finish_if_done_sees_a_finish_reason_not_yet_metered() -> None:
                 async for chunk in response.aiter_raw():
                     if b'"finish_reason":"stop"' in chunk:
                         finished.set()
+            done.set()
 
+        done = anyio.Event()
         async with client, anyio.create_task_group() as tg, RequestScope() as scope:
             tg.start_soon(consume)
             await finished.wait()
             scope.cancel("client_disconnected")
             release.set()
+            with scope.shield():
+                await done.wait()  # the stream read to its end inside the scope
     (record,) = scope.report.calls  # type: ignore[union-attr]
     assert _figures(record) == (5, "provider", 4, "stop", "completed")
     assert record.detail["finished_after_cancel"] is True
