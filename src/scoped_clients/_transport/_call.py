@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -220,7 +221,10 @@ class HttpCall:
             count = len(pending)  # a reader in another thread may append meanwhile: keep its chunks
             data = pending[0] if count == 1 else b"".join(pending[:count])
             del pending[:count]
-            self.meter.feed(data)
+            try:
+                self.meter.feed(data)
+            except Exception:  # a meter never breaks the caller
+                pass
         return self.meter
 
     def _close_meter(self) -> None:
@@ -325,7 +329,8 @@ def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> 
         call.meter.feed(content)
         call.finish("completed")
         return response
-    call.pending = []
+    if type(call.meter).feed is not Meter.feed:  # a meter that counts nothing keeps no chunks
+        call.pending = []
     body = body_cls(response.stream, call)
     call.body_closer = getattr(body, closer)
     response.stream = body
@@ -394,7 +399,7 @@ class _AsyncBodyReader:
         self._inner = inner
         self._call = call
         # chunks are metered in batches (``HttpCall.settle``): per chunk, one append
-        self._pending = call.pending if call.pending is not None else []
+        self._pending = call.pending if call.pending is not None else _DISCARD
         self._iterator: Any = None
 
     def __aiter__(self) -> _AsyncBodyReader:
@@ -466,6 +471,8 @@ class _AsyncBodyReader:
 
 #: the reader's iterator once it has ended or been closed
 _EXHAUSTED = object()
+#: where a reader puts the chunks of a call whose meter counts nothing: appends are dropped, it never fills
+_DISCARD: deque[bytes] = deque(maxlen=0)
 
 
 # ----------------------------------------------------------------------- sync
@@ -481,7 +488,7 @@ class SyncBodyMixin:
 
     def __iter__(self) -> Iterator[bytes]:
         call = self._call
-        pending = call.pending if call.pending is not None else []
+        pending = call.pending if call.pending is not None else _DISCARD
         if call.aborted is not None:
             raise call.cancelled_error()
         iterator = iter(self._inner)
