@@ -330,3 +330,135 @@ def test_one_sse_splitter_strips_one_optional_space() -> None:
     assert data_of(b"event: e\ndata: [1,\ndata:  2]") == b"[1,\n 2]"
     assert data_of(b"event: e") is None
     assert event_data(b"data: [1,\ndata:  2]") == [1, 2]
+
+
+# ---------------------------------------------------------------- runs of events counted at once
+# The body reader feeds a meter a batch of chunks at a time; ``ChatStreamMeter`` then counts a run
+# of plain text deltas with byte counts over the whole run (``count_block``) and reads anything else
+# event by event. Either way the figures must be those of a meter fed one event at a time.
+
+
+_TOP = {"id": "c1", "object": "chat.completion.chunk", "created": 7}
+
+
+def _ev(
+    content: Any = "x",
+    *,
+    choice: dict[str, Any] | None = None,
+    more: tuple[dict[str, Any], ...] = (),
+    after: dict[str, Any] | None = None,
+    **top: Any,
+) -> bytes:
+    """One chat chunk event; unless told otherwise it starts with the same bytes as every other
+    (up to its content), so that it falls inside a run the meter counts at once."""
+    first = {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": None, **(choice or {})}
+    return _sse([(None, {**_TOP, **top, "choices": [first, *more], **(after or {})})])
+
+
+def _long_chat(middle: tuple[bytes, ...] = (), *, usage: bool = False, end: bool = True) -> list[bytes]:
+    """The events of a long chat stream (one bytes each, blank line included), ``middle`` in its middle."""
+    after = {"usage": None} if usage else None
+    events = [_ev("", choice={"delta": {"role": "assistant", "content": "", "refusal": None}}, after=after)]
+    events += [_ev(f"tok{i} ", after=after) for i in range(100)]
+    events += middle
+    events += [_ev(f"more{i} ", after=after) for i in range(100)]
+    if end:
+        events.append(_ev(choice={"delta": {}, "finish_reason": "length"}, after=after))
+        if usage:
+            events.append(
+                _sse([(None, {**_TOP, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 201}})])
+            )
+        events.append(b"data: [DONE]\n\n")
+    return events
+
+
+_CUT = _ev("cut").split(b'"cut"')[0] + b'"cut"\n\n'  # an event cut short: not JSON
+_RUNS = {
+    "plain": _long_chat(),
+    "usage-null-in-every-chunk": _long_chat(usage=True),
+    "an-empty-content": _long_chat((_ev(""),)),
+    "a-finish-reason-mid-run": _long_chat((_ev("a", choice={"finish_reason": "stop"}),), end=False),
+    "two-choices-in-one-chunk": _long_chat((_ev("a", more=({"index": 1, "delta": {"content": ""}},)),)),
+    "logprobs": _long_chat((_ev("a", choice={"logprobs": {"content": [{"token": "a"}]}}),)),
+    "usage-mid-run": _long_chat((_ev("a", after={"usage": {"completion_tokens": 5}}),)),
+    "a-keep-alive-comment": _long_chat((b": ping\n\n",)),
+    "a-refusal-event": _long_chat((b'data: {"refusal":"no"}\n\n',)),
+    "an-extra-blank-line": _long_chat((b"\n\n",)),
+    "three-newlines": _long_chat((_ev("a") + b"\n",)),
+    "a-blank-line-inside-an-event": _long_chat((_ev("a").replace(b'"a"}', b'"a"\n\n}'),)),
+    "a-malformed-event": _long_chat((_CUT,)),
+    "ends-with-a-malformed-event": _long_chat((_CUT,), end=False)[:102],
+    "created-changes": _long_chat(tuple(_ev(f"t{i}", created=8) for i in range(40))),
+    "a-spaced-event": [_ev().replace(b'":"', b'": "'), *_long_chat()],
+    "quoted-key-in-content": _long_chat((_ev('say "content":"x" and "finish_reason":"stop"'),)),
+    "tool-calls": _long_chat((_sse([(None, {**_TOP, "choices": [{"delta": {"tool_calls": [_CALL]}}]})]),) * 40),
+}
+
+
+class _Spy(ChatStreamMeter):
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        counted = super().count_block(buffer, start, end)
+        self.runs += counted
+        return counted
+
+
+@pytest.mark.parametrize("name", list(_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_a_run_of_events_counted_at_once_gives_the_figures_of_one_by_one(name: str, line_end: str) -> None:
+    events = _RUNS[name]
+    if line_end == "crlf":
+        events = [event.replace(b"\n", b"\r\n") for event in events]
+    one_by_one = ChatStreamMeter()
+    for event in events:  # each under the size a run needs: read event by event, as before runs were counted
+        one_by_one.feed(event)
+    one_by_one.close()
+    expected = (*_figures(one_by_one), one_by_one.tool_calls)
+    stream = b"".join(events)
+    # whole; batches of 32 events (what the body reader feeds); pieces that split events anywhere,
+    # so that a run ends inside an event and the next feed starts with its rest
+    for chunks in ([stream], [b"".join(events[i : i + 32]) for i in range(0, len(events), 32)], _pieces(stream)):
+        meter = _Spy()
+        for chunk in chunks:
+            meter.feed(chunk)
+        meter.close()
+        assert (*_figures(meter), meter.tool_calls) == expected, f"fed in {len(chunks)} chunks"
+        if name == "plain":
+            assert meter.runs > 0  # the runs were counted at once
+
+
+def _pieces(stream: bytes) -> list[bytes]:
+    sizes, out, at = [5000, 1, 3001, 17, 2048, 999], [], 0
+    while at < len(stream):
+        size = sizes[len(out) % len(sizes)]
+        out.append(stream[at : at + size])
+        at += size
+    return out
+
+
+def test_a_run_counted_at_once_reads_the_finish_reason_and_usage_of_its_last_events() -> None:
+    """A batch that ends the stream: its plain events counted, the finish and usage read."""
+    events = _long_chat(usage=True)
+    meter = _Spy()
+    meter.feed(b"".join(events[:-3]))
+    assert (meter.tokens_out, meter.finish_reason) == (200, None)
+    meter.feed(b"".join(events[-3:]))
+    figures = (meter.tokens_out, meter.output_source, meter.tokens_in, meter.finish_reason)
+    assert figures == (201, "provider", 3, "length")
+    assert meter.runs > 0
+
+
+def test_a_long_stream_keeps_no_more_than_an_unfinished_event() -> None:
+    meter = ChatStreamMeter()
+    batch = b"".join(_long_chat()[1:101])
+    for _ in range(1000):  # 100,000 events, ~12 MB
+        meter.feed(batch + batch[:57])  # each feed leaves part of an event for the next
+        meter.feed(batch[57:])
+        assert len(meter._buffer) < 200
+    meter.close()
+    assert meter.tokens_out == 200_000 and meter.error is None

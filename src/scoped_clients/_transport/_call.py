@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -49,6 +50,10 @@ from ._sockets import current, shutdown_socket, socket_of
 
 _PENDING, _BODY, _DONE = 0, 1, 2
 _NULL_METER = Meter()
+#: body chunks a reader keeps before its meter counts them (``HttpCall.settle``): the meter
+#: then sees one joined batch instead of one call per chunk, and memory stays bounded
+#: (httpcore reads at most 64 KiB at a time: 2 MiB at worst, a few KiB for an SSE stream)
+BATCH = 32
 
 
 def _request_body(request: Any) -> bytes:
@@ -74,6 +79,7 @@ class HttpCall:
         "meter",
         "orphan",
         "outcome",
+        "pending",
         "pending_scope",
         "phase",
         "profile",
@@ -106,6 +112,8 @@ class HttpCall:
         self.started_at = time.monotonic()
         self.phase = _PENDING
         self.meter: Meter = _NULL_METER
+        #: body chunks read but not yet fed to the meter (``settle``), once a body is attached
+        self.pending: list[bytes] | None = None
         self.aborted: CancelReason | None = None
         self.orphan = False
         self.outcome: Outcome | None = None
@@ -128,7 +136,7 @@ class HttpCall:
         with self.lock:
             if self.phase == _DONE or self.aborted is not None or self.shielded:
                 return
-            if self.finish_policy == "finish_if_done" and self.meter.finish_reason is not None and not orphan:
+            if self.finish_policy == "finish_if_done" and not orphan and self._settled().finish_reason is not None:
                 # The provider has finished generating: let the last bytes (its billed
                 # usage) arrive instead of aborting.  The scope still ends the call at exit.
                 self.detail["finished_after_cancel"] = True
@@ -220,8 +228,27 @@ class HttpCall:
             record = self.record = build_record(self, settled=True)
         self.registry.release(self, record)
 
+    def settle(self) -> None:
+        """Feed the meter the body chunks read so far (from the body's reader, or before a figure is read)."""
+        with self.lock:
+            self._settled()
+
+    def _settled(self) -> Meter:
+        """``settle`` with the lock held: the meter, every chunk read so far counted."""
+        pending = self.pending
+        if pending:
+            count = len(pending)  # a reader in another thread may append meanwhile: keep its chunks
+            data = pending[0] if count == 1 else b"".join(pending[:count])
+            del pending[:count]
+            try:
+                self.meter.feed(data)
+            except Exception:  # a meter never breaks the caller
+                pass
+        return self.meter
+
     def _close_meter(self) -> None:
         try:
+            self.settle()
             self.meter.close()
         except Exception:  # a meter never breaks the caller
             pass
@@ -321,6 +348,8 @@ def _attach_body(call: HttpCall, response: Any, body_cls: type, closer: str) -> 
         call.meter.feed(content)
         call.finish("completed")
         return response
+    if type(call.meter).feed is not Meter.feed:  # a meter that counts nothing keeps no chunks
+        call.pending = []
     body = body_cls(response.stream, call)
     call.body_closer = getattr(body, closer)
     response.stream = body
@@ -384,12 +413,13 @@ class AsyncBodyMixin:
 class _AsyncBodyReader:
     """One pass over a scoped body: meters each chunk, turns a cancel into ``ScopeCancelled``."""
 
-    __slots__ = ("_call", "_feed", "_inner", "_iterator")
+    __slots__ = ("_call", "_inner", "_iterator", "_pending")
 
     def __init__(self, inner: Any, call: HttpCall) -> None:
         self._inner = inner
         self._call = call
-        self._feed = call.meter.feed
+        # chunks are metered in batches (``HttpCall.settle``): per chunk, one append
+        self._pending = call.pending if call.pending is not None else _DISCARD
         self._iterator: Any = None
 
     def __aiter__(self) -> _AsyncBodyReader:
@@ -428,7 +458,10 @@ class _AsyncBodyReader:
         except BaseException as exc:
             await self.aclose()
             _raise_for(call, exc)
-        self._feed(chunk)
+        pending = self._pending
+        pending.append(chunk)
+        if len(pending) >= BATCH:
+            call.settle()
         return chunk
 
     async def _pull(self) -> bytes:
@@ -458,6 +491,8 @@ class _AsyncBodyReader:
 
 #: the reader's iterator once it has ended or been closed
 _EXHAUSTED = object()
+#: where a reader puts the chunks of a call whose meter counts nothing: appends are dropped, it never fills
+_DISCARD: deque[bytes] = deque(maxlen=0)
 
 
 # ----------------------------------------------------------------------- sync
@@ -473,7 +508,7 @@ class SyncBodyMixin:
 
     def __iter__(self) -> Iterator[bytes]:
         call = self._call
-        feed = call.meter.feed
+        pending = call.pending if call.pending is not None else _DISCARD
         if call.aborted is not None:
             raise call.cancelled_error()
         iterator = iter(self._inner)
@@ -491,7 +526,9 @@ class SyncBodyMixin:
                     current.call = previous
                 if call.aborted is not None:
                     continue  # drain to the EOF the shutdown caused (see the async body)
-                feed(chunk)
+                pending.append(chunk)
+                if len(pending) >= BATCH:
+                    call.settle()
                 yield chunk
         except ScopeCancelled:
             call.finish("aborted")

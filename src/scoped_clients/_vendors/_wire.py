@@ -17,6 +17,8 @@ from .._calls import CallInfo, Meter
 from .._savings import requested_shape
 
 MAX_BUFFERED_BODY = 8 * 1024 * 1024
+#: below this many bytes a feed is split event by event (a block count pays off over several events)
+_BLOCK = 1024
 
 
 def request_json(body: bytes) -> dict[str, Any]:
@@ -91,6 +93,10 @@ class SSESplitter:
 
     def feed_events(self, data: bytes) -> None:
         """Hand every event that ``data`` completes to ``event``; keep the partial rest."""
+        self._split(self._joined(data), 0)
+
+    def _joined(self, data: bytes) -> bytes:
+        """The partial rest and ``data``, line ends normalised."""
         buffer = self._buffer + data if self._buffer else data
         crlf = self._crlf
         if crlf is None:
@@ -99,7 +105,11 @@ class SSESplitter:
                 self._crlf = crlf
         if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
             buffer = buffer.replace(b"\r\n", b"\n")
-        start, size = 0, len(buffer)
+        return buffer
+
+    def _split(self, buffer: bytes, start: int) -> None:
+        """Hand every complete event of ``buffer`` from ``start`` on to ``event``; keep the partial rest."""
+        size = len(buffer)
         event = self.event
         while start < size:
             end = buffer.find(b"\n\n", start)
@@ -202,12 +212,49 @@ class SSEMeter(SSESplitter, Meter):
     #: logs a warning and skips it, so its calls are not recorded failed for one
     malformed_fails: ClassVar[bool] = True
 
+    #: whether ``count_block`` can count runs of plain events without looking at each one
+    counts_blocks: ClassVar[bool] = False
+
     def __init__(self) -> None:
         super().__init__()
         self.start_events()
 
     def feed(self, data: bytes) -> None:
-        self.feed_events(data)
+        buffer = self._joined(data)
+        start = 0
+        if self.counts_blocks and len(buffer) >= _BLOCK:
+            # Several events at once (the body reader feeds a batch of chunks): runs of plain
+            # events are counted with a few byte scans each, the rest event by event.
+            last = buffer.rfind(b"\n\n")
+            # (a run of three or more newlines is split two by two from its start: not here)
+            if last > 0 and buffer[last - 1] != 10:
+                start = last + 2
+                self._block(buffer, 0, start)
+        self._split(buffer, start)
+
+    def _block(self, buffer: bytes, start: int, end: int) -> None:
+        """Account for ``buffer[start:end]``, complete events: counted at once, or its halves, or one by one."""
+        if end - start >= _BLOCK:
+            if self.count_block(buffer, start, end):
+                return
+            # A stream's first and last events are unlike the rest: count the halves on their own.
+            middle = buffer.find(b"\n\n", (start + end) // 2, end - 2)
+            if end - start >= 2 * _BLOCK and middle > 0 and buffer[middle - 1] != 10:
+                self._block(buffer, start, middle + 2)
+                self._block(buffer, middle + 2, end)
+                return
+        event = self.event
+        while start < end:
+            stop = buffer.find(b"\n\n", start, end)
+            if stop > start:
+                event(buffer[start:stop])
+            start = stop + 2
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        """Account for the events of ``buffer[start:end]`` (complete: it ends with a blank line) at
+        once and say so, or say no and change nothing: they are then handed to ``event`` one by one.
+        Only when the figures come out exactly as one by one."""
+        return False
 
     def event(self, event: bytes) -> None:
         # JSON events end with "}" (or "[DONE]"): a cheap test, and a parse only

@@ -50,6 +50,37 @@ class ChatStreamMeter(SSEMeter):
 
     __slots__ = ()
 
+    counts_blocks = True
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # A run of plain text deltas: every event starts with the first one's bytes up to its
+        # content (the same id, model, choice index...), ends with "}", has that content key alone,
+        # non-empty, no finish reason and no usage. Each then counts one token, as ``on_event``
+        # would count it; anything else (a role or tool-call delta, a finish, the usage, [DONE],
+        # a spaced server's JSON) fails one of the counts below and goes event by event.
+        first = buffer.find(b"\n\n", start, end)
+        key = buffer.find(b'"content":"', start, first)
+        if key < 0:
+            return False
+        head = buffer[start : key + 11]
+        events = buffer.count(b"}\n\n" + head, start, end) + 1
+        if (
+            buffer[end - 3] != 125  # "}"
+            # no line breaks but the blank lines after each event (and the head's own)
+            or buffer.count(b"\n", start, end) != events * (2 + head.count(b"\n"))
+            or buffer.count(b'"content"', start, end) != events
+            or buffer.find(head + b'"', start, end) >= 0  # an empty content
+            or buffer.count(b'"finish_reason"', start, end) != buffer.count(b'"finish_reason":null', start, end)
+        ):
+            return False
+        if buffer.find(b'"usage"', start, end) >= 0 and buffer.count(b'"usage"', start, end) != buffer.count(
+            b'"usage":null', start, end
+        ):
+            return False
+        if self.output_source == "estimated":
+            self.tokens_out += events
+        return True
+
     def on_event(self, event: bytes) -> None:
         if self.output_source == "estimated" and (
             has_text(event, b'"content"')
