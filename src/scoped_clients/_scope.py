@@ -143,6 +143,41 @@ class RequestScope:
         bus: a cancel bus to join while open (see above).
     """
 
+    # Slotted: a scope is made per request, and a dict of 30 attributes is the largest thing it holds.
+    __slots__ = (
+        "__weakref__",
+        "_cancel_reason",
+        "_cancel_scope",
+        "_children",
+        "_closed_reason",
+        "_closing",
+        "_deadline",
+        "_deadline_scope",
+        "_ending",
+        "_hook_runner",
+        "_hook_timeout",
+        "_hooks",
+        "_is_async",
+        "_leave_bus",
+        "_lock",
+        "_loop",
+        "_own_deadline",
+        "_parent_arg",
+        "_registry",
+        "_report",
+        "_started_at",
+        "_state",
+        "_tg",
+        "_tg_open",
+        "_timeout",
+        "_timer",
+        "_token",
+        "bus",
+        "id",
+        "name",
+        "parent",
+    )
+
     def __init__(
         self,
         name: str | None = None,
