@@ -169,9 +169,16 @@ def current_poster(library: str | None = None) -> Post:
     context = contextvars.copy_context()
     context.run(sniffio.current_async_library_cvar.set, "asyncio")
 
+    loop_thread = threading.get_ident()
+
     def post_asyncio(fn: Callable[[], object]) -> None:
         try:
-            loop.call_soon_threadsafe(fn, context=context)
+            if threading.get_ident() == loop_thread:
+                # From the loop's own thread (a cancel in a task or a callback): no need to wake the
+                # loop through its self-pipe, one system call fewer per post (a mass cancel makes 1,000).
+                loop.call_soon(fn, context=context)
+            else:
+                loop.call_soon_threadsafe(fn, context=context)
         except RuntimeError:  # the loop has closed: nothing left to cancel on it
             pass
 
