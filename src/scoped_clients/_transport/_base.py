@@ -10,6 +10,7 @@ and ``scoped_clients.httpx2`` re-export those classes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import sys
@@ -23,16 +24,7 @@ from .._loop import LoopHandle
 from .._scope import current_scope
 from .._vendors.generic import GenericProfile
 from . import FinishPolicy, check_options
-from ._call import (
-    AsyncBodyMixin,
-    SyncBodyMixin,
-    attach_body,
-    is_native_cancel,
-    open_call,
-    planned,
-    raise_for,
-    received,
-)
+from ._call import AsyncBodyMixin, SyncBodyMixin, is_native_cancel, open_call, planned, raise_for, received
 from ._sockets import current, install_tracking
 
 
@@ -88,35 +80,24 @@ class AsyncTransportMixin(TransportBase):
             loop = LoopHandle()
         call = open_call(scope, request, self.profile, loop, self.finish_policy)
         sent, plan = planned(request, True, call) if self.always_stream else (request, None)
+        # The call runs inside the scope's own cancel scope, with no shield between: cancelling that one
+        # (what the scope does anyway) interrupts it, no cancel scope of its own needed.
         body = scope._cancel_scope
-        if body is not None and call.aborted is None and loop.reaches(body):
-            # The call runs inside the scope's own cancel scope, with no shield between: cancelling
-            # that one (what the scope does anyway) interrupts it, no cancel scope of its own needed.
-            call.pending_scope = body
-            try:
-                response = await self.transport.handle_async_request(sent)
-            except BaseException as exc:
-                call.pending_scope = None
-                if call.aborted is not None and is_native_cancel(exc):
-                    call.finish("aborted")
-                    raise call.cancelled_error() from exc
-                raise_for(call, exc)
-            call.pending_scope = None
-            if plan is None:
-                return attach_body(call, response, self._body_cls, "aclose")
-            response, reading = received(plan, response, call, self._body_cls, "aclose")
-            return response if reading is None else await reading.read_async(response)
+        reached = body is not None and call.aborted is None and loop.reaches(body)
         try:
-            with loop.cancel_scope() as pending:
+            with contextlib.nullcontext(body) if reached and body is not None else loop.cancel_scope() as pending:
                 call.pending_scope = pending
                 if call.aborted is not None:  # cancelled between admission and here
                     pending.cancel()
                 response = await self.transport.handle_async_request(sent)
         except BaseException as exc:
             call.pending_scope = None
+            if reached and call.aborted is not None and is_native_cancel(exc):
+                call.finish("aborted")  # the scope's cancel, which reached the call through its body
+                raise call.cancelled_error() from exc
             raise_for(call, exc)
         call.pending_scope = None
-        if pending.cancelled_caught:
+        if pending.cancelled_caught:  # our own cancel scope caught our cancel (never the body's: it is still open)
             call.finish("aborted")
             raise call.cancelled_error()
         response, reading = received(plan, response, call, self._body_cls, "aclose")

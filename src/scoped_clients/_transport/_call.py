@@ -370,9 +370,8 @@ def _raise_for(call: HttpCall, exc: BaseException) -> None:
     raise exc
 
 
-#: the transport's names for them (``_raise_for`` is the bodies' own)
+#: the transport's name for it (``_raise_for`` is the bodies' own)
 raise_for = _raise_for
-attach_body = _attach_body
 
 
 class AsyncBodyMixin:
