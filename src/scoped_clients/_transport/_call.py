@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -377,31 +377,38 @@ raise_for = _raise_for
 class AsyncBodyMixin:
     """The response body of a scoped async call; subclassed with each library's ``AsyncByteStream``.
 
-    Iterating it gives an ``_AsyncBodyReader``, an iterator object rather than an async generator:
-    an HTTP library's own generator above it (httpx's ``BoundAsyncStream.__aiter__``) never closes
-    what it iterates when its reader stops early, and a suspended generator of ours would be left to
-    the garbage collector (trio warns about each one). The reader holds the library's generator
-    below it and closes it when the body is closed, so nothing we open is left to the collector.
+    Iterating it gives one async generator of ours (``_read``), made at the first iteration and
+    kept: a second iteration (openai drains ``response.stream`` after ``[DONE]`` while its first
+    iterator is still suspended) goes on where the first stopped, as the library's own stream does.
+    An HTTP library's own generator above it (httpx's ``BoundAsyncStream.__aiter__``) never closes
+    what it iterates when its reader stops early, so the body closes ours when it is closed: nothing
+    we open is left to the garbage collector (trio warns about each one; tests/test_body_generators.py).
+    A generator rather than an iterator object: its ``asend`` is a C-level step, where an
+    ``async def __anext__`` makes a coroutine of its own for every chunk (0.3 us an event measured
+    through the whole stack; benchmarks/README.md, issue 23 round 4).
     """
 
     def __init__(self, inner: Any, call: HttpCall) -> None:
         self._inner = inner
         self._call = call
-        self._reader: _AsyncBodyReader | None = None
+        self._reader: AsyncGenerator[bytes, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        # One reader per body: a second iteration (openai drains ``response.stream`` after
-        # ``[DONE]`` while its first iterator is still suspended) goes on where the first stopped,
-        # over the same library generator, as the library's own stream does.
-        if self._reader is None:
-            self._reader = _AsyncBodyReader(self._inner, self._call)
-        return self._reader
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = _read(self._inner, self._call)
+        return reader
 
     async def aclose(self) -> None:
         call = self._call
         try:
-            if self._reader is not None:
-                await self._reader.aclose()
+            reader = self._reader
+            if reader is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await reader.aclose()
+                    except Exception:  # still running in another task: it closes itself as it unwinds
+                        pass
             await self._inner.aclose()  # httpcore shields its own connection cleanup
         finally:
             if call.phase != _DONE:
@@ -409,87 +416,71 @@ class AsyncBodyMixin:
                 call.finish("aborted" if call.aborted is not None else "completed")
 
 
-class _AsyncBodyReader:
-    """One pass over a scoped body: meters each chunk, turns a cancel into ``ScopeCancelled``."""
+async def _read(inner: Any, call: HttpCall) -> AsyncGenerator[bytes, None]:
+    """One pass over a scoped body: keeps each chunk for the meter, turns a cancel into ``ScopeCancelled``."""
+    if call.aborted is not None:
+        raise call.cancelled_error()
+    # chunks are metered in batches (``HttpCall.settle``): per chunk, one append
+    pending = call.pending if call.pending is not None else _DISCARD
+    iterator = inner.__aiter__()
+    try:
+        if call.sock is not None:
+            async for chunk in iterator:
+                if call.aborted is not None:
+                    # The socket is shut down: keep pulling until the library's own generators
+                    # fail on EOF, so that none is left suspended; hand out nothing more.
+                    continue
+                pending.append(chunk)
+                if len(pending) >= BATCH:
+                    call.settle()
+                yield chunk
+        else:
+            # No socket to shut down (a mock or ASGI transport, an HTTP/2 stream): each read in a
+            # cancel scope of its own, which ``abort`` cancels on the owning loop.
+            assert call.loop is not None  # an async body
+            while True:
+                with call.loop.cancel_scope() as read:
+                    call.read_scope = read
+                    try:
+                        chunk = await iterator.__anext__()
+                    finally:
+                        call.read_scope = None
+                if read.cancelled_caught:
+                    raise call.cancelled_error()
+                pending.append(chunk)
+                if len(pending) >= BATCH:
+                    call.settle()
+                yield chunk
+    except StopAsyncIteration:
+        pass
+    except ScopeCancelled:
+        await _close_quietly(iterator)
+        call.finish("aborted")
+        raise
+    except GeneratorExit:
+        # Closed early (the body's ``aclose``, or the caller stopped reading): the body records it.
+        await _close_quietly(iterator)
+        raise
+    except BaseException as exc:
+        await _close_quietly(iterator)
+        _raise_for(call, exc)
+    if call.aborted is not None:
+        call.finish("aborted")
+        raise call.cancelled_error()
+    call.finish("completed")
 
-    __slots__ = ("_call", "_inner", "_iterator", "_pending")
 
-    def __init__(self, inner: Any, call: HttpCall) -> None:
-        self._inner = inner
-        self._call = call
-        # chunks are metered in batches (``HttpCall.settle``): per chunk, one append
-        self._pending = call.pending if call.pending is not None else _DISCARD
-        self._iterator: Any = None
-
-    def __aiter__(self) -> _AsyncBodyReader:
-        return self
-
-    async def __anext__(self) -> bytes:
-        call = self._call
-        iterator = self._iterator
-        if iterator is None:
-            if call.aborted is not None:
-                raise call.cancelled_error()
-            iterator = self._iterator = self._inner.__aiter__()
-        elif iterator is _EXHAUSTED:
-            raise StopAsyncIteration
-        try:
-            if call.sock is not None:
-                # Inline rather than a coroutine of its own: this runs once per chunk.
-                chunk: bytes = await iterator.__anext__()
-                while call.aborted is not None:
-                    # The socket is shut down: keep pulling until the library's own generators fail
-                    # on EOF, so that none is left suspended.
-                    chunk = await iterator.__anext__()
-            else:
-                chunk = await self._pull()
-        except StopAsyncIteration:
-            self._iterator = _EXHAUSTED
-            if call.aborted is not None:
-                call.finish("aborted")
-                raise call.cancelled_error() from None
-            call.finish("completed")
-            raise
-        except ScopeCancelled:
-            await self.aclose()
-            call.finish("aborted")
-            raise
-        except BaseException as exc:
-            await self.aclose()
-            _raise_for(call, exc)
-        pending = self._pending
-        pending.append(chunk)
-        if len(pending) >= BATCH:
-            call.settle()
-        return chunk
-
-    async def _pull(self) -> bytes:
-        call = self._call
-        assert call.loop is not None  # an async body
-        with call.loop.cancel_scope() as read:
-            call.read_scope = read
+async def _close_quietly(iterator: Any) -> None:
+    """Close the library's generator now rather than leave it to the collector."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
             try:
-                chunk: bytes = await self._iterator.__anext__()
-            finally:
-                call.read_scope = None
-        if read.cancelled_caught:
-            raise call.cancelled_error()
-        return chunk
-
-    async def aclose(self) -> None:
-        """Close the library's generator now rather than leave it to the collector."""
-        iterator, self._iterator = self._iterator, _EXHAUSTED
-        close = getattr(iterator, "aclose", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await close()
-                except Exception:
-                    pass
+                await close()
+            except Exception:
+                pass
 
 
-#: the reader's iterator once it has ended or been closed
-_EXHAUSTED = object()
 #: where a reader puts the chunks of a call whose meter counts nothing: appends are dropped, it never fills
 _DISCARD: deque[bytes] = deque(maxlen=0)
 
