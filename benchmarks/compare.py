@@ -18,8 +18,11 @@ baseline and the scoped variant are interleaved too.  The figures (those of
   steadiest per-call figure, client CPU);
 * ``sse``: an OpenAI chat stream through the raw SDK and the scoped client: client CPU per
   chunk (one SSE event each) and throughput; and the token meter alone fed the same
-  recorded chunks (no network: the purest per-event figure), as each version's body reader
-  feeds it (one chunk at a time, or joined batches of ``BATCH`` chunks where it has them).
+  recorded chunks (no network), as each version's body reader feeds it (one chunk at a time,
+  or joined batches of ``BATCH`` chunks where it has them); and the same stream through the
+  in-process wire (``_wire.py``: every layer of the client for real, the network stream
+  handing out one event per read, so the client never waits for the provider), through
+  the SDK and at the HTTP layer: the steadiest per-event figures.
 
 The provider (this checkout's, in its own process, streaming as fast as it can) is
 shared by both versions.  The harness is this file for both, so only the library
@@ -52,6 +55,8 @@ MEMORY_CALLS = 2_000
 STREAM_TOKENS = 2_000
 STREAM_REPS = 3
 METER_REPS = 5
+WIRE_TOKENS = 3_000
+WIRE_REPS = 9
 
 
 # ------------------------------------------------------------------ the worker (one version, one figure)
@@ -221,6 +226,7 @@ async def _sse(url: str) -> dict[str, float]:
     await scoped.close()
     result = {f"{name}_rate": _median(values) for name, values in rates.items()}
     result.update({f"{name}_cpu": _median(values) for name, values in cpus.items()})
+    result.update(await _sse_wire(stream))
     # The meter alone, fed the chunks a stream arrives in (no network).
     try:
         from scoped_clients._vendors.openai import ChatStreamMeter
@@ -250,6 +256,47 @@ async def _sse(url: str) -> dict[str, float]:
         per_event.append((time.perf_counter() - t) / events)
     result["meter_event"] = _median(per_event) * 1e6
     return result
+
+
+async def _sse_wire(stream: Any) -> dict[str, float]:
+    """CPU per event through the in-process wire (``_wire.py``: the whole stack, no network, no
+    waiting): through the SDK (``wire_sdk_*``) and at the HTTP layer the SDK reads
+    (``aiter_bytes`` of the SDK's own httpx2 client: ``wire_http_*``), raw and scoped interleaved."""
+    import openai
+    from _wire import chat_stream, wire_client
+
+    import scoped_clients.openai
+    from scoped_clients import RequestScope
+
+    chunks = chat_stream(WIRE_TOKENS)
+    url = "http://wire.invalid/v1"
+    clients = {
+        "raw": openai.AsyncOpenAI(base_url=url, api_key="x", http_client=wire_client(chunks)),
+        "scoped": scoped_clients.openai.AsyncOpenAI(base_url=url, api_key="x", http_client=wire_client(chunks)),
+    }
+    body = {"model": "local", "messages": [{"role": "user", "content": "go"}], "stream": True}
+
+    async def http(client: Any) -> int:
+        n = 0
+        async with client._client.stream("POST", url + "/chat/completions", json=body) as response:
+            async for _ in response.aiter_bytes():
+                n += 1
+        return n
+
+    cpus: dict[str, list[float]] = {}
+    for rep in range(WIRE_REPS):
+        for layer, run in (("sdk", stream), ("http", http)):
+            for name in ("raw", "scoped") if rep % 2 == 0 else ("scoped", "raw"):
+                c = time.process_time()
+                if name == "raw":
+                    await run(clients[name])
+                else:
+                    async with RequestScope():
+                        await run(clients[name])
+                cpus.setdefault(f"wire_{layer}_{name}", []).append((time.process_time() - c) / WIRE_TOKENS * 1e6)
+    for client in clients.values():
+        await client.close()
+    return {key: _median(values) for key, values in cpus.items()}
 
 
 async def _memory() -> dict[str, float]:
@@ -494,6 +541,24 @@ def main() -> None:
                     f"raw SDK: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per chunk",
                 ]
             )
+            for layer, what in (
+                ("sdk", "added per SSE event, in-process wire, through the openai SDK (client CPU), us"),
+                ("http", "added per SSE event, in-process wire, at the HTTP layer the SDK reads (client CPU), us"),
+            ):
+                scoped_key, raw_key = f"wire_{layer}_scoped", f"wire_{layer}_raw"
+                raw = [med("sse", backend, v, raw_key) for v in ("old", "new")]
+                added = {"old": _diff(med("sse", backend, "old", scoped_key), raw[0])}
+                added["new"] = _diff(med("sse", backend, "new", scoped_key), raw[1])
+                rows.append(
+                    [
+                        backend,
+                        what,
+                        _cell(added["old"], "+.2f"),
+                        _cell(added["new"], "+.2f"),
+                        _ratio(added["new"], added["old"]),
+                        f"raw: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per event",
+                    ]
+                )
             share = {
                 v: _share(med("sse", backend, v, "scoped_rate"), med("sse", backend, v, "raw_rate"))
                 for v in ("old", "new")
