@@ -161,7 +161,11 @@ async def test_cancel_while_reading_the_body_inside_the_body(lib: ModuleType, pr
     assert seen >= t_cancel
     assert log.units_after(t_cancel) <= 1
     assert len(provider.requests) == 1
-    assert scope.report is not None and scope.report.calls[0].outcome == "aborted"
+    assert scope.report is not None
+    (record,) = scope.report.calls
+    assert record.outcome == "aborted" and record.cancel_reason == "client_disconnected"
+    # the scope's own cancel reached the read: not recorded as someone else's cancellation
+    assert "cancelled_by" not in record.detail
 
 
 @pytest.mark.anyio

@@ -362,8 +362,11 @@ def _raise_for(call: HttpCall, exc: BaseException) -> None:
         call.finish("aborted")
         raise call.cancelled_error() from exc
     if call.loop is not None and is_native_cancel(exc):
-        # Someone else's cancellation (the body's, a timeout of the user's): let it travel.
-        call.detail["cancelled_by"] = "task"
+        # A native cancellation: let it travel. When the scope has aborted the call it is the
+        # scope's own (its body's cancel scope reached the read before the shut socket's EOF);
+        # else someone else's (the body's, a timeout of the user's), recorded as such.
+        if call.aborted is None:
+            call.detail["cancelled_by"] = "task"
         call.finish("aborted")
         raise exc
     call.finish("failed", exc)
