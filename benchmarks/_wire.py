@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 import anyio.lowlevel
@@ -75,7 +76,14 @@ class WireBackend(httpcore2.AsyncNetworkBackend):
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = chunks
 
-    async def connect_tcp(self, host: str, port: int, **kwargs: Any) -> WireStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> WireStream:
         return WireStream(self._chunks)
 
     async def sleep(self, seconds: float) -> None:
