@@ -59,8 +59,16 @@ def _streams(url: str, tokens: int) -> dict[str, tuple[Callable[[], Meter], list
 
 
 def _figures(meter: Meter) -> tuple[object, ...]:
-    return (meter.tokens_out, meter.output_source, meter.tokens_in, meter.input_source, meter.finish_reason,
-            meter.error, meter.tool_calls, dict(meter.units))
+    return (
+        meter.tokens_out,
+        meter.output_source,
+        meter.tokens_in,
+        meter.input_source,
+        meter.finish_reason,
+        meter.error,
+        meter.tool_calls,
+        dict(meter.units),
+    )
 
 
 def _feed(make: Callable[[], Meter], pieces: list[bytes]) -> Meter:
@@ -89,7 +97,8 @@ def main() -> None:
             t = time.perf_counter()
             meter = _feed(make, batches)
             times.append(time.perf_counter() - t)
-        line = f"{name:20} {len(chunks):5} chunks {events:5} events  {statistics.median(times) / events * 1e6:6.3f} us/event"
+        per_event = statistics.median(times) / events * 1e6
+        line = f"{name:20} {len(chunks):5} chunks {events:5} events  {per_event:6.3f} us/event"
         if args.check:
             sep = b"\r\n\r\n" if b"\r\n" in whole else b"\n\n"
             one = _feed(make, [part + sep for part in whole.split(sep) if part])

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from scoped_clients._calls import Meter
-from scoped_clients._vendors.anthropic import MessagesBodyMeter, MessagesStreamMeter
 from scoped_clients._vendors._wire import SSEMeter
+from scoped_clients._vendors.anthropic import MessagesBodyMeter, MessagesStreamMeter
 from scoped_clients._vendors.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
 from scoped_clients._vendors.google_genai import GenerateStreamMeter
 from scoped_clients._vendors.groq import GroqChatStreamMeter
@@ -402,6 +402,7 @@ _RUNS = {
 _RUNS["content-and-tool-calls"] = _long_chat(
     tuple(_ev("a", choice={"delta": {"content": "a", "tool_calls": [_CALL]}}) for _ in range(40))
 )  # Mistral's meter sees the tool call, OpenAI's counts the content and looks no further
+_RUNS["x-groq-usage-mid-run"] = _long_chat((_ev("a", x_groq={"usage": {"completion_tokens": 5}}),))  # Groq's usage
 _RUNS["content-as-a-list"] = _long_chat((_ev([{"type": "text", "text": "a"}]),) * 40)  # Mistral's chunks
 
 
@@ -456,7 +457,18 @@ def test_a_run_of_events_counted_at_once_gives_the_figures_of_one_by_one(
 
 
 # The other vendors' meters: a long stream of each, with odd events in the middle of a run. Each
-# check of a ``count_block`` is needed by one of these (the comment after it names which).
+# check of a ``count_block`` is needed by one of these (the comment after it names which). A
+# stream's odd run starts at its 33rd event: fed in batches of 32 events, it is a batch of its own,
+# counted at once or not at all (whole or in pieces, a run's edges are read event by event). Most
+# are cut before the provider's own count, which would stand over the meter's.
+
+
+def _long(
+    first: list[bytes], plain: Callable[[str], bytes], middle: tuple[bytes, ...], last: list[bytes]
+) -> list[bytes]:
+    """``first``, plain events up to the 32nd, ``middle``, 100 more plain events, ``last``."""
+    events = [*first, *(plain(f"tok{i} ") for i in range(32 - len(first)))]
+    return [*events, *middle, *(plain(f"more{i} ") for i in range(100)), *last]
 
 
 def _anthropic_delta(text: str = "x", *, kind: str = "text_delta", key: str = "text", index: int = 0) -> bytes:
@@ -473,40 +485,44 @@ _ANTHROPIC_START = _sse(
 _ANTHROPIC_END = _sse(
     [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
 )
 
 
 def _long_anthropic(
-    middle: tuple[bytes, ...] = (), *, kind: str = "text_delta", key: str = "text", end: bool = True
+    middle: tuple[bytes, ...] = (), *, kind: str = "text_delta", key: str = "text", end: bool = False
 ) -> list[bytes]:
-    events = [_ANTHROPIC_START]
-    events += [_anthropic_delta(f"tok{i} ", kind=kind, key=key) for i in range(100)]
-    events += middle
-    events += [_anthropic_delta(f"more{i} ", kind=kind, key=key) for i in range(100)]
-    return [*events, _ANTHROPIC_END] if end else events
+    def plain(text: str) -> bytes:
+        return _anthropic_delta(text, kind=kind, key=key)
+
+    return _long([_ANTHROPIC_START], plain, middle, [_ANTHROPIC_END] if end else [])
+
+
+def _anthropic_run(kind: str, key: str, text: str = "x", index: int = 0) -> tuple[bytes, ...]:
+    return (_anthropic_delta(text, kind=kind, key=key, index=index),) * 64
 
 
 _ANTHROPIC_USAGE = _sse([("message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})])
+_BLOCK_START = _sse([("content_block_start", {"type": "content_block_start", "content_block": {"type": "text_delta"}})])
 _ANTHROPIC_RUNS = {
-    "plain": _long_anthropic(),
-    "thinking": _long_anthropic(kind="thinking_delta", key="thinking"),
-    # tool input without its block's start: only the deltas say it is a tool's (the tool flag)
-    "tool-input": _long_anthropic(kind="input_json_delta", key="partial_json", end=False),
+    "plain": _long_anthropic(end=True),
+    "thinking": _long_anthropic(kind="thinking_delta", key="thinking", end=True),
+    "tool-input": _long_anthropic(_anthropic_run("input_json_delta", "partial_json", index=1)),  # the tool flag
     "a-ping": _long_anthropic((_sse([("ping", {"type": "ping"})]),)),
     "a-second-block": _long_anthropic((_anthropic_delta("b", index=1),)),  # the line count
-    "quoted-names-in-text": _long_anthropic((_anthropic_delta('"input_json_delta" message_delta content_block_delta'),)),
-    "a-run-of-signature-deltas": _long_anthropic(
-        tuple(_anthropic_delta("c2ln", kind="signature_delta", key="signature") for _ in range(40))
-    ),  # a delta that carries no output (a delta type to start the run with)
-    "a-run-of-block-starts-naming-a-delta-type": _long_anthropic(
-        (_sse([("content_block_start", {"type": "content_block_start", "content_block": {"type": "text_delta"}})]),)
-        * 40
-    ),  # "content_block_delta" in the run's start
+    "quoted-names-in-text": _long_anthropic(
+        (_anthropic_delta('"input_json_delta" message_delta content_block_delta'),)
+    ),
+    # a delta that carries no output: a delta type that counts
+    "a-run-of-signature-deltas": _long_anthropic(_anthropic_run("signature_delta", "signature")),
+    "a-run-of-block-starts-naming-a-delta-type": _long_anthropic((_BLOCK_START,) * 64),  # "content_block_delta"
     "usage-then-more-deltas": _long_anthropic((_ANTHROPIC_USAGE,)),  # the provider's count stands: "estimated"
-    "ends-with-a-malformed-event": _long_anthropic((_anthropic_delta("cut")[:-6] + b"\n\n",), end=False),  # "}"
+    "ends-with-a-malformed-event": _long_anthropic((_anthropic_delta("cut")[:-6] + b"\n\n",))[:33],  # "}"
 }
 
 
@@ -519,46 +535,41 @@ def test_anthropic_runs_counted_at_once_give_the_figures_of_one_by_one(
     _check_runs(MessagesStreamMeter, _ANTHROPIC_RUNS[name], line_end, monkeypatch, plain=plain)
 
 
-def _responses_event(kind: str, seq: int, **data: Any) -> bytes:
-    return _sse([(kind, {"type": kind, "sequence_number": seq, **data})])
-
-
 _TEXT_DELTA = "response.output_text.delta"
 _ARGS_DELTA = "response.function_call_arguments.delta"
+_DELTA_IDS = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
 
 
-def _long_responses(
-    middle: tuple[bytes, ...] = (), *, kind: str = _TEXT_DELTA, end: bool = True, named: str = "event:"
-) -> list[bytes]:
-    ids = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
-    events = [
-        _responses_event("response.created", 0, response={"status": "in_progress", "usage": None}),
-        _responses_event("response.output_item.added", 1, output_index=0, item={"type": "message"}),
-    ]
-    events += [_responses_event(kind, 2 + i, **ids, delta=f"tok{i} ", logprobs=[]) for i in range(100)]
-    events += middle
-    events += [_responses_event(kind, 200 + i, **ids, delta=f"more{i} ", logprobs=[]) for i in range(100)]
-    if end:
-        usage = {"input_tokens": 5, "output_tokens": 200}
-        events.append(_responses_event("response.completed", 400, response={"status": "completed", "usage": usage}))
-    return [event.replace(b"event:", named.encode(), 1) for event in events]
+def _responses_event(kind: str, seq: int = 150, *, named: str = "event:", **data: Any) -> bytes:
+    event = _sse([(kind, {"type": kind, "sequence_number": seq, **data})])
+    return event.replace(b"event:", named.encode(), 1)
+
+
+def _long_responses(middle: tuple[bytes, ...] = (), *, end: bool = False, named: str = "event:") -> list[bytes]:
+    first = _responses_event("response.created", 0, named=named, response={"status": "in_progress", "usage": None})
+    seq = iter(range(1, 1000))
+
+    def plain(text: str) -> bytes:
+        return _responses_event(_TEXT_DELTA, next(seq), named=named, **_DELTA_IDS, delta=text, logprobs=[])
+
+    usage = {"input_tokens": 5, "output_tokens": 200}
+    last = _responses_event("response.completed", 999, response={"status": "completed", "usage": usage})
+    return _long([first], plain, middle, [last] if end else [])
+
+
+def _responses_run(kind: str, named: str = "event:", **data: Any) -> tuple[bytes, ...]:
+    return tuple(_responses_event(kind, 200 + i, named=named, **_DELTA_IDS, **data) for i in range(64))
 
 
 _RESPONSES_RUNS = {
-    "plain": _long_responses(),
-    "tool-arguments": _long_responses(kind=_ARGS_DELTA, end=False),  # the tool flag
-    "a-refusal-delta": _long_responses((_responses_event("response.refusal.delta", 150, delta="no"),)),  # lines
-    "a-run-of-other-events": _long_responses(
-        tuple(_responses_event("response.output_text.annotation.added", 150, annotation={}) for _ in range(40))
-    ),  # only an output delta's name counts
-    # no "event:" line but another one (as long): the type in the data decides, and the text
-    # quotes a tool delta's name
-    "unnamed": _long_responses(
-        (_responses_event(_TEXT_DELTA, 150, delta=_ARGS_DELTA),), named="x-evt:", end=False
-    ),  # "event:" in the run's start
-    "ends-with-a-malformed-event": _long_responses(
-        (_responses_event(_TEXT_DELTA, 150, delta="cut")[:-6] + b"\n\n",), end=False
-    ),  # "}"
+    "plain": _long_responses(end=True),
+    "tool-arguments": _long_responses(_responses_run(_ARGS_DELTA, delta="{")),  # the tool flag
+    "a-refusal-delta": _long_responses((_responses_event("response.refusal.delta", delta="no"),)),  # the line count
+    "a-run-of-other-events": _long_responses(_responses_run("response.output_text.annotation.added")),  # an output
+    # another line than "event:" (as long): the type in the data decides, and the text quotes
+    # a tool delta's name: "event:"
+    "unnamed": _long_responses(_responses_run(_TEXT_DELTA, named="x-evt:", delta=_ARGS_DELTA), named="x-evt:"),
+    "ends-with-a-malformed-event": _long_responses((_responses_event(_TEXT_DELTA, delta="cut")[:-6] + b"\n\n",))[:33],
 }
 
 
@@ -581,25 +592,26 @@ def _gemini_chunk(*parts: dict[str, Any], finish: str | None = None, output: int
     return _sse([(None, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "m", "responseId": "r"})])
 
 
-def _long_gemini(middle: tuple[bytes, ...] = (), *, end: bool = True) -> list[bytes]:
-    events = [_gemini_chunk({"text": f"tok{i} "}) for i in range(100)]
-    events += middle
-    events += [_gemini_chunk({"text": f"more{i} "}) for i in range(100)]
-    return [*events, _gemini_chunk({"text": ""}, finish="STOP", output=201)] if end else events
+def _gemini_text(text: str) -> bytes:
+    return _gemini_chunk({"text": text})
+
+
+def _long_gemini(middle: tuple[bytes, ...] = (), *, end: bool = False) -> list[bytes]:
+    return _long([], _gemini_text, middle, [_gemini_chunk({"text": ""}, finish="STOP", output=201)] if end else [])
 
 
 _CALL_PART = {"functionCall": {"name": "f", "args": {"a": 1}}}
 _GEMINI_RUNS = {
-    "plain": _long_gemini(),
-    "cut": _long_gemini(end=False),  # the first chunk's prompt count: only after one is parsed
+    "plain": _long_gemini(end=True),
+    "cut": _long_gemini(),  # the first chunk's prompt count: read only once one is parsed
     "a-call-chunk": _long_gemini((_gemini_chunk(_CALL_PART),)),  # the line count
-    "text-and-calls": _long_gemini((_gemini_chunk({"text": "a"}, _CALL_PART),) * 40, end=False),  # the tool flag
+    "text-and-calls": _long_gemini((_gemini_chunk({"text": "a"}, _CALL_PART),) * 64),  # the tool flag
     "two-text-parts": _long_gemini((_gemini_chunk({"text": "a"}, {"text": ""}),)),  # one "text" each
-    "an-empty-text": _long_gemini((_gemini_chunk({"text": ""}),)),
-    "text-not-a-string": _long_gemini((_gemini_chunk({"text": None}),) * 40),  # a string's quote
-    "a-finish-reason-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, finish="SAFETY"),), end=False),
-    "an-output-count-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, output=50),), end=False),
-    "ends-with-a-malformed-event": _long_gemini((_gemini_chunk({"text": "cut"})[:-6] + b"\n\n",), end=False),
+    "an-empty-text": _long_gemini((_gemini_text(""),)),
+    "text-not-a-string": _long_gemini((_gemini_chunk({"text": None}),) * 64),  # a string's quote
+    "a-finish-reason-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, finish="SAFETY"),)),
+    "an-output-count-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, output=50),)),  # and "estimated"
+    "ends-with-a-malformed-event": _long_gemini((_gemini_text("cut")[:-6] + b"\n\n",))[:33],  # "}"
 }
 
 
@@ -612,24 +624,30 @@ def test_gemini_runs_counted_at_once_give_the_figures_of_one_by_one(
     _check_runs(GenerateStreamMeter, _GEMINI_RUNS[name], line_end, monkeypatch, plain=plain)
 
 
-def _cohere_event(kind: str, delta: dict[str, Any]) -> bytes:
-    return _sse([(kind, {"type": kind, "index": 0, "delta": delta})])
+def _cohere_event(kind: str, delta: dict[str, Any], named: bool = True) -> bytes:
+    return _sse([(kind if named else None, {"type": kind, "index": 0, "delta": delta})])
 
 
-def _long_cohere(middle: tuple[bytes, ...] = ()) -> list[bytes]:
-    events = [_cohere_event("message-start", {"message": {"role": "assistant"}})]
-    events += [_cohere_event("content-delta", {"message": {"content": {"text": f"tok{i} "}}}) for i in range(100)]
-    events += middle
-    events += [_cohere_event("content-delta", {"message": {"content": {"text": f"more{i} "}}}) for i in range(100)]
+def _cohere_text(text: str) -> bytes:
+    return _cohere_event("content-delta", {"message": {"content": {"text": text}}})
+
+
+def _long_cohere(middle: tuple[bytes, ...] = (), end: bool = False) -> list[bytes]:
     usage = {"billed_units": {"input_tokens": 3, "output_tokens": 200}, "tokens": {"input_tokens": 9}}
-    return [*events, _cohere_event("message-end", {"finish_reason": "COMPLETE", "usage": usage})]
+    last = _cohere_event("message-end", {"finish_reason": "COMPLETE", "usage": usage})
+    start = _cohere_event("message-start", {"message": {"role": "assistant"}})
+    return _long([start], _cohere_text, middle, [last] if end else [])
 
 
-_TOOL_DELTA = _cohere_event("tool-call-delta", {"message": {"tool_calls": {"function": {"arguments": "{"}}}})
+def _tool_delta(named: bool = True) -> bytes:
+    return _cohere_event("tool-call-delta", {"message": {"tool_calls": {"function": {"arguments": "{"}}}}, named)
+
+
 _COHERE_RUNS = {
-    "plain": _long_cohere(),
+    "plain": _long_cohere(end=True),
     "a-tool-plan-delta": _long_cohere((_cohere_event("tool-plan-delta", {"message": {"tool_plan": "I"}}),)),  # lines
-    "a-run-of-tool-call-deltas": _long_cohere((_TOOL_DELTA,) * 40),  # "content-delta" in the run's start
+    "a-run-of-tool-call-deltas": _long_cohere((_tool_delta(),) * 64),
+    "a-run-of-unnamed-tool-call-deltas": _long_cohere((_tool_delta(named=False),) * 64),  # "content-delta"
     "usage-then-more-deltas": _long_cohere(
         (_cohere_event("message-end", {"usage": {"tokens": {"output_tokens": 5}}}),)
     ),  # the provider's count stands: "estimated"
