@@ -604,6 +604,8 @@ _CALL_PART = {"functionCall": {"name": "f", "args": {"a": 1}}}
 _GEMINI_RUNS = {
     "plain": _long_gemini(end=True),
     "cut": _long_gemini(),  # the first chunk's prompt count: read only once one is parsed
+    # as Google's service writes its JSON: a space after each colon
+    "spaced": [event.replace(b'":', b'": ') for event in _long_gemini(end=True)],
     "a-call-chunk": _long_gemini((_gemini_chunk(_CALL_PART),)),  # the line count
     "text-and-calls": _long_gemini((_gemini_chunk({"text": "a"}, _CALL_PART),) * 64),  # the tool flag
     "two-text-parts": _long_gemini((_gemini_chunk({"text": "a"}, {"text": ""}),)),  # one "text" each
@@ -620,7 +622,7 @@ _GEMINI_RUNS = {
 def test_gemini_runs_counted_at_once_give_the_figures_of_one_by_one(
     name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain = name in ("plain", "cut", "text-and-calls")
+    plain = name in ("plain", "cut", "spaced", "text-and-calls")
     _check_runs(GenerateStreamMeter, _GEMINI_RUNS[name], line_end, monkeypatch, plain=plain)
 
 

@@ -271,7 +271,8 @@ class SSEMeter(SSESplitter, Meter):
     def count_block(self, buffer: bytes, start: int, end: int) -> bool:
         """Account for the events of ``buffer[start:end]`` (complete: it ends with a blank line) at
         once and say so, or say no and change nothing: they are then handed to ``event`` one by one.
-        Only when the figures come out exactly as one by one."""
+        Only when the figures come out exactly as one by one: a subclass that changes ``on_event``
+        must check that its inherited ``count_block`` still agrees."""
         return False
 
     def event(self, event: bytes) -> None:
