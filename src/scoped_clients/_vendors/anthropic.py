@@ -23,9 +23,12 @@ from ._wire import (
     json_content_type,
     provider_usage,
     request_json,
+    run_length,
 )
 
 PROVIDER = "anthropic"
+#: the deltas that carry output: one token each
+_DELTAS = (b'"text_delta"', b'"input_json_delta"', b'"thinking_delta"')
 
 
 def _operation(path: str) -> str:
@@ -40,6 +43,31 @@ class MessagesStreamMeter(SSEMeter):
     """One token per ``content_block_delta`` of text, tool input (``input_json_delta``) or thinking."""
 
     __slots__ = ()
+
+    counts_blocks = True
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # A run of deltas of one block: every event starts with the first one's bytes up to its
+        # delta's type (the same event name, index...). ``on_event`` tests substrings only: an
+        # event holding "content_block_delta" and a delta type counts one token, and is a tool's
+        # if "input_json_delta" is anywhere in it.
+        first = buffer.find(b"\n\n", start, end)
+        for kind in _DELTAS:
+            key = buffer.find(kind, start, first)
+            if key >= 0:
+                break
+        else:
+            return False
+        head = buffer[start : key + len(kind)]
+        if b"content_block_delta" not in head:
+            return False
+        events = run_length(buffer, start, end, head)
+        if not events:
+            return False
+        self.tool_calls = self.tool_calls or buffer.find(b'"input_json_delta"', start, end) >= 0
+        if self.output_source == "estimated":
+            self.tokens_out += events
+        return True
 
     def on_event(self, event: bytes) -> None:
         if b"content_block_delta" in event:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .._calls import CallInfo, Meter
 from . import DropInName, Vendor
-from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json
+from ._wire import JSONBodyMeter, SSEMeter, call_info, event_data, provider_usage, request_json, run_length
 
 PROVIDER = "cohere"
 _OPERATIONS = {"chat": "chat", "rerank": "rerank", "embed": "embed", "classify": "classify", "tokenize": "tokenize"}
@@ -36,6 +36,21 @@ class ChatV2StreamMeter(SSEMeter):
 
     __slots__ = ()
     malformed_fails = False  # the SDK logs a warning and skips the event: the caller sees no error
+    counts_blocks = True
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # A run of text deltas: every event starts with the first one's bytes up to its last
+        # "content-delta" (its type, after the event's name). ``on_event`` tests substrings only:
+        # each counts one token, and none is a tool's.
+        at = buffer.rfind(b"content-delta", start, buffer.find(b"\n\n", start, end))
+        if at < 0:
+            return False
+        events = run_length(buffer, start, end, buffer[start : at + 13])
+        if not events:
+            return False
+        if self.output_source == "estimated":
+            self.tokens_out += events
+        return True
 
     def on_event(self, event: bytes) -> None:
         if b"content-delta" in event or b"tool-call-delta" in event or b"tool-plan-delta" in event:

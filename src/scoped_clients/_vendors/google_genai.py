@@ -28,7 +28,17 @@ from .._calls import CallInfo, Meter
 from .._exceptions import HTTP2_UNSUPPORTED, UnsupportedError
 from . import DropInName, Vendor
 from ._assemble import Assembler, StreamPlan, final, fresh
-from ._wire import JSONBodyMeter, SSEMeter, as_int, event_data, has_text, json_content_type, request_json
+from ._wire import (
+    JSONBodyMeter,
+    SSEMeter,
+    as_int,
+    event_data,
+    has_text,
+    json_content_type,
+    request_json,
+    run_length,
+    value_at,
+)
 
 PROVIDER = "gcp.gemini"  # OpenTelemetry's gen_ai.provider.name for the Gemini API (as mistral_ai for Mistral)
 
@@ -89,9 +99,36 @@ class GenerateStreamMeter(SSEMeter):
 
     __slots__ = ("_seen",)
 
+    counts_blocks = True
+
     def __init__(self) -> None:
         super().__init__()
         self._seen = False
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # A run of text chunks after the first: every event starts with the first one's bytes up to
+        # its text (the same candidate, the same parts before it), holds that "text" key alone,
+        # non-empty, and no finish reason or output count (what ``on_event`` would parse).
+        if not self._seen:
+            return False
+        first = buffer.find(b"\n\n", start, end)
+        text = value_at(buffer[start:first], b'"text"')
+        if text < 0 or buffer[start + text] != 34:  # '"'
+            return False
+        head = buffer[start : start + text + 1]
+        events = run_length(buffer, start, end, head)
+        if (
+            not events
+            or buffer.count(b'"text"', start, end) != events
+            or buffer.find(head + b'"', start, end) >= 0  # an empty text
+            or buffer.find(b'"finishReason"', start, end) >= 0
+            or buffer.find(b'"candidatesTokenCount"', start, end) >= 0
+        ):
+            return False
+        self.tool_calls = self.tool_calls or buffer.find(b'"functionCall"', start, end) >= 0
+        if self.output_source == "estimated":
+            self.tokens_out += events
+        return True
 
     def on_event(self, event: bytes) -> None:
         tool = b'"functionCall"' in event

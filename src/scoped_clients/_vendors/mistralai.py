@@ -48,7 +48,7 @@ from ._wire import (
     request_json,
     value_at,
 )
-from .openai import ChatAssembler, ChatBodyMeter, openai_error
+from .openai import ChatAssembler, ChatBodyMeter, openai_error, plain_deltas
 
 #: the value OpenTelemetry's GenAI conventions give Mistral for `gen_ai.provider.name` (records carry it as it is)
 PROVIDER = "mistral_ai"
@@ -82,6 +82,18 @@ class CompletionStreamMeter(SSEMeter):
     """
 
     __slots__ = ()
+
+    counts_blocks = True
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # OpenAI's run of plain text deltas, and no tool call in it: here a tool call is looked
+        # at first, whatever the content.
+        events = plain_deltas(buffer, start, end)
+        if not events or buffer.find(b'"tool_calls"', start, end) >= 0:
+            return False
+        if self.output_source == "estimated":
+            self.tokens_out += events
+        return True
 
     def on_event(self, event: bytes) -> None:
         if has_items(event, b'"tool_calls"'):

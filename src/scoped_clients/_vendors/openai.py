@@ -24,6 +24,7 @@ from ._wire import (
     json_content_type,
     provider_usage,
     request_json,
+    run_length,
     value_at,
 )
 
@@ -40,6 +41,36 @@ def _operation(path: str) -> str:
     return path.rsplit("/v1/", 1)[-1].replace("/", ".") or path
 
 
+def plain_deltas(buffer: bytes, start: int, end: int) -> int:
+    """How many events ``buffer[start:end]`` holds if they are a run of plain chat text deltas, else 0.
+
+    A run of plain text deltas: every event starts with the first one's bytes up to its content
+    (the same id, model, choice index...), ends with "}", has that content key alone, non-empty,
+    no finish reason and no usage. Each then counts one token, as ``on_event`` would count it
+    (its non-empty content decides before a tool-call delta or a refusal is looked at); anything
+    else (a role or tool-call delta, a finish, the usage, [DONE], a spaced server's JSON) fails
+    one of the counts below and goes event by event.
+    """
+    first = buffer.find(b"\n\n", start, end)
+    key = buffer.find(b'"content":"', start, first)
+    if key < 0:
+        return 0
+    head = buffer[start : key + 11]
+    events = run_length(buffer, start, end, head)
+    if (
+        not events
+        or buffer.count(b'"content"', start, end) != events
+        or buffer.find(head + b'"', start, end) >= 0  # an empty content
+        or buffer.count(b'"finish_reason"', start, end) != buffer.count(b'"finish_reason":null', start, end)
+    ):
+        return 0
+    if buffer.find(b'"usage"', start, end) >= 0 and buffer.count(b'"usage"', start, end) != buffer.count(
+        b'"usage":null', start, end
+    ):
+        return 0
+    return events
+
+
 class ChatStreamMeter(SSEMeter):
     """``chat.completion.chunk`` events: one token per chunk that carries generated output.
 
@@ -53,29 +84,8 @@ class ChatStreamMeter(SSEMeter):
     counts_blocks = True
 
     def count_block(self, buffer: bytes, start: int, end: int) -> bool:
-        # A run of plain text deltas: every event starts with the first one's bytes up to its
-        # content (the same id, model, choice index...), ends with "}", has that content key alone,
-        # non-empty, no finish reason and no usage. Each then counts one token, as ``on_event``
-        # would count it; anything else (a role or tool-call delta, a finish, the usage, [DONE],
-        # a spaced server's JSON) fails one of the counts below and goes event by event.
-        first = buffer.find(b"\n\n", start, end)
-        key = buffer.find(b'"content":"', start, first)
-        if key < 0:
-            return False
-        head = buffer[start : key + 11]
-        events = buffer.count(b"}\n\n" + head, start, end) + 1
-        if (
-            buffer[end - 3] != 125  # "}"
-            # no line breaks but the blank lines after each event (and the head's own)
-            or buffer.count(b"\n", start, end) != events * (2 + head.count(b"\n"))
-            or buffer.count(b'"content"', start, end) != events
-            or buffer.find(head + b'"', start, end) >= 0  # an empty content
-            or buffer.count(b'"finish_reason"', start, end) != buffer.count(b'"finish_reason":null', start, end)
-        ):
-            return False
-        if buffer.find(b'"usage"', start, end) >= 0 and buffer.count(b'"usage"', start, end) != buffer.count(
-            b'"usage":null', start, end
-        ):
+        events = plain_deltas(buffer, start, end)
+        if not events:
             return False
         if self.output_source == "estimated":
             self.tokens_out += events
@@ -148,6 +158,26 @@ class ResponsesStreamMeter(SSEMeter):
     """Responses API events: one token per output delta (text, refusal, a tool call's arguments)."""
 
     __slots__ = ()
+
+    counts_blocks = True
+
+    def count_block(self, buffer: bytes, start: int, end: int) -> bool:
+        # A run of output deltas of one name (OpenAI's text deltas: their data differ from the
+        # sequence number on): every event's first line is the first one's, "event: <a delta's
+        # name>", and ``on_event`` classifies a named event by that line alone.
+        if not buffer.startswith(b"event:", start):
+            return False
+        # (a first event of that line alone ends with no "}": ``run_length`` turns it down)
+        line = buffer.find(b"\n", start, end)
+        kind = buffer[start + 6 : line].strip()
+        if kind not in _RESPONSES_OUTPUT:
+            return False
+        events = run_length(buffer, start, end, buffer[start : line + 1])
+        if not events:
+            return False
+        self.tokens_out += events
+        self.tool_calls = self.tool_calls or kind in _RESPONSES_TOOL
+        return True
 
     def on_event(self, event: bytes) -> None:
         if event.startswith(b"event:"):  # OpenAI names each event: classify by its name alone
