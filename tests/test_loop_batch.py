@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from typing import Any
 
 import anyio
 import pytest
@@ -40,12 +39,12 @@ async def test_posts_from_the_loop_thread_run_in_order_each_in_its_handles_conte
     seen: list[tuple[int, str]] = []
     done = anyio.Event()
 
-    def note(i: int) -> Any:
-        return lambda: seen.append((i, who.get()))
+    def note(i: int) -> None:
+        seen.append((i, who.get()))
 
     for i in range(6):
-        (first if i % 2 == 0 else second).soon(note(i))
-    first.soon(done.set)
+        (first if i % 2 == 0 else second).soon(note, i)
+    first.soon(lambda _: done.set(), None)
     assert seen == []  # nothing runs inline: the loop runs them on a later turn
     with anyio.fail_after(5):
         await done.wait()
@@ -61,15 +60,15 @@ async def test_what_a_batched_callback_posts_runs_on_a_later_turn() -> None:
     seen: list[str] = []
     done = anyio.Event()
 
-    def outer() -> None:
+    def outer(_: object) -> None:
         seen.append("outer")
-        handle.soon(inner)
+        handle.soon(inner, None)
 
-    def inner() -> None:
+    def inner(_: object) -> None:
         seen.append("inner")
         done.set()
 
-    handle.soon(outer)
+    handle.soon(outer, None)
     with anyio.fail_after(5):
         await done.wait()
     assert seen == ["outer", "inner"]
@@ -80,11 +79,11 @@ async def test_a_post_from_another_thread_is_not_batched_and_still_runs() -> Non
     ran_on: list[int] = []
     done = anyio.Event()
 
-    def fn() -> None:
+    def fn(_: object) -> None:
         ran_on.append(threading.get_ident())
         done.set()
 
-    await anyio.to_thread.run_sync(handle.soon, fn)
+    await anyio.to_thread.run_sync(handle.soon, fn, None)
     with anyio.fail_after(5):
         await done.wait()
     assert ran_on == [handle.thread_id]
@@ -99,14 +98,14 @@ async def test_one_that_raises_goes_to_the_loops_handler_and_the_rest_still_run(
     seen: list[int] = []
     done = anyio.Event()
 
-    def boom() -> None:
+    def boom(_: object) -> None:
         raise ValueError("boom")
 
     try:
-        handle.soon(lambda: seen.append(1))
-        handle.soon(boom)
-        handle.soon(lambda: seen.append(2))
-        handle.soon(done.set)
+        handle.soon(seen.append, 1)
+        handle.soon(boom, None)
+        handle.soon(seen.append, 2)
+        handle.soon(lambda _: done.set(), None)
         with anyio.fail_after(5):
             await done.wait()
     finally:

@@ -358,7 +358,7 @@ async def test_a_child_reraising_scope_cancelled_never_escapes_the_block(
             elif order == "abort_first":
                 assert scope._loop is not None
                 # the canceller thread has not posted yet (``soon`` is how a cancel posts the body's cancel)
-                monkeypatch.setattr(type(scope._loop), "soon", lambda self, fn: held.append(fn))
+                monkeypatch.setattr(type(scope._loop), "soon", lambda self, fn, arg: held.append(fn))
                 go.set()
                 scope.cancel("client_disconnected")
             else:

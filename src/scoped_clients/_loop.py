@@ -8,16 +8,18 @@ canceller that the loop is itself waiting on), so we keep the native handle.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import weakref
 from asyncio import AbstractEventLoop
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
 import sniffio
 
+T = TypeVar("T")
 Post = Callable[[Callable[[], object]], None]
 #: makes a cancel scope of the running library's own kind (``cancel()``, ``cancelled_caught``, ``with``)
 NewCancelScope = Callable[[], anyio.CancelScope]
@@ -191,31 +193,35 @@ def _native(library: str) -> tuple[Post, object, contextvars.Context | None]:
 
 
 class _Batch:
-    """Callbacks posted from a loop's own thread, run in order by one callback of that loop.
+    """Calls posted from a loop's own thread, run in order by one callback of that loop.
 
     A mass cancel posts one body cancel per scope from the loop's thread: a thousand ``call_soon``
-    handles on asyncio (~1 us each, and a handle that lives until the next turn: garbage-collector
-    pressure during the cancel loop) or a thousand ``run_sync_soon`` on trio (each takes a lock and
-    writes to trio's wake-up socket: ~2.5 us).  Batched, the first post of a turn schedules one loop
-    callback and the others are two list appends; each callback still runs in its own context, in
-    the order posted, at the point of the loop the first one's would have.  One that raises does so
-    from that loop callback (asyncio's exception handler, trio's crash: as a posted callback's
-    would), the ones after it scheduled again.  Only the loop's own thread touches a batch.
+    handles on asyncio (~1 us each, and a handle and a bound method that live until the next turn:
+    garbage-collector pressure during the cancel loop) or a thousand ``run_sync_soon`` on trio (each
+    takes a lock and writes to trio's wake-up socket: ~2.5 us).  Batched, the first post of a turn
+    schedules one loop callback and the others are three list appends (``fn(arg)``: no bound method
+    made per post); each call still runs in its own context, in the order posted, at the point of the
+    loop the first one's would have.  One that raises does so from that loop callback (asyncio's
+    exception handler, trio's crash: as a posted callback's would), the ones after it scheduled
+    again.  Only the loop's own thread touches a batch.
     """
 
-    __slots__ = ("__weakref__", "contexts", "fns", "loop")
+    __slots__ = ("__weakref__", "args", "contexts", "fns", "loop")
 
     def __init__(self, loop: object) -> None:
         self.loop = loop  # asyncio's loop or trio's token
-        self.fns: list[Callable[[], object]] = []
+        self.fns: list[Callable[[Any], object]] = []
+        self.args: list[object] = []
         self.contexts: list[contextvars.Context | None] = []
 
-    def add(self, fn: Callable[[], object], context: contextvars.Context | None) -> None:
+    def add(self, fn: Callable[[Any], object], arg: object, context: contextvars.Context | None) -> None:
         fns = self.fns
         fns.append(fn)
+        self.args.append(arg)
         self.contexts.append(context)
         if len(fns) == 1 and not self._schedule():
             fns.clear()  # the loop has closed: nothing left to run on it
+            self.args.clear()
             self.contexts.clear()
 
     def _schedule(self) -> bool:
@@ -224,24 +230,24 @@ class _Batch:
                 self.loop.call_soon(self._run)
             else:
                 self.loop.run_sync_soon(self._run)  # type: ignore[attr-defined]
-        except Exception:  # asyncio's RuntimeError, trio's RunFinishedError: the loop has closed
+        except RuntimeError:  # asyncio's, trio's RunFinishedError: the loop has closed
             return False
         return True
 
     def _run(self) -> None:
-        fns, contexts = self.fns, self.contexts
-        self.fns, self.contexts = [], []  # what is posted from here on is the next batch
+        fns, args, contexts = self.fns, self.args, self.contexts
+        self.fns, self.args, self.contexts = [], [], []  # what is posted from here on is the next batch
         done = 0
         try:
-            for fn, context in zip(fns, contexts, strict=True):
+            for fn, arg, context in zip(fns, args, contexts, strict=True):
                 done += 1
                 if context is None:
-                    fn()
+                    fn(arg)
                 else:
-                    context.run(fn)
+                    context.run(fn, arg)
         finally:
-            for fn, context in zip(fns[done:], contexts[done:], strict=True):  # after one that raised
-                self.add(fn, context)
+            for fn, arg, context in zip(fns[done:], args[done:], contexts[done:], strict=True):
+                self.add(fn, arg, context)  # after one that raised
 
 
 _batches: weakref.WeakKeyDictionary[object, _Batch] = weakref.WeakKeyDictionary()
@@ -277,18 +283,18 @@ class LoopHandle:
         #: whether an entered cancel scope's cancel reaches the current task (``cancel_reaches``)
         self.reaches = cancel_reaches(library)
 
-    def soon(self, fn: Callable[[], object]) -> None:
-        """``post(fn)``; from the loop's own thread, joined to what else is posted there before the loop
-        runs it (``_Batch``: one loop callback for a mass cancel's thousand body cancels)."""
+    def soon(self, fn: Callable[[T], object], arg: T) -> None:
+        """``post(lambda: fn(arg))``; from the loop's own thread, joined to what else is posted there
+        before the loop runs it (``_Batch``: one loop callback for a mass cancel's thousand body cancels)."""
         if threading.get_ident() == self.thread_id:
             try:
                 batch = _batch(self._native)
             except TypeError:  # a loop that cannot be weakly referenced: no batching
-                self.post(fn)
+                pass
+            else:
+                batch.add(fn, arg, self._context)
                 return
-            batch.add(fn, self._context)
-        else:
-            self.post(fn)
+        self.post(functools.partial(fn, arg))
 
     def run(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now if we are on the loop's thread, else as soon as the loop can."""
