@@ -95,22 +95,29 @@ async def test_one_that_raises_goes_to_the_loops_handler_and_the_rest_still_run(
     loop = asyncio.get_running_loop()
     errors: list[BaseException] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
-    seen: list[int] = []
+    seen: list[object] = []
     done = anyio.Event()
 
     def boom(_: object) -> None:
         raise ValueError("boom")
 
+    def last(_: object) -> None:
+        seen.append("posted while the batch ran")
+        done.set()
+
+    def post_last(_: object) -> None:
+        handle.soon(last, None)
+
     try:
         handle.soon(seen.append, 1)
+        handle.soon(post_last, None)  # while the batch runs: ``last`` goes after the batch's own calls
         handle.soon(boom, None)
         handle.soon(seen.append, 2)
-        handle.soon(lambda _: done.set(), None)
         with anyio.fail_after(5):
             await done.wait()
     finally:
         loop.set_exception_handler(None)
-    assert seen == [1, 2]
+    assert seen == [1, 2, "posted while the batch ran"]
     assert [str(e) for e in errors] == ["boom"]
 
 
@@ -133,3 +140,22 @@ async def test_a_thousand_scopes_cancelled_in_one_turn_all_end_cancelled() -> No
             for scope in scopes:
                 scope.cancel("shutdown")
     assert all(s.report is not None and s.report.outcome == "cancelled" for s in scopes)
+
+
+def test_a_batch_does_not_keep_its_loop_alive() -> None:
+    """A loop's batch is the value of its entry in a weak dictionary keyed by that loop: it must hold it weakly."""
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[object]] = []
+
+    async def cancel_one() -> None:
+        async with RequestScope() as scope:
+            assert scope._loop is not None
+            loops.append(weakref.ref(scope._loop._native))
+            scope.cancel("shutdown")  # from the loop's thread: through its batch
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(cancel_one, backend=backend)
+    gc.collect()
+    assert len(loops) == 2 and [ref() for ref in loops] == [None, None]

@@ -206,10 +206,11 @@ class _Batch:
     again.  Only the loop's own thread touches a batch.
     """
 
-    __slots__ = ("__weakref__", "args", "contexts", "fns", "loop")
+    __slots__ = ("args", "contexts", "fns", "loop")
 
     def __init__(self, loop: object) -> None:
-        self.loop = loop  # asyncio's loop or trio's token
+        # asyncio's loop or trio's token, weakly: a batch is the value of its loop's entry in ``_batches``
+        self.loop = weakref.ref(loop)
         self.fns: list[Callable[[Any], object]] = []
         self.args: list[object] = []
         self.contexts: list[contextvars.Context | None] = []
@@ -225,11 +226,14 @@ class _Batch:
             self.contexts.clear()
 
     def _schedule(self) -> bool:
+        loop = self.loop()
         try:
-            if isinstance(self.loop, AbstractEventLoop):
-                self.loop.call_soon(self._run)
+            if isinstance(loop, AbstractEventLoop):
+                loop.call_soon(self._run)
+            elif loop is not None:
+                loop.run_sync_soon(self._run)  # type: ignore[attr-defined]
             else:
-                self.loop.run_sync_soon(self._run)  # type: ignore[attr-defined]
+                return False
         except RuntimeError:  # asyncio's, trio's RunFinishedError: the loop has closed
             return False
         return True
@@ -246,8 +250,12 @@ class _Batch:
                 else:
                     context.run(fn, arg)
         finally:
-            for fn, arg, context in zip(fns[done:], args[done:], contexts[done:], strict=True):
-                self.add(fn, arg, context)  # after one that raised
+            if done < len(fns):  # one raised: the rest run on a later turn, before what was posted since
+                self.fns[:0], self.args[:0], self.contexts[:0] = fns[done:], args[done:], contexts[done:]
+                if len(self.fns) == len(fns) - done and not self._schedule():  # nothing posted since
+                    self.fns.clear()
+                    self.args.clear()
+                    self.contexts.clear()
 
 
 _batches: weakref.WeakKeyDictionary[object, _Batch] = weakref.WeakKeyDictionary()
