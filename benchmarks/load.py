@@ -7,7 +7,9 @@ scope owning every stream (one cancel).  Reports the time until the upstream
 saw the last disconnect (target < 20 ms) and the event loop's worst lag
 from the cancel until every stream's task has unwound (a 1 ms ticker), with
 the CPU time of the loop's longest turn in that window (steadier than the
-ticker on a shared machine).  Baseline: raw clients whose tasks are cancelled by
+ticker on a shared machine), and the client's own loop of cancels, wall and
+CPU (at its end every socket is shut down; the CPU figure leaves out the time
+another process held the core).  Baseline: raw clients whose tasks are cancelled by
 hand.  The provider runs in its own process.  The first row is the provider's
 own floor: as many bare sockets (no HTTP library) opened by this process and
 shut down in one tight loop, measured the same way.
@@ -83,6 +85,7 @@ def main() -> None:
                 f"{median(percentile(f[0], 99) for f in floors):.1f}",
                 f"{median(lasts):.1f} ({min(lasts):.1f}-{max(lasts):.1f})",
                 max(f[1] for f in floors),
+                f"{median(f[2] for f in floors):.1f} / {median(f[3] for f in floors):.1f}",
                 "-",
                 "-",
                 "-",
@@ -104,6 +107,7 @@ def main() -> None:
                         f"{median(percentile(r.latencies, 99) for r in runs):.1f}",
                         f"{median(lasts):.1f} ({min(lasts):.1f}-{max(lasts):.1f})",
                         max(r.units_after for r in runs),
+                        f"{median(r.cancels for r in runs):.1f} / {median(r.cancels_cpu for r in runs):.1f}",
                         f"{median(r.lag_before for r in runs):.1f} -> {median(r.lag_during for r in runs):.1f}",
                         f"{median(r.longest_turn for r in runs):.1f}",
                         f"{median(r.unwound for r in runs):.0f}",
@@ -121,6 +125,7 @@ def main() -> None:
         "p99 ms",
         "last disconnect ms, median (min-max)",
         "max units after",
+        "cancel loop ms, wall / CPU",
         "worst loop lag ms, steady -> during cancel",
         "longest loop turn, CPU ms",
         "all unwound ms",

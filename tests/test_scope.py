@@ -327,7 +327,9 @@ async def test_a_scope_with_a_timeout_exits_as_soon_as_its_body_ends() -> None:
 
 
 @pytest.mark.parametrize("order", ["cancel_first", "abort_first", "from_thread"])
-async def test_a_child_reraising_scope_cancelled_never_escapes_the_block(order: str) -> None:
+async def test_a_child_reraising_scope_cancelled_never_escapes_the_block(
+    order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A spawned child ends with ``ScopeCancelled`` (as a call aborted at its socket does) while the
     body gets the plain cancellation: the block absorbs both (it used to raise a BaseExceptionGroup).
 
@@ -355,7 +357,8 @@ async def test_a_child_reraising_scope_cancelled_never_escapes_the_block(order: 
                 scope.cancel("client_disconnected")
             elif order == "abort_first":
                 assert scope._loop is not None
-                scope._loop.post = held.append  # the canceller thread has not posted yet
+                # the canceller thread has not posted yet (``soon`` is how a cancel posts the body's cancel)
+                monkeypatch.setattr(type(scope._loop), "soon", lambda self, fn, arg: held.append(fn))
                 go.set()
                 scope.cancel("client_disconnected")
             else:

@@ -483,3 +483,25 @@ async def test_a_mass_cancel_reaches_every_call_and_every_body(one_scope: bool, 
     assert {call.outcome for call in calls} == {"aborted"}
     assert all(scope.report is not None and scope.report.cancel_reason == "shutdown" for scope in scopes)
     assert _client_sockets(provider.port) == 0
+
+
+def test_shutdown_socket_reaches_the_kernel_socket_under_each_wrapper() -> None:
+    """A plain socket, asyncio's ``TransportSocket`` and trio's socket are shut down through their own
+    ``shutdown`` (no duplicate descriptor; trio notes it, as its ``send_eof`` would); the peer sees EOF."""
+    import socket
+    from asyncio.trsock import TransportSocket
+
+    import trio
+
+    from scoped_clients._transport._sockets import shutdown_socket
+
+    for wrap in (lambda s: s, TransportSocket, trio.socket.from_stdlib_socket):
+        ours, peer = socket.socketpair()
+        with ours, peer:
+            wrapped = wrap(ours)
+            shutdown_socket(wrapped)
+            assert peer.recv(1) == b""  # EOF: the kernel socket is shut down
+            if isinstance(wrapped, trio.socket.SocketType):
+                assert wrapped.did_shutdown_SHUT_WR  # through trio's own shutdown, not a duplicate
+            shutdown_socket(wrapped)  # twice, or on a socket shut down already: no error
+        shutdown_socket(wrapped)  # closed: no error

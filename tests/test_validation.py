@@ -26,7 +26,7 @@ from scoped_clients import (
     current_scope,
     detached,
 )
-from scoped_clients._reasons import MAX_CODE_LENGTH, MAX_MESSAGE_LENGTH
+from scoped_clients._reasons import MAX_CODE_LENGTH, MAX_MESSAGE_LENGTH, ReasonCode
 from scoped_clients._scope import MAX_NAME_LENGTH
 from scoped_clients.asgi import ScopeMiddleware
 from scoped_clients.provider import LocalProvider, embed
@@ -161,6 +161,23 @@ def test_a_long_message_is_truncated_everywhere_it_is_copied(reports: list[Scope
     assert len(str(caught.value)) < MAX_MESSAGE_LENGTH + 100
     assert reports[-1].cancel_message == scope.cancel_reason.message
     assert len(CancelReason("c", "m" * 10_240).message) == MAX_MESSAGE_LENGTH
+
+
+def test_the_reason_cancel_makes_from_a_code_is_the_one_the_class_makes() -> None:
+    """``cancel(code, message)`` builds its ``CancelReason`` through the slots (``checked_reason``): the same object."""
+    from dataclasses import FrozenInstanceError, replace
+
+    scope = RequestScope()
+    before = time.monotonic()
+    scope.cancel(ReasonCode.CLIENT_DISCONNECTED, "m" * 10_240)
+    reason = scope.cancel_reason
+    assert reason is not None and type(reason) is CancelReason
+    assert type(reason.code) is str and before <= reason.time <= time.monotonic()
+    made = CancelReason("client_disconnected", "m" * 10_240, reason.time)
+    assert reason == made and hash(reason) == hash(made) and repr(reason) == repr(made)
+    assert replace(reason, message="x") == CancelReason("client_disconnected", "x", reason.time)
+    with pytest.raises(FrozenInstanceError):
+        reason.code = "other"  # type: ignore[misc]
 
 
 def test_a_cancel_reason_and_a_message_at_once_is_ambiguous() -> None:

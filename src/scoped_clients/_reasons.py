@@ -98,4 +98,25 @@ def coerce_reason(reason: object, message: object = None) -> CancelReason:
             f"cancel() takes a reason code (a non-empty str such as 'client_disconnected') or a CancelReason, "
             f"not {type(reason).__name__}: {reason!r}"
         )
-    return CancelReason(check_code(reason), check_message(message))
+    return checked_reason(check_code(reason), check_message(message))
+
+
+_new = object.__new__
+_slot = vars(CancelReason)  # its fields' slot descriptors
+_set_code = _slot["code"].__set__
+_set_message = _slot["message"].__set__
+_set_time = _slot["time"].__set__
+
+
+def checked_reason(code: str, message: str) -> CancelReason:
+    """``CancelReason(code, message)`` from a code and message already checked, stamped now.
+
+    The same object the class makes (equal, frozen, same repr), set through its slots: the frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` and ``__post_init__`` checks
+    both again (0.85 us against 0.27).  Every ``cancel()`` with a code makes one, a mass cancel a thousand.
+    """
+    reason: CancelReason = _new(CancelReason)
+    _set_code(reason, code)
+    _set_message(reason, message)
+    _set_time(reason, time.monotonic())
+    return reason

@@ -98,6 +98,10 @@ class CallRegistry:
         with self._lock:
             return list(self._calls.values())
 
+    def in_flight_held(self) -> list[Owned]:
+        """``in_flight()`` for a caller that holds the scope's lock already (``cancel()``)."""
+        return list(self._calls.values())
+
     def record_in_flight(self, calls: list[Owned]) -> None:
         """At exit, once they were closed: record the calls that have not settled by themselves."""
         if not calls:

@@ -296,8 +296,8 @@ class RequestScope:
             if self._state is _State.ENDED or self._cancel_reason is not None:
                 return False
             self._cancel_reason = why
-            calls = self._registry.in_flight()
-            children = list(self._children)
+            calls = self._registry.in_flight_held()
+            children = list(self._children) if self._children else ()
             if self._timer is not None:
                 self._timer.cancel()
         for call in calls:
@@ -308,7 +308,7 @@ class RequestScope:
             # The calls are aborted above, at once; the body is cancelled on the loop's next
             # turn, so that a batch of cancels (a server shutting down) shuts every socket
             # down first: anyio's cancel costs more than a socket shutdown.
-            self._loop.post(self._cancel_on_loop)
+            self._loop.soon(RequestScope._cancel_on_loop, self)  # no bound method per cancel
         elif not self._is_async and self._state is _State.ACTIVE:
             self._hooks.run_sync()
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import weakref
 from asyncio.trsock import TransportSocket
@@ -27,13 +28,16 @@ def shutdown_socket(sock: Any) -> None:
     """Shut a socket down for both directions, whatever object wraps it.
 
     A ``socket.socket`` (``ssl.SSLSocket`` included, whose own ``shutdown`` would
-    tear down TLS state) is shut down through the base class, asyncio's
-    ``TransportSocket`` through its own ``shutdown`` (that of the socket it wraps: no
-    duplicate descriptor, three system calls fewer); anything else (uvloop's
-    pseudo-sockets refuse ``shutdown``) through a duplicate of its file descriptor,
-    which reaches the same kernel socket.
+    tear down TLS state) is shut down through the base class; asyncio's
+    ``TransportSocket`` and trio's socket (what httpcore's trio backend hands out)
+    through their own ``shutdown``, that of the socket they wrap: no duplicate
+    descriptor, three system calls fewer (trio's also notes that its side is shut,
+    as its ``SocketStream.send_eof`` does); anything else (uvloop's pseudo-sockets
+    refuse ``shutdown``) through a duplicate of its file descriptor, which reaches
+    the same kernel socket.
     """
-    if type(sock) is TransportSocket:
+    kind = type(sock)
+    if kind is TransportSocket or kind in _own_shutdown:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -43,8 +47,20 @@ def shutdown_socket(sock: Any) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
+    elif _is_trio_socket(kind):
+        _own_shutdown.add(kind)
+        shutdown_socket(sock)
     else:
         _shutdown_through_dup(sock)
+
+
+#: socket classes whose own ``shutdown`` shuts the kernel socket down (trio's, once seen)
+_own_shutdown: set[type] = set()
+
+
+def _is_trio_socket(kind: type) -> bool:
+    trio = sys.modules.get("trio")  # a trio socket means trio is imported: never import it here
+    return trio is not None and issubclass(kind, trio.socket.SocketType)
 
 
 def _shutdown_through_dup(sock: Any) -> None:
