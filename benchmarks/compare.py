@@ -559,34 +559,25 @@ def main() -> None:
                         f"raw: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per event",
                     ]
                 )
-            wire = {
-                v: _share(med("sse", backend, v, "wire_sdk_raw"), med("sse", backend, v, "wire_sdk_scoped"))
-                for v in ("old", "new")
-            }
-            rows.append(
-                [
-                    backend,
+            for numerator, denominator, what, context in (
+                (
+                    "wire_sdk_raw",
+                    "wire_sdk_scoped",
                     "stream throughput through the SDK, in-process wire, scoped / raw",
-                    _cell(wire["old"], ".1%"),
-                    _cell(wire["new"], ".1%"),
-                    "-",
                     "events/s: the client never waits, so raw CPU / scoped CPU per event",
-                ]
-            )
-            share = {
-                v: _share(med("sse", backend, v, "scoped_rate"), med("sse", backend, v, "raw_rate"))
-                for v in ("old", "new")
-            }
-            rows.append(
-                [
-                    backend,
+                ),
+                (
+                    "scoped_rate",
+                    "raw_rate",
                     "stream throughput on loopback, scoped / raw",
-                    _cell(share["old"], ".1%"),
-                    _cell(share["new"], ".1%"),
-                    "-",
                     "wall units/s, interleaved in each subprocess",
-                ]
-            )
+                ),
+            ):
+                share = {
+                    v: _share(med("sse", backend, v, numerator), med("sse", backend, v, denominator))
+                    for v in ("old", "new")
+                }
+                rows.append([backend, what, _cell(share["old"], ".1%"), _cell(share["new"], ".1%"), "-", context])
             old, new = med("sse", backend, "old", "meter_event"), med("sse", backend, "new", "meter_event")
             rows.append(
                 [
