@@ -7,8 +7,10 @@ go, how many units it produced after the cancel, and how many requests it got.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import random
+import socket
 import ssl
 import threading
 import time
@@ -255,6 +257,68 @@ async def test_completed_call_is_recorded(lib: ModuleType, provider: LocalProvid
     (record,) = scope.report.calls
     assert record.outcome == "completed" and not record.orphan
     assert record.detail["status_code"] == 200
+
+
+@pytest.fixture
+def cut_body() -> Iterator[str]:
+    """A server that answers every request with the head and one chunk of a chunked body, then hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    received += data
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    stop.set()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+    listener.close()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_a_body_cut_short_raises_what_the_library_raises(lib: ModuleType, cut_body: str) -> None:
+    """The body reads the httpcore stream beneath the library's own response stream (one generator less
+    per chunk) under the library's own mapping of httpcore's exceptions: a cut body raises the same."""
+    library = importlib.import_module(lib.__name__.rsplit(".", 1)[-1])
+    errors: list[BaseException] = []
+    seen: list[bytes] = []
+    async with library.AsyncClient() as raw, lib.AsyncClient() as scoped, RequestScope() as scope:
+        for client in (raw, scoped):
+            async with client.stream("GET", cut_body) as response:
+                with pytest.raises(library.HTTPError) as caught:
+                    async for chunk in response.aiter_raw():
+                        seen.append(chunk)
+                        if client is scoped:  # read without the library's generator in between
+                            body = response.stream._stream  # ours, under httpx's BoundAsyncStream
+                            iterator = body._reader.ag_frame.f_locals["iterator"]
+                            assert iterator is body._below
+                            assert "AsyncResponseStream" not in iterator.ag_code.co_qualname
+                errors.append(caught.value)
+    (raw_error, scoped_error) = errors
+    assert seen == [b"hello", b"hello"]
+    assert type(scoped_error) is type(raw_error) is library.RemoteProtocolError
+    assert str(scoped_error) == str(raw_error)
+    assert type(scoped_error.__cause__) is type(raw_error.__cause__)
+    assert type(raw_error.__cause__).__module__.startswith("httpcore")
+    (record,) = scope.report.calls  # type: ignore[union-attr]
+    assert record.outcome == "failed" and record.error == f"RemoteProtocolError: {raw_error}"
 
 
 @pytest.mark.anyio

@@ -297,7 +297,13 @@ class LibraryClasses:
             namespace = {"__module__": module, "__qualname__": cls_name, "__doc__": doc, **attributes}
             return type(cls_name, bases, namespace)
 
-        async_body = build("_AsyncBody", (AsyncBodyMixin, library.AsyncByteStream), None)
+        # The library's response stream and its exception mapping, where they have the shape a body
+        # reads through (httpx and httpx2 alike); any other stream is read as it is.
+        default = sys.modules.get(f"{name}._transports.default")
+        stream = getattr(default, "AsyncResponseStream", None)
+        errors = getattr(default, "map_httpcore_exceptions", None)
+        below = (stream, errors) if isinstance(stream, type) and callable(errors) else None
+        async_body = build("_AsyncBody", (AsyncBodyMixin, library.AsyncByteStream), None, _library_stream=below)
         sync_body = build("_SyncBody", (SyncBodyMixin, library.SyncByteStream), None)
         self.AsyncScopedTransport = build(
             "AsyncScopedTransport",

@@ -30,8 +30,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 import anyio
 
@@ -388,18 +389,35 @@ class AsyncBodyMixin:
     we open is left to the garbage collector (trio warns about each one; tests/test_body_generators.py).
     A generator rather than an iterator object: its ``asend`` is a C-level step, where an
     ``async def __anext__`` makes a coroutine of its own for every chunk (0.3 us an event measured
-    through the whole stack; benchmarks/README.md, issue 23 round 4).
+    through the whole stack; benchmarks/README.md, issue 23 round 4). Over httpx's or httpx2's own
+    response stream it reads the httpcore iterator beneath, under the library's exception mapping
+    (``_library_stream``), and closes that iterator too when the body is closed: httpx2 2.17's own
+    response stream leaves it to the collector.
     """
+
+    #: the HTTP library's own response stream class and the exception mapping its ``__aiter__``
+    #: applies (``LibraryClasses`` sets them per library): a body over one of those reads the
+    #: httpcore stream beneath it directly, under that same mapping, rather than through one
+    #: more generator per chunk (0.4-0.7 us an event at the HTTP layer, issue 23 round 5)
+    _library_stream: ClassVar[tuple[type, Callable[[], AbstractContextManager[None]]] | None] = None
 
     def __init__(self, inner: Any, call: HttpCall) -> None:
         self._inner = inner
         self._call = call
         self._reader: AsyncGenerator[bytes, None] | None = None
+        #: the httpcore stream's iterator the reader reads, when it reads beneath the library's stream
+        self._below: Any = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         reader = self._reader
         if reader is None:
-            reader = self._reader = _read(self._inner, self._call)
+            inner, errors, library = self._inner, None, self._library_stream
+            if library is not None and type(inner) is library[0]:
+                below = getattr(inner, "_httpcore_stream", None)
+                if below is not None:
+                    inner = self._below = below.__aiter__()
+                    errors = library[1]
+            reader = self._reader = _read(inner, self._call, errors)
         return reader
 
     async def aclose(self) -> None:
@@ -410,6 +428,11 @@ class AsyncBodyMixin:
             # closed here (``_close_quietly`` lets that pass): it closes itself as it unwinds.
             if getattr(self._reader, "ag_frame", None) is not None:
                 await _close_quietly(self._reader)
+            if getattr(self._below, "ag_frame", None) is not None:
+                # What the reader read, closed once the reader is done: closing it waits for httpcore's
+                # cleanup, and a reader suspended in that wait would be "already running" to the
+                # finalizer of a dropped generator above it (httpx's own, closing what it iterated).
+                await _close_quietly(self._below)
             await self._inner.aclose()  # httpcore shields its own connection cleanup
         finally:
             if call.phase != _DONE:
@@ -417,41 +440,48 @@ class AsyncBodyMixin:
                 call.finish("aborted" if call.aborted is not None else "completed")
 
 
-async def _read(inner: Any, call: HttpCall) -> AsyncGenerator[bytes, None]:
-    """One pass over a scoped body: keeps each chunk for the meter, turns a cancel into ``ScopeCancelled``."""
+async def _read(
+    inner: Any, call: HttpCall, errors: Callable[[], AbstractContextManager[None]] | None = None
+) -> AsyncGenerator[bytes, None]:
+    """One pass over a scoped body: keeps each chunk for the meter, turns a cancel into ``ScopeCancelled``.
+
+    ``errors``: the HTTP library's mapping of httpcore's exceptions to its own, when ``inner`` is the
+    httpcore stream beneath the library's response stream (``AsyncBodyMixin.__aiter__``).
+    """
     if call.aborted is not None:
         raise call.cancelled_error()
     # chunks are metered in batches (``HttpCall.settle``): per chunk, one append
     pending = call.pending if call.pending is not None else _DISCARD
     iterator = inner.__aiter__()
     try:
-        if call.sock is not None:
-            async for chunk in iterator:
-                if call.aborted is not None:
-                    # The socket is shut down: keep pulling until the library's own generators
-                    # fail on EOF, so that none is left suspended; hand out nothing more.
-                    continue
-                pending.append(chunk)
-                if len(pending) >= BATCH:
-                    call.settle()
-                yield chunk
-        else:
-            # No socket to shut down (a mock or ASGI transport, an HTTP/2 stream): each read in a
-            # cancel scope of its own, which ``abort`` cancels on the owning loop.
-            assert call.loop is not None  # an async body
-            while True:
-                with call.loop.cancel_scope() as read:
-                    call.read_scope = read
-                    try:
-                        chunk = await iterator.__anext__()
-                    finally:
-                        call.read_scope = None
-                if read.cancelled_caught:
-                    raise call.cancelled_error()
-                pending.append(chunk)
-                if len(pending) >= BATCH:
-                    call.settle()
-                yield chunk
+        with errors() if errors is not None else _NO_MAPPING:
+            if call.sock is not None:
+                async for chunk in iterator:
+                    if call.aborted is not None:
+                        # The socket is shut down: keep pulling until the library's own generators
+                        # fail on EOF, so that none is left suspended; hand out nothing more.
+                        continue
+                    pending.append(chunk)
+                    if len(pending) >= BATCH:
+                        call.settle()
+                    yield chunk
+            else:
+                # No socket to shut down (a mock or ASGI transport, an HTTP/2 stream): each read in a
+                # cancel scope of its own, which ``abort`` cancels on the owning loop.
+                assert call.loop is not None  # an async body
+                while True:
+                    with call.loop.cancel_scope() as read:
+                        call.read_scope = read
+                        try:
+                            chunk = await iterator.__anext__()
+                        finally:
+                            call.read_scope = None
+                    if read.cancelled_caught:
+                        raise call.cancelled_error()
+                    pending.append(chunk)
+                    if len(pending) >= BATCH:
+                        call.settle()
+                    yield chunk
     except StopAsyncIteration:
         pass
     except ScopeCancelled:
@@ -460,7 +490,9 @@ async def _read(inner: Any, call: HttpCall) -> AsyncGenerator[bytes, None]:
         raise
     except GeneratorExit:
         # Closed early (the body's ``aclose``, or the caller stopped reading): the body records it.
-        await _close_quietly(iterator)
+        # httpcore's iterator the body closes after this one (see ``aclose``): never wait in here.
+        if errors is None:
+            await _close_quietly(iterator)
         raise
     except BaseException as exc:
         await _close_quietly(iterator)
@@ -482,6 +514,8 @@ async def _close_quietly(iterator: Any) -> None:
                 pass
 
 
+#: a reader's ``with`` when the HTTP library's exceptions need no mapping (reusable: it holds nothing)
+_NO_MAPPING = nullcontext()
 #: where a reader puts the chunks of a call whose meter counts nothing: appends are dropped, it never fills
 _DISCARD: deque[bytes] = deque(maxlen=0)
 
