@@ -569,3 +569,25 @@ def test_shutdown_socket_reaches_the_kernel_socket_under_each_wrapper() -> None:
                 assert wrapped.did_shutdown_SHUT_WR  # through trio's own shutdown, not a duplicate
             shutdown_socket(wrapped)  # twice, or on a socket shut down already: no error
         shutdown_socket(wrapped)  # closed: no error
+
+
+def test_a_library_of_another_shape_has_its_streams_read_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body reads beneath the library's response stream only where that stream and an exception mapping
+    that can be entered are found (httpx's and httpx2's ``_transports.default``); otherwise as it is."""
+    import sys
+    import types
+
+    from scoped_clients._transport._base import LibraryClasses
+
+    fake = types.ModuleType("fakehttpx")
+    fake.__dict__.update({k: v for k, v in vars(httpx2).items() if not k.startswith("__")})
+    assert LibraryClasses(fake).AsyncScopedTransport._body_cls._library_stream is None  # no such module
+    default = types.SimpleNamespace(
+        AsyncResponseStream=httpx2._transports.default.AsyncResponseStream,
+        map_httpcore_exceptions=lambda required: None,  # another signature
+    )
+    monkeypatch.setitem(sys.modules, "fakehttpx._transports.default", default)
+    assert LibraryClasses(fake).AsyncScopedTransport._body_cls._library_stream is None
+    default.map_httpcore_exceptions = httpx2._transports.default.map_httpcore_exceptions
+    body_cls = LibraryClasses(fake).AsyncScopedTransport._body_cls
+    assert body_cls._library_stream == (default.AsyncResponseStream, default.map_httpcore_exceptions)

@@ -302,7 +302,7 @@ class LibraryClasses:
         default = sys.modules.get(f"{name}._transports.default")
         stream = getattr(default, "AsyncResponseStream", None)
         errors = getattr(default, "map_httpcore_exceptions", None)
-        below = (stream, errors) if isinstance(stream, type) and callable(errors) else None
+        below = (stream, errors) if isinstance(stream, type) and _enters(errors) else None
         async_body = build("_AsyncBody", (AsyncBodyMixin, library.AsyncByteStream), None, _library_stream=below)
         sync_body = build("_SyncBody", (SyncBodyMixin, library.SyncByteStream), None)
         self.AsyncScopedTransport = build(
@@ -329,6 +329,16 @@ class LibraryClasses:
             (ClientMixin, library.Client),
             f"``{name}.Client`` whose requests are owned by the ambient scope.",
         )
+
+
+def _enters(errors: Any) -> bool:
+    """Whether ``errors()`` is a context manager that enters and exits as httpx's exception mapping does."""
+    try:
+        with errors():
+            pass
+    except Exception:  # another shape in some release: its streams are read as they are
+        return False
+    return True
 
 
 @functools.cache
