@@ -468,6 +468,15 @@ def main() -> None:
         values = [s[key] for s in samples.get((figure, backend, version), []) if key in s]
         return _median(values) if values else None
 
+    def added(
+        figure: str, backend: str, what: str, key: str, base: str, fmt: str, context: str, spec: str
+    ) -> list[str]:
+        """A row of what ``key`` adds to ``base``, old and new; ``context`` shows the base's own two values
+        (``{old}`` / ``{new}``, formatted with ``spec``)."""
+        diff = [_diff(med(figure, backend, v, key), med(figure, backend, v, base)) for v in ("old", "new")]
+        shown = context.format(**{v: _cell(med(figure, backend, v, base), spec) for v in ("old", "new")})
+        return [backend, what, _cell(diff[0], fmt), _cell(diff[1], fmt), _ratio(diff[1], diff[0]), shown]
+
     print(f"Machine: {machine()}")
     print(
         f"old = {old_name}, new = {new_name}; {args.rounds} rounds, old and new alternating; medians over the rounds.\n"
@@ -495,70 +504,49 @@ def main() -> None:
         if "call" in figures:
             for key, what in (("scoped", "scope already open"), ("per_call", "a scope per call")):
                 for unit in ("wall", "cpu"):
-                    added = {
-                        v: _diff(med("call", backend, v, f"{key}_{unit}"), med("call", backend, v, f"raw_{unit}"))
-                        for v in ("old", "new")
-                    }
-                    raw = [med("call", backend, v, f"raw_{unit}") for v in ("old", "new")]
                     rows.append(
-                        [
+                        added(
+                            "call",
                             backend,
                             f"added per call, {what} ({'wall' if unit == 'wall' else 'client CPU'}), us",
-                            _cell(added["old"], "+.1f"),
-                            _cell(added["new"], "+.1f"),
-                            _ratio(added["new"], added["old"]),
-                            f"raw httpx2 call: {_cell(raw[0], '.0f')} / {_cell(raw[1], '.0f')} us",
-                        ]
+                            f"{key}_{unit}",
+                            f"raw_{unit}",
+                            "+.1f",
+                            "raw httpx2 call: {old} / {new} us",
+                            ".0f",
+                        )
                     )
-            added = {
-                v: _diff(med("call", backend, v, "scoped_local"), med("call", backend, v, "raw_local"))
-                for v in ("old", "new")
-            }
-            raw = [med("call", backend, v, "raw_local") for v in ("old", "new")]
             rows.append(
-                [
+                added(
+                    "call",
                     backend,
                     "added per call, scope already open, in-process transport (client CPU), us",
-                    _cell(added["old"], "+.1f"),
-                    _cell(added["new"], "+.1f"),
-                    _ratio(added["new"], added["old"]),
-                    f"raw httpx2 call, no network: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us",
-                ]
+                    "scoped_local",
+                    "raw_local",
+                    "+.1f",
+                    "raw httpx2 call, no network: {old} / {new} us",
+                    ".1f",
+                )
             )
         if "sse" in figures:
-            added = {
-                v: _diff(med("sse", backend, v, "scoped_cpu"), med("sse", backend, v, "raw_cpu"))
-                for v in ("old", "new")
-            }
-            raw = [med("sse", backend, v, "raw_cpu") for v in ("old", "new")]
             rows.append(
-                [
+                added(
+                    "sse",
                     backend,
                     "added per SSE event (client CPU, openai chat stream), us",
-                    _cell(added["old"], "+.2f"),
-                    _cell(added["new"], "+.2f"),
-                    _ratio(added["new"], added["old"]),
-                    f"raw SDK: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per chunk",
-                ]
+                    "scoped_cpu",
+                    "raw_cpu",
+                    "+.2f",
+                    "raw SDK: {old} / {new} us per chunk",
+                    ".1f",
+                )
             )
             for layer, what in (
                 ("sdk", "added per SSE event, in-process wire, through the openai SDK (client CPU), us"),
                 ("http", "added per SSE event, in-process wire, at the HTTP layer the SDK reads (client CPU), us"),
             ):
-                scoped_key, raw_key = f"wire_{layer}_scoped", f"wire_{layer}_raw"
-                raw = [med("sse", backend, v, raw_key) for v in ("old", "new")]
-                added = {"old": _diff(med("sse", backend, "old", scoped_key), raw[0])}
-                added["new"] = _diff(med("sse", backend, "new", scoped_key), raw[1])
-                rows.append(
-                    [
-                        backend,
-                        what,
-                        _cell(added["old"], "+.2f"),
-                        _cell(added["new"], "+.2f"),
-                        _ratio(added["new"], added["old"]),
-                        f"raw: {_cell(raw[0], '.1f')} / {_cell(raw[1], '.1f')} us per event",
-                    ]
-                )
+                key, base = f"wire_{layer}_scoped", f"wire_{layer}_raw"
+                rows.append(added("sse", backend, what, key, base, "+.2f", "raw: {old} / {new} us per event", ".1f"))
             for numerator, denominator, what, context in (
                 (
                     "wire_sdk_raw",
@@ -594,20 +582,8 @@ def main() -> None:
                 ("scope_task", "bare_task", "memory per open scope (beyond a task in a bare cancel scope), B"),
                 ("scoped_call", "raw_call", "memory per in-flight call (beyond a raw stream), B"),
             ):
-                added = {
-                    v: _diff(med("memory", backend, v, key), med("memory", backend, v, base)) for v in ("old", "new")
-                }
-                raw = [med("memory", backend, v, base) for v in ("old", "new")]
-                rows.append(
-                    [
-                        backend,
-                        what,
-                        _cell(added["old"], "+,.0f"),
-                        _cell(added["new"], "+,.0f"),
-                        _ratio(added["new"], added["old"]),
-                        f"the baseline itself: {_cell(raw[0], ',.0f')} / {_cell(raw[1], ',.0f')} B (tracemalloc)",
-                    ]
-                )
+                context = "the baseline itself: {old} / {new} B (tracemalloc)"
+                rows.append(added("memory", backend, what, key, base, "+,.0f", context, ",.0f"))
     print("| backend | figure | old | new | new / old | context (old / new) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
