@@ -12,7 +12,6 @@ left than that, and with httpx2 not even that: our body reads that generator its
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import warnings
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
+from _collector import block_collected
 from scoped_clients import RequestScope
 from scoped_clients.provider import LocalProvider
 
@@ -49,10 +49,8 @@ async def left_to_the_collector() -> AsyncIterator[list[str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)  # trio's word on each: recorded here instead
-            yield names
-            for _ in range(10):
-                gc.collect()
-                await anyio.lowlevel.checkpoint()
+            async with block_collected(lambda: len(names), at_least=10):
+                yield names
     finally:
         sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=loop_finalizer)
 

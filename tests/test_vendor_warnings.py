@@ -18,7 +18,6 @@ stops leaking one, its test here fails: drop that name from ``filterwarnings`` (
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ import httpx2
 import openai
 import pytest
 
+from _collector import block_collected
 from scoped_clients.provider import LocalProvider
 
 #: the generators the ``filterwarnings`` entry names that the raw openai SDK leaves, as trio names them
@@ -75,13 +75,8 @@ async def unexhausted() -> AsyncIterator[list[str]]:
     names: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
-        yield names
-        quiet = 0
-        while quiet < 3:  # until three rounds of collecting and finalizing find nothing new
-            seen = len(caught)
-            gc.collect()
-            await anyio.lowlevel.checkpoint()
-            quiet = quiet + 1 if len(caught) == seen else 0
+        async with block_collected(lambda: len(caught)):
+            yield names
     names += [str(w.message).split("'")[1] for w in caught if "garbage collected" in str(w.message)]
 
 
