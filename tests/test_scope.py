@@ -20,6 +20,7 @@ from scoped_clients import (
     ScopedClientsError,
     ScopeReport,
     ScopeStateError,
+    _timer,
     add_report_sink,
     current_scope,
     detached,
@@ -476,6 +477,39 @@ def test_far_deadlines_do_not_stop_every_later_sync_timeout(kwargs: dict[str, fl
                 assert fired.wait(10), "the sync timeout did not fire: the timer thread is dead"
     assert not far.cancelled
     assert far.deadline is None if math.isinf(next(iter(kwargs.values()))) else far.deadline is not None
+
+
+def test_a_short_timeout_fires_while_the_timer_thread_waits_for_a_later_one() -> None:
+    """The timer thread sleeps until the deadline it knows of (a live scope's, or the last of the scopes
+    that ended before theirs); a new, shorter one must wake it, not wait 30 s behind it."""
+    with RequestScope("long", parent=None, timeout=30) as long:
+        for ended in range(3):
+            with RequestScope(f"ended-{ended}", parent=None, timeout=30):
+                pass
+        fired = threading.Event()
+        with RequestScope("short", parent=None, timeout=0.01) as short:
+            short.on_cancel(fired.set)
+            assert fired.wait(10), "the short timeout waited behind a 30 s one"
+    assert not long.cancelled
+    for _ in range(3):  # and with no live scope left, only ended ones ahead of the new one
+        with RequestScope(parent=None, timeout=30):
+            pass
+    fired = threading.Event()
+    with RequestScope("short-again", parent=None, timeout=0.01) as short:
+        short.on_cancel(fired.set)
+        assert fired.wait(10), "the short timeout waited behind ended scopes' deadlines"
+
+
+def test_scopes_that_ended_leave_no_timers_behind() -> None:
+    """An ended scope's timer entry holds nothing (its callback, which holds the scope, is dropped at
+    once), and the timer thread's heap (sync scopes', and async ones' on trio) is compacted as it grows:
+    5,000 scopes with a 30 s timeout leave a bounded heap."""
+    for _ in range(5000):
+        with RequestScope(parent=None, timeout=30):
+            pass
+    heap = _timer._timers._heap
+    assert len(heap) <= _timer._COMPACT_MIN < 5000
+    assert all(entry[2].fn is None for entry in heap)
 
 
 async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> None:
