@@ -172,6 +172,31 @@ async def test_cancel_while_reading_the_body_inside_the_body(lib: ModuleType, pr
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("lib", LIBS)
+async def test_the_deadline_passing_mid_read_stops_the_stream_at_the_provider(
+    lib: ModuleType, provider: LocalProvider
+) -> None:
+    """The scope's deadline is a timer (the loop's own on asyncio and uvloop, the process' timer thread
+    on trio): when it passes, the call is aborted at its socket like any cancel, reason ``timeout``."""
+    async with lib.AsyncClient() as client:
+        with anyio.fail_after(10):
+            async with RequestScope(timeout=0.3) as scope, client.stream("GET", provider.url + STREAM) as response:
+                async for _ in response.aiter_raw():
+                    pass
+            log = only_request(provider)
+            seen = await wait(log.wait_disconnect)
+    assert scope.cancel_reason is not None and scope.cancel_reason.code == "timeout"
+    assert scope.deadline is not None and scope.cancel_reason.time >= scope.deadline
+    assert seen >= scope.cancel_reason.time
+    assert log.units_after(scope.cancel_reason.time) <= 1
+    assert len(log.units) >= 2  # it was streaming when the deadline passed
+    assert len(provider.requests) == 1
+    assert scope.report is not None
+    (record,) = scope.report.calls
+    assert record.outcome == "aborted" and record.cancel_reason == "timeout"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lib", LIBS)
 async def test_cancel_while_another_task_reads_the_body(lib: ModuleType, provider: LocalProvider) -> None:
     errors: list[BaseException] = []
     received = 0

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
+import time
 import weakref
 from asyncio import AbstractEventLoop
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -25,6 +26,12 @@ Post = Callable[[Callable[[], object]], None]
 NewCancelScope = Callable[[], anyio.CancelScope]
 #: makes anyio's task group of the running library (what ``anyio.create_task_group()`` returns)
 NewTaskGroup = Callable[[], anyio.abc.TaskGroup]
+
+
+class Cancellable(Protocol):
+    """A pending timer (``LoopHandle.call_at``, the timer thread's): ``cancel()`` it once it is not wanted."""
+
+    def cancel(self) -> object: ...
 
 
 _native_scopes: dict[str, NewCancelScope] = {}
@@ -303,6 +310,16 @@ class LoopHandle:
                 batch.add(fn, arg, self._context)
                 return
         self.post(functools.partial(fn, arg))
+
+    def call_at(self, when: float, fn: Callable[[T], object], arg: T) -> Cancellable | None:
+        """``fn(arg)`` as a loop callback (outside any task) once ``time.monotonic() >= when``: asyncio's
+        and uvloop's own timer, cancelled on the loop's thread only. ``None`` on trio, which has no timer
+        outside a task."""
+        loop = self._native
+        if not isinstance(loop, AbstractEventLoop):
+            return None
+        # the loop's clock is not always time.monotonic() (uvloop's counts from its own start)
+        return loop.call_at(loop.time() + (when - time.monotonic()), fn, arg, context=self._context)
 
     def run(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now if we are on the loop's thread, else as soon as the loop can."""
