@@ -318,7 +318,7 @@ def test_invalid_timeout() -> None:
 
 
 async def test_a_scope_with_a_timeout_exits_as_soon_as_its_body_ends() -> None:
-    with anyio.fail_after(5):  # the deadline watcher must not keep the block open for 60 s
+    with anyio.fail_after(5):  # the deadline's timer must not keep the block open for 60 s
         async with RequestScope(timeout=60) as scope:
             pass
     assert not scope.cancelled

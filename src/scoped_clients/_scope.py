@@ -239,7 +239,7 @@ class RequestScope:
         self._cancel_scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._tg_open = False
-        #: what ends the deadline's wait at exit: the loop's timer, or (trio) the watcher task's cancel scope
+        #: what ends the deadline's wait at exit: the loop's timer (asyncio, uvloop) or the timer thread's (trio)
         self._deadline_watch: Cancellable | None = None
         self._timer: TimerHandle | None = None
         self._token: Any = None
@@ -560,8 +560,9 @@ class RequestScope:
         self._tg_open = True
         if self._deadline is not None and not self.cancelled:
             # A timer, not a task asleep in the scope's task group (spawned, then cancelled at exit:
-            # +65-70 us a scope, issue 23): the loop's own where it has one (asyncio, uvloop); on
-            # trio has none: the process' timer thread (the sync scopes'), as ``cancel()`` is thread-safe.
+            # +65-70 us a scope, issue 23): the loop's own where it has one (asyncio, uvloop); trio
+            # has none outside a task: the process' timer thread (the sync scopes'), as ``cancel()``
+            # is thread-safe.
             watch = self._loop.call_at(self._deadline, RequestScope._deadline_passed, self)
             self._deadline_watch = watch if watch is not None else call_at(self._deadline, self._deadline_passed)
         if self._hooks:

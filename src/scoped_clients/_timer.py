@@ -1,4 +1,4 @@
-"""One daemon thread that fires the deadlines of sync scopes.
+"""One daemon thread that fires the deadlines of sync scopes (and of async ones on trio).
 
 A ``threading.Timer`` per scope would cost a thread per in-flight request;
 this keeps one heap and one thread for the whole process.
