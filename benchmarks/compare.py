@@ -11,7 +11,9 @@ baseline and the scoped variant are interleaved too.  The figures (those of
 ``overhead.py``, measured the way issue 23 states its targets):
 
 * ``idle``: open + close an idle ``async with RequestScope()`` (no call), and a bare
-  ``anyio.CancelScope`` for scale (no network);
+  ``anyio.CancelScope`` for scale (no network); the same with a deadline (``timeout=30``,
+  as the middleware's ``timeout`` or a caller's deadline header gives every request) against
+  ``anyio.move_on_after(30)``;
 * ``call``: a small GET through ``httpx2.AsyncClient`` against a scoped one, the scope
   already open, and with a scope opened per call (wall median per call, and client
   CPU per call); and the same GET against an in-process transport (no network: the
@@ -74,6 +76,20 @@ async def _idle() -> dict[str, float]:
                 pass
         return (time.perf_counter() - t) / IDLE_BLOCK
 
+    async def scopes_with_timeout() -> float:  # a deadline of its own, or from the caller's header
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            async with RequestScope(timeout=30):
+                pass
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
+    async def bare_with_timeout() -> float:
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            with anyio.move_on_after(30):
+                await anyio.lowlevel.checkpoint()
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
     async def bare() -> float:
         t = time.perf_counter()
         for _ in range(IDLE_BLOCK):
@@ -88,12 +104,20 @@ async def _idle() -> dict[str, float]:
                 pass
         return (time.perf_counter() - t) / IDLE_BLOCK
 
-    samples: dict[str, list[float]] = {"scope": [], "bare": [], "bare_nocp": []}
+    samples: dict[str, list[float]] = {
+        "scope": [],
+        "bare": [],
+        "bare_nocp": [],
+        "scope_timeout": [],
+        "bare_timeout": [],
+    }
     await scopes()  # warm
     for _ in range(5):
         samples["bare"].append(await bare())
         samples["bare_nocp"].append(await bare_no_checkpoint())
         samples["scope"].append(await scopes())
+        samples["bare_timeout"].append(await bare_with_timeout())
+        samples["scope_timeout"].append(await scopes_with_timeout())
     return {name: _median(values) * 1e6 for name, values in samples.items()}
 
 
@@ -499,6 +523,19 @@ def main() -> None:
                     f"bare anyio.CancelScope (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
                     f"new = {_ratio(new, bare)} of it; without the checkpoint "
                     f"{_cell(med('idle', backend, 'new', 'bare_nocp'), '.1f')}",
+                ]
+            )
+            old, new = med("idle", backend, "old", "scope_timeout"), med("idle", backend, "new", "scope_timeout")
+            bare, bare_old = med("idle", backend, "new", "bare_timeout"), med("idle", backend, "old", "bare_timeout")
+            rows.append(
+                [
+                    backend,
+                    "open + close an idle RequestScope(timeout=30), us",
+                    _cell(old, ".1f"),
+                    _cell(new, ".1f"),
+                    _ratio(new, old),
+                    f"bare anyio.move_on_after(30) (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
+                    f"new = {_ratio(new, bare)} of it",
                 ]
             )
         if "call" in figures:
