@@ -10,7 +10,6 @@ and ``scoped_clients.httpx2`` re-export those classes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import sys
@@ -84,12 +83,19 @@ class AsyncTransportMixin(TransportBase):
         # (what the scope does anyway) interrupts it, no cancel scope of its own needed.
         body = scope._cancel_scope
         reached = body is not None and call.aborted is None and loop.reaches(body)
+        pending = None
         try:
-            with contextlib.nullcontext(body) if reached and body is not None else loop.cancel_scope() as pending:
-                call.pending_scope = pending
-                if call.aborted is not None:  # cancelled between admission and here
-                    pending.cancel()
+            if reached:
+                # No ``with`` at all here (a ``nullcontext`` cost 0.6-1.8 us a call): an abort from
+                # another thread from now on is posted to the loop, and cancels the body's scope there.
+                call.pending_scope = body
                 response = await self.transport.handle_async_request(sent)
+            else:
+                with loop.cancel_scope() as pending:
+                    call.pending_scope = pending
+                    if call.aborted is not None:  # cancelled between admission and here
+                        pending.cancel()
+                    response = await self.transport.handle_async_request(sent)
         except BaseException as exc:
             call.pending_scope = None
             if reached and call.aborted is not None and is_native_cancel(exc):
@@ -97,7 +103,8 @@ class AsyncTransportMixin(TransportBase):
                 raise call.cancelled_error() from exc
             raise_for(call, exc)
         call.pending_scope = None
-        if pending.cancelled_caught:  # our own cancel scope caught our cancel (never the body's: it is still open)
+        if pending is not None and pending.cancelled_caught:
+            # our own cancel scope caught our cancel (never the body's: it is still open)
             call.finish("aborted")
             raise call.cancelled_error()
         response, reading = received(plan, response, call, self._body_cls, "aclose")
