@@ -105,6 +105,22 @@ async def test_timeout_cancels_with_reason_timeout() -> None:
     assert scope.cancel_reason is not None and scope.cancel_reason.code == "timeout"
 
 
+async def test_a_deadline_never_fires_before_it_has_passed() -> None:
+    """A loop's timer can run early: uvloop reads its clock once a turn and counts in whole milliseconds,
+    so a timer set from ``time.monotonic()`` fired up to ~1 ms before the deadline. The scope waits out
+    the rest: the cancel's time is never before the deadline, on any backend."""
+    early = []
+    for i in range(100):
+        with anyio.fail_after(10):  # timeouts in fractions of a millisecond: uvloop's timers fired early on 2 in 5
+            async with RequestScope(parent=None, timeout=0.0005 + (i % 7) * 0.0003) as scope:
+                await anyio.sleep_forever()
+        assert scope.cancel_reason is not None and scope.cancel_reason.code == "timeout"
+        assert scope.deadline is not None
+        if scope.cancel_reason.time < scope.deadline:
+            early.append(scope.deadline - scope.cancel_reason.time)
+    assert not early, f"{len(early)} of 100 deadlines fired early, by up to {max(early) * 1e3:.3f} ms"
+
+
 def test_sync_timeout_fires_hooks() -> None:
     fired = threading.Event()
     with RequestScope(timeout=0.01) as scope:
