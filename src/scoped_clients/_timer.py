@@ -35,11 +35,8 @@ class TimerHandle:
     __slots__ = ("fn",)
 
     def __init__(self, fn: Callable[[], object]) -> None:
+        #: ``None`` once cancelled or run
         self.fn: Callable[[], object] | None = fn
-
-    @property
-    def cancelled(self) -> bool:
-        return self.fn is None
 
     def cancel(self) -> None:
         self.fn = None
