@@ -13,7 +13,8 @@ baseline and the scoped variant are interleaved too.  The figures (those of
 * ``idle``: open + close an idle ``async with RequestScope()`` (no call), and a bare
   ``anyio.CancelScope`` for scale (no network); the same with a deadline (``timeout=30``,
   as the middleware's ``timeout`` or a caller's deadline header gives every request) against
-  ``anyio.move_on_after(30)``;
+  ``anyio.move_on_after(30)``; and a scope cancelled in its block (a request whose client went
+  away, no call) against a bare ``anyio.CancelScope`` cancelled the same way;
 * ``call``: a small GET through ``httpx2.AsyncClient`` against a scoped one, the scope
   already open, and with a scope opened per call (wall median per call, and client
   CPU per call); and the same GET against an in-process transport (no network: the
@@ -83,6 +84,22 @@ async def _idle() -> dict[str, float]:
                 pass
         return (time.perf_counter() - t) / IDLE_BLOCK
 
+    async def scopes_cancelled() -> float:  # a request whose client went away: the exit with the cancel
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            async with RequestScope() as scope:
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
+    async def bare_cancelled() -> float:
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
     async def bare_with_timeout() -> float:
         t = time.perf_counter()
         for _ in range(IDLE_BLOCK):
@@ -110,6 +127,8 @@ async def _idle() -> dict[str, float]:
         "bare_nocp": [],
         "scope_timeout": [],
         "bare_timeout": [],
+        "scope_cancelled": [],
+        "bare_cancelled": [],
     }
     await scopes()  # warm
     for _ in range(5):
@@ -118,6 +137,8 @@ async def _idle() -> dict[str, float]:
         samples["scope"].append(await scopes())
         samples["bare_timeout"].append(await bare_with_timeout())
         samples["scope_timeout"].append(await scopes_with_timeout())
+        samples["bare_cancelled"].append(await bare_cancelled())
+        samples["scope_cancelled"].append(await scopes_cancelled())
     return {name: _median(values) * 1e6 for name, values in samples.items()}
 
 
@@ -535,6 +556,19 @@ def main() -> None:
                     _cell(new, ".1f"),
                     _ratio(new, old),
                     f"bare anyio.move_on_after(30) (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
+                    f"new = {_ratio(new, bare)} of it",
+                ]
+            )
+            old, new = med("idle", backend, "old", "scope_cancelled"), med("idle", backend, "new", "scope_cancelled")
+            bare, bare_old = med("idle", backend, "new", "bare_cancelled"), med("idle", backend, "old", "bare_cancelled")
+            rows.append(
+                [
+                    backend,
+                    "open + cancel + close a RequestScope (no call), us",
+                    _cell(old, ".1f"),
+                    _cell(new, ".1f"),
+                    _ratio(new, old),
+                    f"bare anyio.CancelScope cancelled (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
                     f"new = {_ratio(new, bare)} of it",
                 ]
             )

@@ -417,6 +417,71 @@ async def test_outer_cancellation_is_not_absorbed_by_a_cancelled_scope() -> None
     assert outer.cancelled_caught and not reached_after
 
 
+@pytest.mark.parametrize("child", ["never", "finished"])
+async def test_the_body_leaves_the_same_way_whether_or_not_a_child_ever_ran(child: str) -> None:
+    """A scope that never started a child closes its task group without cancelling it (issue 23):
+    the body's error, an enclosing cancel and our own cancel leave exactly as with a child that ran."""
+    reached = []
+
+    async def enter(scope: RequestScope) -> None:
+        if child == "finished":
+            done = anyio.Event()
+
+            async def quick() -> None:
+                done.set()
+
+            scope.spawn(quick)
+            await done.wait()
+
+    with pytest.raises(ValueError, match="the body's own") as caught:
+        async with RequestScope() as scope:
+            await enter(scope)
+            raise ValueError("the body's own")
+    assert type(caught.value) is ValueError  # not wrapped in a group
+    assert not scope.cancelled
+
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as outer:
+            async with RequestScope() as scope:
+                await enter(scope)
+                outer.cancel()
+                await anyio.sleep_forever()
+            reached.append("after the enclosing cancel")  # pragma: no cover
+    assert outer.cancelled_caught and not reached and not scope.cancelled
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope:
+            await enter(scope)
+            scope.cancel("client_disconnected")
+            await anyio.sleep_forever()
+        reached.append("after our own cancel")
+    assert reached == ["after our own cancel"] and scope.cancel_reason is not None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("child", ["never", "finished"])
+async def test_a_native_task_cancel_travels_whether_or_not_a_child_ever_ran(child: str) -> None:
+    import asyncio
+
+    task = asyncio.current_task()
+    assert task is not None
+    with anyio.fail_after(10):
+        with pytest.raises(asyncio.CancelledError):
+            async with RequestScope() as scope:
+                if child == "finished":
+                    done = anyio.Event()
+
+                    async def quick() -> None:
+                        done.set()
+
+                    scope.spawn(quick)
+                    await done.wait()
+                task.cancel()
+                await anyio.sleep_forever()
+        task.uncancel()
+    assert not scope.cancelled
+
+
 @pytest.mark.parametrize("where", ["loop", "thread"])
 async def test_async_hooks_run_at_cancel_time_not_at_exit(where: str) -> None:
     """The hook runs while the block is still open: a shielded child waits for it, so the block
