@@ -560,7 +560,8 @@ def main() -> None:
                 ]
             )
             old, new = med("idle", backend, "old", "scope_cancelled"), med("idle", backend, "new", "scope_cancelled")
-            bare, bare_old = med("idle", backend, "new", "bare_cancelled"), med("idle", backend, "old", "bare_cancelled")
+            bare = med("idle", backend, "new", "bare_cancelled")
+            bare_old = med("idle", backend, "old", "bare_cancelled")
             rows.append(
                 [
                     backend,
@@ -568,7 +569,8 @@ def main() -> None:
                     _cell(old, ".1f"),
                     _cell(new, ".1f"),
                     _ratio(new, old),
-                    f"bare anyio.CancelScope cancelled (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
+                    f"bare anyio.CancelScope cancelled (+ checkpoint): {_cell(bare_old, '.1f')} / "
+                    f"{_cell(bare, '.1f')}; "
                     f"new = {_ratio(new, bare)} of it",
                 ]
             )
