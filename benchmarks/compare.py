@@ -14,7 +14,8 @@ baseline and the scoped variant are interleaved too.  The figures (those of
   ``anyio.CancelScope`` for scale (no network); the same with a deadline (``timeout=30``,
   as the middleware's ``timeout`` or a caller's deadline header gives every request) against
   ``anyio.move_on_after(30)``; and a scope cancelled in its block (a request whose client went
-  away, no call) against a bare ``anyio.CancelScope`` cancelled the same way;
+  away, no call) against a bare ``anyio.CancelScope`` cancelled the same way; and a scope with
+  an async ``on_cancel`` hook that is not cancelled;
 * ``call``: a small GET through ``httpx2.AsyncClient`` against a scoped one, the scope
   already open, and with a scope opened per call (wall median per call, and client
   CPU per call); and the same GET against an in-process transport (no network: the
@@ -100,6 +101,16 @@ async def _idle() -> dict[str, float]:
                 await anyio.lowlevel.checkpoint()
         return (time.perf_counter() - t) / IDLE_BLOCK
 
+    async def hook() -> None:
+        pass
+
+    async def scopes_with_hook() -> float:  # an async on_cancel hook, never cancelled (the usual request)
+        t = time.perf_counter()
+        for _ in range(IDLE_BLOCK):
+            async with RequestScope() as scope:
+                scope.on_cancel(hook)
+        return (time.perf_counter() - t) / IDLE_BLOCK
+
     async def bare_with_timeout() -> float:
         t = time.perf_counter()
         for _ in range(IDLE_BLOCK):
@@ -129,6 +140,7 @@ async def _idle() -> dict[str, float]:
         "bare_timeout": [],
         "scope_cancelled": [],
         "bare_cancelled": [],
+        "scope_hook": [],
     }
     await scopes()  # warm
     for _ in range(5):
@@ -139,6 +151,7 @@ async def _idle() -> dict[str, float]:
         samples["scope_timeout"].append(await scopes_with_timeout())
         samples["bare_cancelled"].append(await bare_cancelled())
         samples["scope_cancelled"].append(await scopes_cancelled())
+        samples["scope_hook"].append(await scopes_with_hook())
     return {name: _median(values) * 1e6 for name, values in samples.items()}
 
 
@@ -572,6 +585,17 @@ def main() -> None:
                     f"bare anyio.CancelScope cancelled (+ checkpoint): {_cell(bare_old, '.1f')} / "
                     f"{_cell(bare, '.1f')}; "
                     f"new = {_ratio(new, bare)} of it",
+                ]
+            )
+            old, new = med("idle", backend, "old", "scope_hook"), med("idle", backend, "new", "scope_hook")
+            rows.append(
+                [
+                    backend,
+                    "open + close a RequestScope with an async on_cancel hook (not cancelled), us",
+                    _cell(old, ".1f"),
+                    _cell(new, ".1f"),
+                    _ratio(new, old),
+                    f"new = {_ratio(new, med('idle', backend, 'new', 'scope'))} of an idle scope",
                 ]
             )
         if "call" in figures:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import threading
@@ -510,6 +511,82 @@ async def test_async_hooks_run_at_cancel_time_not_at_exit(where: str) -> None:
                 await anyio.to_thread.run_sync(scope.cancel)
             await anyio.sleep_forever()
     assert order == ["hook", "child settled"]
+
+
+@pytest.mark.parametrize("where", ["loop", "thread"])
+async def test_an_async_hook_runs_at_the_cancel_in_the_context_it_was_registered_in(where: str) -> None:
+    """No child at all: the body itself waits (shielded) for the hook, so the hook must run before the exit;
+    it sees what the request's context held when it was registered (a value set after the block's entry)."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+    seen: list[tuple[str, RequestScope | None]] = []
+    ran = anyio.Event()
+
+    async def hook() -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append((request_id.get(), current_scope()))
+        ran.set()
+
+    with anyio.fail_after(10):
+        async with RequestScope(hook_timeout=5) as scope:
+            request_id.set("r-1")
+            scope.on_cancel(hook)
+            request_id.set("r-2")  # later changes are the body's own
+            if where == "loop":
+                scope.cancel()
+            else:
+                await anyio.to_thread.run_sync(scope.cancel)
+            with scope.shield():
+                await ran.wait()
+    assert seen == [("r-1", scope)]
+
+
+@pytest.mark.parametrize("where", ["loop", "thread"])
+def test_an_async_hook_runs_at_the_cancel_on_a_loop_anyio_did_not_start(where: str) -> None:
+    """uvicorn runs ``asyncio.run`` itself: nothing names the library in a loop callback, where the
+    cancel starts the hooks' task (found by the FastAPI sample: the hooks only ran at the exit)."""
+    import asyncio
+
+    order: list[str] = []
+
+    async def main() -> None:
+        ran = anyio.Event()
+
+        async def hook() -> None:
+            await anyio.lowlevel.checkpoint()
+            order.append("hook")
+            ran.set()
+
+        async with RequestScope(hook_timeout=5) as scope:
+            scope.on_cancel(hook)
+            with scope.shield(), anyio.move_on_after(10):
+                if where == "loop":
+                    scope.cancel()
+                else:
+                    await asyncio.to_thread(scope.cancel)
+                await ran.wait()
+            order.append("body")
+
+    asyncio.run(main())
+    assert order == ["hook", "body"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_registering_an_async_hook_starts_no_task() -> None:
+    """A task waiting for the cancel cost ~60 us a scope (issue 23): the hooks' task is started by the cancel."""
+    import asyncio
+
+    async def hook() -> None:
+        pass
+
+    async with RequestScope() as scope:
+        before = len(asyncio.all_tasks())
+        scope.on_cancel(hook)
+        await anyio.lowlevel.checkpoint()
+        assert len(asyncio.all_tasks()) == before
+        scope.cancel()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        assert len(asyncio.all_tasks()) == before + 1  # the hooks' task, started by the cancel
+        await anyio.sleep_forever()
 
 
 async def test_hooks_registered_before_entering_and_after_the_cancel_run_once() -> None:

@@ -2,12 +2,13 @@
 
 Each hook runs once; an error in one is logged and never stops the others.
 Sync hooks run inline; async hooks run shielded, each bounded by the scope's
-``hook_timeout``.  When they run (inline at the cancel, in a task started with
-the first hook, or at the block's exit) is the scope's business (``_scope``).
+``hook_timeout``.  When they run (inline at the cancel, in a task started by
+the cancel, or at the block's exit) is the scope's business (``_scope``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import weakref
@@ -45,7 +46,7 @@ NO_HOOKS = NoHooks()
 class Hooks:
     """The hooks of one scope (``owner``, named in the log lines), guarded by the scope's lock."""
 
-    __slots__ = ("_hooks", "_lock", "_owner", "timeout")
+    __slots__ = ("_hooks", "_lock", "_owner", "context", "timeout")
 
     def __init__(self, owner: object, lock: threading.RLock, timeout: float) -> None:
         self._owner = weakref.ref(owner)  # for the log lines; no reference cycle with the scope
@@ -53,6 +54,8 @@ class Hooks:
         self._hooks: list[Hook] = []
         #: seconds each async hook may take
         self.timeout = timeout
+        #: where the async hooks run (their task is started in it): the first hook's registration's
+        self.context = contextvars.copy_context()
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
