@@ -6,7 +6,11 @@ import contextlib
 import contextvars
 import logging
 import math
+import os
+import signal
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 
 import anyio
@@ -668,6 +672,49 @@ def test_scopes_that_ended_leave_no_timers_behind() -> None:
     heap = _timer._timers._heap
     assert len(heap) <= _timer._COMPACT_MIN < 5000
     assert all(entry[2].fn is None for entry in heap)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_the_timer_lock_was_held_still_fires_sync_deadlines() -> None:
+    """Celery's prefork pool forks the worker: a thread of the parent holding the timer thread's lock at
+    that moment would leave the child's first sync deadline waiting for it forever."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _timer._timers._cond:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            code = 3
+            try:
+                fired = threading.Event()
+                with RequestScope("child", parent=None, timeout=0.01) as scope:
+                    scope.on_cancel(fired.set)
+                    code = 0 if fired.wait(5) else 2
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        holder.join()
+    status = None
+    for _ in range(1000):  # 10 s at most: a deadlocked child is killed, and the test fails
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the timer thread's lock")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> None:

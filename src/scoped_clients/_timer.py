@@ -16,6 +16,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -110,8 +111,17 @@ class _TimerThread:
             except Exception:  # a deadline callback must never kill the timer thread
                 logger.exception("scoped_clients timer callback failed")
 
+    def _after_fork_in_child(self) -> None:
+        """A forked child (Celery's prefork pool) has none of the parent's threads, and the lock may have been
+        held by one of them at the fork: a fresh lock and no thread (the next ``call_at`` starts one)."""
+        self._cond = threading.Condition()
+        self._thread = None
+        self._wake_at = -math.inf
+
 
 _timers = _TimerThread()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_timers._after_fork_in_child)
 
 
 def call_at(when: float, fn: Callable[[], object]) -> TimerHandle:
