@@ -378,7 +378,7 @@ class RequestScope:
     def _spawn_hooks(self) -> None:
         """On the loop, once cancelled: run the hooks in a task of the scope's group (the exit path runs any left).
 
-        No task waits for the cancel (one per scope with a hook used to: ~60 us a scope, issue 23):
+        No task waits for the cancel (one per scope with a hook used to: ~80-90 us a scope, issue 23):
         the task is started by the cancel, inside the cancelled scope.  It is not interrupted:
         neither library cancels a task before its first step, and ``run_async`` enters each hook's
         shielded scope before its first checkpoint.  It runs in the context of the first hook's
