@@ -422,6 +422,18 @@ async def test_outer_cancellation_is_not_absorbed_by_a_cancelled_scope() -> None
     assert outer.cancelled_caught and not reached_after
 
 
+async def _run_a_child_if(child: str, scope: RequestScope) -> None:
+    """``child == "finished"``: a child of ``scope`` has run and returned."""
+    if child == "finished":
+        done = anyio.Event()
+
+        async def quick() -> None:
+            done.set()
+
+        scope.spawn(quick)
+        await done.wait()
+
+
 @pytest.mark.parametrize("child", ["never", "finished"])
 async def test_the_body_leaves_the_same_way_whether_or_not_a_child_ever_ran(child: str) -> None:
     """A scope that never started a child closes its task group without cancelling it (issue 23):
@@ -429,14 +441,7 @@ async def test_the_body_leaves_the_same_way_whether_or_not_a_child_ever_ran(chil
     reached = []
 
     async def enter(scope: RequestScope) -> None:
-        if child == "finished":
-            done = anyio.Event()
-
-            async def quick() -> None:
-                done.set()
-
-            scope.spawn(quick)
-            await done.wait()
+        await _run_a_child_if(child, scope)
 
     with pytest.raises(ValueError, match="the body's own") as caught:
         async with RequestScope() as scope:
@@ -473,14 +478,7 @@ async def test_a_native_task_cancel_travels_whether_or_not_a_child_ever_ran(chil
     with anyio.fail_after(10):
         with pytest.raises(asyncio.CancelledError):
             async with RequestScope() as scope:
-                if child == "finished":
-                    done = anyio.Event()
-
-                    async def quick() -> None:
-                        done.set()
-
-                    scope.spawn(quick)
-                    await done.wait()
+                await _run_a_child_if(child, scope)
                 task.cancel()
                 await anyio.sleep_forever()
         task.uncancel()
