@@ -535,6 +535,21 @@ def main() -> None:
         shown = context.format(**{v: _cell(med(figure, backend, v, base), spec) for v in ("old", "new")})
         return [backend, what, _cell(diff[0], fmt), _cell(diff[1], fmt), _ratio(diff[1], diff[0]), shown]
 
+    def scope_row(backend: str, what: str, key: str, base: str, base_what: str, more: str = "") -> list[str]:
+        """An idle figure ``key``, old and new, beside ``base`` (what it is measured against: its own two values,
+        and the new figure as a multiple of the new one)."""
+        old, new = med("idle", backend, "old", key), med("idle", backend, "new", key)
+        base_old, base_new = med("idle", backend, "old", base), med("idle", backend, "new", base)
+        return [
+            backend,
+            what,
+            _cell(old, ".1f"),
+            _cell(new, ".1f"),
+            _ratio(new, old),
+            f"{base_what}: {_cell(base_old, '.1f')} / {_cell(base_new, '.1f')}; new = {_ratio(new, base_new)} of it"
+            + more,
+        ]
+
     print(f"Machine: {machine()}")
     print(
         f"old = {old_name}, new = {new_name}; {args.rounds} rounds, old and new alternating; medians over the rounds.\n"
@@ -544,60 +559,38 @@ def main() -> None:
     rows: list[list[str]] = []
     for backend in backends:
         if "idle" in figures:
-            bare = med("idle", backend, "new", "bare")
-            bare_old = med("idle", backend, "old", "bare")
-            old, new = med("idle", backend, "old", "scope"), med("idle", backend, "new", "scope")
-            rows.append(
-                [
+            nocp = _cell(med("idle", backend, "new", "bare_nocp"), ".1f")
+            rows += [
+                scope_row(
                     backend,
                     "open + close an idle RequestScope, us",
-                    _cell(old, ".1f"),
-                    _cell(new, ".1f"),
-                    _ratio(new, old),
-                    f"bare anyio.CancelScope (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
-                    f"new = {_ratio(new, bare)} of it; without the checkpoint "
-                    f"{_cell(med('idle', backend, 'new', 'bare_nocp'), '.1f')}",
-                ]
-            )
-            old, new = med("idle", backend, "old", "scope_timeout"), med("idle", backend, "new", "scope_timeout")
-            bare, bare_old = med("idle", backend, "new", "bare_timeout"), med("idle", backend, "old", "bare_timeout")
-            rows.append(
-                [
+                    "scope",
+                    "bare",
+                    "bare anyio.CancelScope (+ checkpoint)",
+                    f"; without the checkpoint {nocp}",
+                ),
+                scope_row(
                     backend,
                     "open + close an idle RequestScope(timeout=30), us",
-                    _cell(old, ".1f"),
-                    _cell(new, ".1f"),
-                    _ratio(new, old),
-                    f"bare anyio.move_on_after(30) (+ checkpoint): {_cell(bare_old, '.1f')} / {_cell(bare, '.1f')}; "
-                    f"new = {_ratio(new, bare)} of it",
-                ]
-            )
-            old, new = med("idle", backend, "old", "scope_cancelled"), med("idle", backend, "new", "scope_cancelled")
-            bare = med("idle", backend, "new", "bare_cancelled")
-            bare_old = med("idle", backend, "old", "bare_cancelled")
-            rows.append(
-                [
+                    "scope_timeout",
+                    "bare_timeout",
+                    "bare anyio.move_on_after(30) (+ checkpoint)",
+                ),
+                scope_row(
                     backend,
                     "open + cancel + close a RequestScope (no call), us",
-                    _cell(old, ".1f"),
-                    _cell(new, ".1f"),
-                    _ratio(new, old),
-                    f"bare anyio.CancelScope cancelled (+ checkpoint): {_cell(bare_old, '.1f')} / "
-                    f"{_cell(bare, '.1f')}; "
-                    f"new = {_ratio(new, bare)} of it",
-                ]
-            )
-            old, new = med("idle", backend, "old", "scope_hook"), med("idle", backend, "new", "scope_hook")
-            rows.append(
-                [
+                    "scope_cancelled",
+                    "bare_cancelled",
+                    "bare anyio.CancelScope cancelled (+ checkpoint)",
+                ),
+                scope_row(
                     backend,
                     "open + close a RequestScope with an async on_cancel hook (not cancelled), us",
-                    _cell(old, ".1f"),
-                    _cell(new, ".1f"),
-                    _ratio(new, old),
-                    f"new = {_ratio(new, med('idle', backend, 'new', 'scope'))} of an idle scope",
-                ]
-            )
+                    "scope_hook",
+                    "scope",
+                    "an idle RequestScope",
+                ),
+            ]
         if "call" in figures:
             for key, what in (("scoped", "scope already open"), ("per_call", "a scope per call")):
                 for unit in ("wall", "cpu"):
