@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio.lowlevel
 
@@ -31,6 +31,17 @@ async def _rounds(found: Callable[[], int], *, at_least: int, quiet: int, checkp
         still = still + 1 if found() == seen else 0
 
 
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """Inside the block, a collection scans only what was made in it: the heap is collected, then frozen."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @contextlib.asynccontextmanager
 async def block_collected(found: Callable[[], int], *, at_least: int = 3) -> AsyncIterator[None]:
     """At the block's end, everything the block left to the collector has been collected and finalized.
@@ -38,11 +49,7 @@ async def block_collected(found: Callable[[], int], *, at_least: int = 3) -> Asy
     ``found()`` counts what the caller records (the generators handed to the finalizer, the warnings
     caught). Earlier tests' garbage is collected before the block, so it is not counted in it.
     """
-    gc.collect()
-    gc.freeze()
-    try:
+    with heap_frozen():
         yield
         await _rounds(found, at_least=at_least, quiet=3, checkpoints=1)  # the block's objects only: cheap
-    finally:
-        gc.unfreeze()
     await _rounds(found, at_least=1, quiet=1, checkpoints=3)  # the whole heap, once if nothing new

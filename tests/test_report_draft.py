@@ -11,6 +11,7 @@ import httpx2
 import pytest
 
 import scoped_clients.httpx2
+from _collector import heap_frozen
 from scoped_clients import RequestScope, ScopeCancelled
 from scoped_clients._report import CallRecord, CallRecordDraft
 
@@ -58,19 +59,14 @@ async def test_a_finished_call_leaves_no_garbage_for_the_collector() -> None:
 
     async def garbage_of(client: httpx2.AsyncClient) -> int:
         await client.get("http://test/")  # warm
-        gc.collect()
-        gc.freeze()  # what existed before is not scanned again: the collections below count the calls' own
-        gc.disable()
-        try:
-            for _ in range(20):
-                await client.get("http://test/")
-        finally:
-            gc.enable()
+        with heap_frozen():  # the collection below counts the calls' own garbage, and scans nothing else
+            gc.disable()
             try:
-                garbage = gc.collect()
+                for _ in range(20):
+                    await client.get("http://test/")
             finally:
-                gc.unfreeze()
-        return garbage
+                gc.enable()
+            return gc.collect()
 
     raw = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
     scoped = scoped_clients.httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
