@@ -8,7 +8,8 @@ and qdrant-client (pin-tested by these tests), so an upgrade or a downgrade
 inside a range that breaks us fails CI, not a user.  Frameworks that cannot share the main
 venv (``EXTRA_PACKAGES``: LlamaIndex needs openai 2.x, arq redis-py < 6) are installed and
 tested here too, with the cancel bus on the oldest redis-py.  An extra whose floor cannot share
-that venv (``ALONE``) gets a venv of its own, pinned to its floor only.
+that venv (``ALONE``) gets a venv of its own, pinned to its floor only; so does the core alone (no extra) at
+the floors of its own dependencies (anyio, sniffio), with the tests that need nothing else.
 
 The lower bounds are read from ``pyproject.toml``: a range's floor that is not
 an installable release fails here, so the two cannot drift apart.
@@ -65,6 +66,12 @@ TESTS = [
 #: tests named here. mistralai: every release >= 2.0 needs opentelemetry-api >= 1.33.1, above our otel floor;
 #: google-genai 2.18 needs httpx >= 0.28.1, above our httpx floor (0.28.0)
 ALONE = {"mistralai": ["tests/test_mistralai.py"], "google_genai": ["tests/test_google_genai.py"]}
+#: the core's own floors (``[project] dependencies``) cannot share the venv above either: httpx2 2.16, the
+#: openai and anthropic floor, needs anyio >= 4.10. The core alone (no extra) at its floors, with the tests
+#: that need nothing else: the scope, the loop's batch of posts
+CORE_TESTS = ["tests/test_scope.py", "tests/test_loop_batch.py"]
+#: what those tests run on, beside the core: pytest and the two other backends of the AnyIO plugin
+CORE_TEST_PACKAGES = ("pytest>=8", "pytest-timeout>=2.3", "trio>=0.26.1", "uvloop>=0.21")
 
 
 def floors(names: tuple[str, ...] = EXTRAS) -> dict[str, str]:
@@ -78,6 +85,16 @@ def floors(names: tuple[str, ...] = EXTRAS) -> dict[str, str]:
                 pins[match[1]] = match[2]
     if "opentelemetry-api" in pins:  # the tests' SDK must be the API's own release
         pins["opentelemetry-sdk"] = pins["opentelemetry-api"]
+    return pins
+
+
+def core_floors() -> dict[str, str]:
+    """package -> the lowest version the core's own dependencies in pyproject.toml admit."""
+    pins: dict[str, str] = {}
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
+        if match:
+            pins[match[1]] = match[2]
     return pins
 
 
@@ -107,6 +124,10 @@ def main() -> int:
         python = venv(VENV.parent / extra, f"[test,{extra}]", alone)
         print(f"compat: {extra} at its floor, alone: " + ", ".join(f"{n}=={v}" for n, v in alone.items()))
         status |= subprocess.run([str(python), "-m", "pytest", *tests, "-q", *sys.argv[1:]], cwd=ROOT).returncode
+    core = core_floors()
+    python = venv(VENV.parent / "core", "", core, CORE_TEST_PACKAGES)
+    print("compat: the core alone at its floors: " + ", ".join(f"{n}=={v}" for n, v in core.items()))
+    status |= subprocess.run([str(python), "-m", "pytest", *CORE_TESTS, "-q", *sys.argv[1:]], cwd=ROOT).returncode
     return status
 
 
