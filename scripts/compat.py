@@ -23,7 +23,9 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "compat" / "oldest"
@@ -76,13 +78,8 @@ CORE_TEST_PACKAGES = ("pytest>=8", "pytest-timeout>=2.3", "trio>=0.26.1", "uvloo
 
 def floors(names: tuple[str, ...] = EXTRAS) -> dict[str, str]:
     """package -> the lowest version its range in pyproject.toml admits, for the extras ``names``."""
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    pins: dict[str, str] = {}
-    for extra in names:
-        for requirement in extras[extra]:
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
-            if match:
-                pins[match[1]] = match[2]
+    extras = _project()["optional-dependencies"]
+    pins = lower_bounds(requirement for extra in names for requirement in extras[extra])
     if "opentelemetry-api" in pins:  # the tests' SDK must be the API's own release
         pins["opentelemetry-sdk"] = pins["opentelemetry-api"]
     return pins
@@ -90,12 +87,21 @@ def floors(names: tuple[str, ...] = EXTRAS) -> dict[str, str]:
 
 def core_floors() -> dict[str, str]:
     """package -> the lowest version the core's own dependencies in pyproject.toml admit."""
+    return lower_bounds(_project()["dependencies"])
+
+
+def lower_bounds(requirements: Iterable[str]) -> dict[str, str]:
+    """package -> its lower bound, for the requirements written ``name>=version[,...]``."""
     pins: dict[str, str] = {}
-    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+    for requirement in requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
         if match:
             pins[match[1]] = match[2]
     return pins
+
+
+def _project() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # type: ignore[no-any-return]
 
 
 def venv(home: Path, extras: str, pins: dict[str, str], packages: tuple[str, ...] = ()) -> Path:
