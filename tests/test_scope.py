@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -589,6 +590,46 @@ async def test_registering_an_async_hook_starts_no_task() -> None:
         await anyio.lowlevel.cancel_shielded_checkpoint()
         assert len(asyncio.all_tasks()) == before + 1  # the hooks' task, started by the cancel
         await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_scope_cancelled_at_its_entry_starts_one_hooks_task() -> None:
+    """A cancel inherited at the entry: the entry cancels the body and starts the hooks' task, once.
+
+    The cancel used to be posted to the loop as well, which started a second, empty hooks task.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    started: list[asyncio.Task[object]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.Task(coro, loop=loop, **kwargs)
+        started.append(task)
+        return task
+
+    ran: list[str] = []
+
+    async def hook() -> None:
+        ran.append("hook")
+
+    loop.set_task_factory(factory)
+    try:
+        with anyio.fail_after(10):
+            async with RequestScope("parent") as parent:
+                parent.cancel("client_disconnected")
+                with parent.shield():
+                    child = RequestScope("child")
+                    child.on_cancel(hook)
+                    async with child:
+                        await anyio.sleep_forever()
+    finally:
+        loop.set_task_factory(previous)
+    assert ran == ["hook"]
+    assert child.cancel_reason is not None and child.cancel_reason.code == "client_disconnected"
+    hooks_tasks = [task.get_name() for task in started if task.get_name().startswith("on_cancel hooks of")]
+    assert len(hooks_tasks) == 1, hooks_tasks
 
 
 async def test_hooks_registered_before_entering_and_after_the_cancel_run_once() -> None:

@@ -309,8 +309,12 @@ class RequestScope:
         if self._is_async and self._loop is not None:
             # The calls are aborted above, at once; the body is cancelled on the loop's next
             # turn, so that a batch of cancels (a server shutting down) shuts every socket
-            # down first: anyio's cancel costs more than a socket shutdown.
-            self._loop.soon(RequestScope._cancel_on_loop, self)  # no bound method per cancel
+            # down first: anyio's cancel costs more than a socket shutdown.  Not before the
+            # block's cancel scope exists (a cancel inherited at the entry, or one from another
+            # thread during it): the entry cancels the body itself once it has one, and a post
+            # as well would start the hooks' task twice.
+            if self._cancel_scope is not None:
+                self._loop.soon(RequestScope._cancel_on_loop, self)  # no bound method per cancel
         elif not self._is_async and self._state is _State.ACTIVE:
             self._hooks.run_sync()
         return True
@@ -565,7 +569,7 @@ class RequestScope:
             self._deadline_watch = watch if watch is not None else call_at(self._deadline, self._deadline_passed)
         if isinstance(self._hooks, Hooks):  # registered before the entry: they run in the block's context
             self._hooks.context = contextvars.copy_context()
-        if self.cancelled:
+        if self.cancelled:  # before the block began (inherited, or from another thread): never posted
             self._cancel_on_loop()
         return self
 
