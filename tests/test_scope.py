@@ -31,6 +31,7 @@ from scoped_clients import (
     current_scope,
     detached,
 )
+from scoped_clients._scope import registry
 
 pytestmark = pytest.mark.anyio
 
@@ -573,6 +574,74 @@ def test_an_async_hook_runs_at_the_cancel_on_a_loop_anyio_did_not_start(where: s
     assert order == ["hook", "body"]
 
 
+async def test_async_hooks_finish_before_the_block_exits_when_the_cancel_lands_at_its_end() -> None:
+    """The body cancels its scope and returns at once: the cancel's loop callback runs during the exit, which
+    must then run the hooks itself (a task started by it could outlive the block), while a call left in flight
+    is closed."""
+    events: list[str] = []
+
+    class OpenBody:  # a call still in flight at the exit, whose closing takes a few loop turns
+        def abort(self, reason: CancelReason, *, orphan: bool = False) -> None:
+            pass
+
+        def final_record(self) -> None:
+            return None
+
+        async def aclose_on_exit(self) -> None:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+
+        def close_on_exit(self) -> None:
+            pass
+
+    async def hook() -> None:
+        events.append("hook started")
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        events.append("hook finished")
+
+    with anyio.fail_after(10):
+        async with RequestScope() as scope:
+            registry(scope).admit(OpenBody())
+            scope.on_cancel(hook)
+            scope.cancel("client_disconnected")  # no await after it
+    events.append("block exited")
+    assert events == ["hook started", "hook finished", "block exited"]
+
+
+def test_an_async_hook_registered_after_the_cancel_from_a_foreign_loop_callback() -> None:
+    """A protocol's callback (``connection_lost``) on a loop anyio.run did not start names no async library:
+    registering a hook there after the cancel starts the hooks' task all the same, and does not raise."""
+    import asyncio
+
+    events: list[str] = []
+
+    async def main() -> None:
+        ran = asyncio.Event()
+
+        async def hook() -> None:
+            events.append("hook ran")
+            ran.set()
+
+        def register(scope: RequestScope) -> None:
+            try:
+                scope.on_cancel(hook)
+                events.append("registered")
+            except BaseException as exc:
+                events.append(f"on_cancel raised {type(exc).__name__}")
+                ran.set()
+
+        async with RequestScope() as scope:
+            scope.cancel("client_disconnected")
+            asyncio.get_running_loop().call_soon(register, scope)
+            with scope.shield():
+                await asyncio.wait_for(ran.wait(), 10)
+        events.append("block exited")
+
+    asyncio.run(main())
+    assert events == ["registered", "hook ran", "block exited"]
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_registering_an_async_hook_starts_no_task() -> None:
     """A task waiting for the cancel cost ~60 us a scope (issue 23): the hooks' task is started by the cancel."""
@@ -754,6 +823,39 @@ def test_a_child_forked_while_the_timer_lock_was_held_still_fires_sync_deadlines
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on the timer thread's lock")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_fires_none_of_the_parents_deadlines() -> None:
+    """A scope open at the fork is the parent's (its calls' sockets are shared with the child): its deadline
+    must not fire in the child, whose timer thread starts with the child's first deadline."""
+    with RequestScope("parent", parent=None, timeout=0.2) as inherited:
+        assert inherited.deadline is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            code = 3
+            try:
+                fired = threading.Event()
+                # due after the inherited one: the timer thread, which takes its heap in order, has
+                # passed the inherited deadline once this one fires
+                with RequestScope("child", parent=None, deadline=inherited.deadline + 0.05) as scope:
+                    scope.on_cancel(fired.set)
+                    code = 2 if not fired.wait(5) else (1 if inherited.cancelled else 0)
+            finally:
+                os._exit(code)
+    assert not inherited.cancelled
+    status = None
+    for _ in range(1000):  # 10 s at most
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish")
+    assert os.waitstatus_to_exitcode(status) == 0  # 1: the parent's deadline fired in the child
 
 
 async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> None:

@@ -285,10 +285,11 @@ def _batch(loop: object) -> _Batch:
 class LoopHandle:
     """The loop a piece of async state lives on: its thread and a poster."""
 
-    __slots__ = ("_context", "_native", "cancel_scope", "post", "reaches", "task_group", "thread_id")
+    __slots__ = ("_context", "_native", "cancel_scope", "library", "post", "reaches", "task_group", "thread_id")
 
     def __init__(self) -> None:
-        library = sniffio.current_async_library()
+        #: the async library running the loop, as sniffio names it (``"asyncio"``, ``"trio"``)
+        self.library = library = sniffio.current_async_library()
         self.thread_id = threading.get_ident()
         self.post, self._native, self._context = _native(library)
         #: a new cancel scope of the loop's own kind (``native_cancel_scope``)

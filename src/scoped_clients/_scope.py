@@ -155,6 +155,7 @@ class RequestScope:
         "_deadline",
         "_deadline_watch",
         "_ending",
+        "_exiting",
         "_hook_timeout",
         "_hooks",
         "_is_async",
@@ -240,6 +241,7 @@ class RequestScope:
         self._tg: anyio.abc.TaskGroup | None = None
         self._tg_open = False
         self._tg_used = False  # a child was ever started in it (spawn, the hooks at a cancel)
+        self._exiting = False  # the async exit has begun: it runs the async hooks left itself
         #: what ends the deadline's wait at exit: the loop's timer (asyncio, uvloop) or the timer thread's (trio)
         self._deadline_watch: Cancellable | None = None
         self._timer: TimerHandle | None = None
@@ -389,11 +391,14 @@ class RequestScope:
         registration (of the block's entry for a hook registered before it), as the task that
         used to wait did.
         """
-        hooks, group = self._hooks, self._tg
-        if not isinstance(hooks, Hooks) or group is None or not self._tg_open:
+        hooks, group, loop = self._hooks, self._tg, self._loop
+        if not isinstance(hooks, Hooks) or group is None or loop is None or self._exiting:
+            # Once the exit has begun it runs them itself, after the children: a task started now could
+            # land in a group that has already found nothing to wait for (its exit's checkpoint, on
+            # asyncio), and the hooks would outlive the block.
             return
         name = f"on_cancel hooks of {self!r}"
-        library = sniffio.current_async_library()  # known here (a loop callback's context names it)
+        library = loop.library  # not sniffio here: a foreign loop callback (a protocol's) names no library
         coro = hooks.run_async()  # made here, so that it can be closed if the group refuses it
 
         def start() -> None:
@@ -590,6 +595,7 @@ class RequestScope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         assert self._tg is not None and self._cancel_scope is not None
+        self._exiting = True
         outer = exc
         try:
             outer = await self._settle_children(exc)
@@ -610,6 +616,8 @@ class RequestScope:
                     self._registry.record_in_flight(orphans)
                     if self.cancelled:
                         await self._hooks.run_async()
+                        while self._hooks:  # registered while those ran (by one of them, by another thread)
+                            await self._hooks.run_async()
         finally:
             _current.reset(self._token)
             self._end(outer)
@@ -632,6 +640,10 @@ class RequestScope:
         # formats ``repr()`` of the current task (3.5 us in a bare task, ~14 us per stream in a mass
         # cancel, issue 23).
         used = self._tg_used
+        if not used:
+            # Closed to new children before its exit's checkpoint: anyio's group has found nothing to wait
+            # for, and a task started in that checkpoint (a spawn() from another task) would outlive the block.
+            self._tg_open = False
         if exc is not None and used:  # like a task group: a body that fails or is cancelled cancels its children
             self._tg.cancel_scope.cancel()
         # A cancellation of the body is handed to the task group, which knows whether it was its

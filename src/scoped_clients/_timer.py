@@ -113,10 +113,14 @@ class _TimerThread:
 
     def _after_fork_in_child(self) -> None:
         """A forked child (Celery's prefork pool) has none of the parent's threads, and the lock may have been
-        held by one of them at the fork: a fresh lock and no thread (the next ``call_at`` starts one)."""
+        held by one of them at the fork: a fresh lock and no thread (the next ``call_at`` starts one). And none
+        of the parent's deadlines: their scopes are the parent's, their calls' sockets shared with it (one fired
+        here would shut the parent's connections down), and the heap may have been mid-compaction."""
         self._cond = threading.Condition()
         self._thread = None
         self._wake_at = -math.inf
+        self._heap = []
+        self._compact_at = _COMPACT_MIN
 
 
 _timers = _TimerThread()
