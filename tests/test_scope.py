@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -640,6 +640,106 @@ def test_an_async_hook_registered_after_the_cancel_from_a_foreign_loop_callback(
 
     asyncio.run(main())
     assert events == ["registered", "hook ran", "block exited"]
+
+
+async def test_a_cancel_while_the_exit_waits_for_a_child_runs_the_hooks_the_child_needs() -> None:
+    """The body has ended and the exit waits for a child stuck in a wait no cancel reaches, which a hook
+    releases: the cancel that arrives then must run the hook at once, not after the children."""
+    events: list[str] = []
+    release = threading.Event()
+    watchdog = threading.Timer(5, release.set)  # a failing run ends, the order shows it
+    watchdog.start()
+
+    async def child() -> None:
+        await anyio.to_thread.run_sync(release.wait)  # not abandoned on cancel: it waits for the thread
+        events.append("child done")
+
+    def hook() -> None:
+        events.append("hook")
+        release.set()
+
+    body_ended = anyio.Event()
+    try:
+        async with anyio.create_task_group() as outer:
+            scope = RequestScope()
+
+            async def canceller() -> None:
+                await body_ended.wait()  # runs while the scope's exit waits for its child
+                scope.cancel("client_disconnected")
+
+            outer.start_soon(canceller)
+            async with scope:
+                scope.on_cancel(hook)
+                scope.spawn(child)
+                body_ended.set()
+            events.append("block exited")
+    finally:
+        watchdog.cancel()
+    assert events == ["hook", "child done", "block exited"]
+
+
+@pytest.mark.parametrize("had_child", [False, True], ids=["no-child-ever", "a-child-finished"])
+async def test_spawn_during_the_exit_is_refused_once_no_child_runs(had_child: bool) -> None:
+    """A spawn() from another task in the exit's checkpoint (asyncio: the step after the body's last): the
+    group has found nothing to wait for, with or without a child before it (one that has finished), so the
+    task would outlive the block; it is refused (on trio the nursery refuses it, or the scope has ended)."""
+    results: list[str] = []
+    finished = anyio.Event()
+
+    async def quick() -> None:
+        results.append("late child ran")
+
+    async def finish() -> None:
+        finished.set()
+
+    async with anyio.create_task_group() as outer:
+        scope = RequestScope()
+
+        async def late() -> None:
+            try:
+                scope.spawn(quick)
+                results.append("accepted")
+            except ScopeStateError:
+                results.append("refused")
+
+        async with scope:
+            if had_child:
+                scope.spawn(finish)
+                await finished.wait()
+                await anyio.lowlevel.checkpoint()  # the child's task has ended: the group is empty again
+            outer.start_soon(late)
+    assert results == ["refused"]
+
+
+async def test_a_hook_registered_from_another_thread_as_the_block_ends_runs_or_is_refused() -> None:
+    """The exit decides under the scope's lock: a hook another thread registers on a cancelled scope is
+    either run by the exit or refused with ScopeStateError; never accepted and dropped. Here the thread
+    registers while the scope leaves its bus (after the exit's hooks ran): refused."""
+    outcome: list[str] = []
+    ran: list[str] = []
+
+    class Bus:
+        def join(self, scope: RequestScope) -> Callable[[], None]:
+            def leave() -> None:
+                def other_thread() -> None:
+                    try:
+                        scope.on_cancel(lambda: ran.append("hook"))
+                        outcome.append("accepted")
+                    except ScopeStateError:
+                        outcome.append("refused")
+
+                thread = threading.Thread(target=other_thread)
+                thread.start()
+                thread.join()
+
+            return leave
+
+        async def cancel(self, scope_id: str, reason: str = "cancelled", message: str | None = None) -> int:
+            return 0
+
+    async with RequestScope("req", bus=Bus()) as scope:  # type: ignore[arg-type]
+        scope.cancel("client_disconnected")
+    assert outcome == ["refused"] and ran == []
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -160,6 +160,7 @@ class RequestScope:
         "_hooks",
         "_is_async",
         "_leave_bus",
+        "_live",
         "_lock",
         "_loop",
         "_own_deadline",
@@ -241,7 +242,8 @@ class RequestScope:
         self._tg: anyio.abc.TaskGroup | None = None
         self._tg_open = False
         self._tg_used = False  # a child was ever started in it (spawn, the hooks at a cancel)
-        self._exiting = False  # the async exit has begun: it runs the async hooks left itself
+        self._exiting = False  # the async exit has begun
+        self._live = 0  # tasks of the group still running (spawned children, the hooks' task)
         #: what ends the deadline's wait at exit: the loop's timer (asyncio, uvloop) or the timer thread's (trio)
         self._deadline_watch: Cancellable | None = None
         self._timer: TimerHandle | None = None
@@ -392,26 +394,43 @@ class RequestScope:
         used to wait did.
         """
         hooks, group, loop = self._hooks, self._tg, self._loop
-        if not isinstance(hooks, Hooks) or group is None or loop is None or self._exiting:
-            # Once the exit has begun it runs them itself, after the children: a task started now could
-            # land in a group that has already found nothing to wait for (its exit's checkpoint, on
-            # asyncio), and the hooks would outlive the block.
-            return
+        if not isinstance(hooks, Hooks) or group is None or loop is None or not self._takes_children():
+            return  # the exit runs them (``_no_hooks_left``)
         name = f"on_cancel hooks of {self!r}"
         library = loop.library  # not sniffio here: a foreign loop callback (a protocol's) names no library
         coro = hooks.run_async()  # made here, so that it can be closed if the group refuses it
+        child = self._child(coro)
 
         def start() -> None:
             # The registration's context, on a loop anyio.run did not start (uvicorn's), does not name
             # the library, and anyio finds none in a loop callback: named here.
             sniffio.current_async_library_cvar.set(library)
-            group.start_soon(lambda: coro, name=name)
+            group.start_soon(lambda: child, name=name)
 
+        self._live += 1
         try:
             hooks.context.run(start)
             self._tg_used = True
-        except RuntimeError:  # the task group is closing: the exit path runs the hooks
+        except RuntimeError:  # the task group is closing: the exit runs the hooks
+            self._live -= 1
+            child.close()
             coro.close()
+
+    def _takes_children(self) -> bool:
+        """Whether the group may be given a task now (spawn, the hooks').
+
+        Not once its exit has begun with no task of it still running: anyio's exit (asyncio) has
+        then found nothing to wait for, and a task started in its checkpoint would outlive the
+        block. While one runs, the exit waits for it and for any started meanwhile.
+        """
+        return self._tg_open and (not self._exiting or self._live > 0)
+
+    async def _child(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """A task of the group, counted while it runs (``_takes_children``)."""
+        try:
+            return await coro
+        finally:
+            self._live -= 1
 
     # ------------------------------------------------------------- children
 
@@ -446,17 +465,21 @@ class RequestScope:
             raise ScopeStateError(
                 f"spawn() needs an async scope (`async with RequestScope()`); {self!r} was entered with plain `with`"
             )
-        if not self._tg_open:
+        if not self._takes_children():
             raise ScopeStateError(f"{self!r} is exiting; spawn() children before its block ends")
         # Trio closes the nursery as the group's last child ends, a checkpoint before our exit path
         # clears ``_tg_open``: a spawn in that window gets trio's RuntimeError, and the coroutine
         # anyio made would be left unawaited.  We make the coroutine, so we can close it.
         coro = fn(*args)
         label = name if name is not None else f"{getattr(fn, '__module__', '')}.{_qualname(fn)}"
+        child = self._child(coro)
+        self._live += 1
         try:
-            self._tg.start_soon(lambda: coro, name=label)
+            self._tg.start_soon(lambda: child, name=label)
             self._tg_used = True
         except RuntimeError as exc:
+            self._live -= 1
+            child.close()
             if inspect.iscoroutine(coro):
                 coro.close()
             raise ScopeStateError(f"{self!r} is exiting; spawn() children before its block ends") from exc
@@ -608,16 +631,18 @@ class RequestScope:
             ):
                 outer = exc  # a task.cancel() (asyncio.timeout, a framework) is not ours to absorb
             orphans = self._close_registry()
-            if orphans or self.cancelled:  # a scope with nothing to close or run pays no shielded scope
+            if orphans or not self._no_hooks_left():  # nothing to close or run: no shielded scope
                 with anyio.CancelScope(shield=True):
                     for call in orphans:
                         with anyio.move_on_after(self._hook_timeout):
                             await call.aclose_on_exit()
                     self._registry.record_in_flight(orphans)
-                    if self.cancelled:
+                    rounds = 0
+                    while not self._no_hooks_left():  # the cancel's, then any registered while they ran
+                        if rounds:  # a hook that registers another each time holds its request, not the loop
+                            await anyio.lowlevel.checkpoint()
+                        rounds += 1
                         await self._hooks.run_async()
-                        while self._hooks:  # registered while those ran (by one of them, by another thread)
-                            await self._hooks.run_async()
         finally:
             _current.reset(self._token)
             self._end(outer)
@@ -626,6 +651,16 @@ class RequestScope:
         if outer is exc:
             return False
         raise outer
+
+    def _no_hooks_left(self) -> bool:
+        """At the exit: True if no async hook is left to run, and then the scope has ended to ``cancel()``
+        and ``on_cancel()`` (decided under the lock: a hook registered from another thread is either run
+        by the exit or refused, never accepted and dropped)."""
+        with self._lock:
+            if self._cancel_reason is not None and self._hooks:
+                return False
+            self._state = _State.ENDED
+            return True
 
     async def _settle_children(self, exc: BaseException | None) -> BaseException | None:
         """Wait for the children; returns what is left to raise (the body's and the children's errors)."""
@@ -640,10 +675,6 @@ class RequestScope:
         # formats ``repr()`` of the current task (3.5 us in a bare task, ~14 us per stream in a mass
         # cancel, issue 23).
         used = self._tg_used
-        if not used:
-            # Closed to new children before its exit's checkpoint: anyio's group has found nothing to wait
-            # for, and a task started in that checkpoint (a spawn() from another task) would outlive the block.
-            self._tg_open = False
         if exc is not None and used:  # like a task group: a body that fails or is cancelled cancels its children
             self._tg.cancel_scope.cancel()
         # A cancellation of the body is handed to the task group, which knows whether it was its
