@@ -711,6 +711,14 @@ async def test_spawn_during_the_exit_is_refused_once_no_child_runs(had_child: bo
     assert results == ["refused"]
 
 
+async def test_spawn_of_a_function_that_returns_no_coroutine_raises_at_the_call() -> None:
+    async with RequestScope() as scope:
+        with pytest.raises(TypeError):
+            scope.spawn(lambda: 42)  # type: ignore[arg-type,return-value]
+        await anyio.lowlevel.checkpoint()  # the body goes on: nothing was started that could fail it
+    assert not scope.cancelled
+
+
 async def test_a_hook_registered_from_another_thread_as_the_block_ends_runs_or_is_refused() -> None:
     """The exit decides under the scope's lock: a hook another thread registers on a cancelled scope is
     either run by the exit or refused with ScopeStateError; never accepted and dropped. Here the thread

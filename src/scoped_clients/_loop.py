@@ -72,6 +72,21 @@ def native_task_group(library: str) -> NewTaskGroup:
     return group_class
 
 
+def group_has_tasks(group: object) -> bool:
+    """Whether anyio's task ``group`` may still hold a running task: False only when it is known to hold none.
+
+    On asyncio, anyio's group keeps its running tasks in ``_tasks``: its exit waits while that set is not
+    empty (a task started meanwhile included), and with it empty has found nothing to wait for, so a task
+    started then would outlive it.  Trio's nursery refuses a task itself once it is closed: True there, and
+    wherever the attribute is not what this reads (another anyio), as before it was read.
+    """
+    tasks = getattr(group, "_tasks", None)
+    try:
+        return tasks is None or len(tasks) > 0
+    except TypeError:
+        return True
+
+
 #: whether a cancel of ``target`` (a cancel scope of the running library) reaches the current task now
 Reaches = Callable[[object], bool]
 

@@ -43,7 +43,7 @@ from ._checks import MAX_NAME_LENGTH as MAX_NAME_LENGTH
 from ._checks import check_deadline, check_name, check_timeout, seconds
 from ._exceptions import ScopeCancelled, ScopeStateError
 from ._hooks import NO_HOOKS, Hook, Hooks, NoHooks
-from ._loop import Cancellable, LoopHandle
+from ._loop import Cancellable, LoopHandle, group_has_tasks
 from ._reasons import CancelReason, ReasonCode, coerce_reason
 from ._registry import CallRegistry, Owned
 from ._report import CallRecord, ScopeOutcome, ScopeReport, emit, reporting
@@ -160,7 +160,6 @@ class RequestScope:
         "_hooks",
         "_is_async",
         "_leave_bus",
-        "_live",
         "_lock",
         "_loop",
         "_own_deadline",
@@ -243,7 +242,6 @@ class RequestScope:
         self._tg_open = False
         self._tg_used = False  # a child was ever started in it (spawn, the hooks at a cancel)
         self._exiting = False  # the async exit has begun
-        self._live = 0  # tasks of the group still running (spawned children, the hooks' task)
         #: what ends the deadline's wait at exit: the loop's timer (asyncio, uvloop) or the timer thread's (trio)
         self._deadline_watch: Cancellable | None = None
         self._timer: TimerHandle | None = None
@@ -399,21 +397,17 @@ class RequestScope:
         name = f"on_cancel hooks of {self!r}"
         library = loop.library  # not sniffio here: a foreign loop callback (a protocol's) names no library
         coro = hooks.run_async()  # made here, so that it can be closed if the group refuses it
-        child = self._child(coro)
 
         def start() -> None:
             # The registration's context, on a loop anyio.run did not start (uvicorn's), does not name
             # the library, and anyio finds none in a loop callback: named here.
             sniffio.current_async_library_cvar.set(library)
-            group.start_soon(lambda: child, name=name)
+            group.start_soon(lambda: coro, name=name)
 
-        self._live += 1
         try:
             hooks.context.run(start)
             self._tg_used = True
         except RuntimeError:  # the task group is closing: the exit runs the hooks
-            self._live -= 1
-            child.close()
             coro.close()
 
     def _takes_children(self) -> bool:
@@ -423,14 +417,7 @@ class RequestScope:
         then found nothing to wait for, and a task started in its checkpoint would outlive the
         block. While one runs, the exit waits for it and for any started meanwhile.
         """
-        return self._tg_open and (not self._exiting or self._live > 0)
-
-    async def _child(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """A task of the group, counted while it runs (``_takes_children``)."""
-        try:
-            return await coro
-        finally:
-            self._live -= 1
+        return self._tg_open and (not self._exiting or group_has_tasks(self._tg))
 
     # ------------------------------------------------------------- children
 
@@ -472,14 +459,10 @@ class RequestScope:
         # anyio made would be left unawaited.  We make the coroutine, so we can close it.
         coro = fn(*args)
         label = name if name is not None else f"{getattr(fn, '__module__', '')}.{_qualname(fn)}"
-        child = self._child(coro)
-        self._live += 1
         try:
-            self._tg.start_soon(lambda: child, name=label)
+            self._tg.start_soon(lambda: coro, name=label)
             self._tg_used = True
         except RuntimeError as exc:
-            self._live -= 1
-            child.close()
             if inspect.iscoroutine(coro):
                 coro.close()
             raise ScopeStateError(f"{self!r} is exiting; spawn() children before its block ends") from exc
