@@ -905,32 +905,11 @@ def test_a_child_forked_while_the_timer_lock_was_held_still_fires_sync_deadlines
     holder.start()
     try:
         assert held.wait(10)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
-            pid = os.fork()
-        if pid == 0:  # the child: report through the exit code only
-            code = 3
-            try:
-                fired = threading.Event()
-                with RequestScope("child", parent=None, timeout=0.01) as scope:
-                    scope.on_cancel(fired.set)
-                    code = 0 if fired.wait(5) else 2
-            finally:
-                os._exit(code)
+        pid = _fork(lambda: 0 if _a_sync_deadline_fires(timeout=0.01) else 2)
     finally:
         release.set()
         holder.join()
-    status = None
-    for _ in range(1000):  # 10 s at most: a deadlocked child is killed, and the test fails
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the timer thread's lock")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert _exit_code_of(pid, "the forked child hung on the timer thread's lock") == 0
 
 
 def test_a_forked_child_fires_none_of_the_parents_deadlines() -> None:
@@ -938,32 +917,46 @@ def test_a_forked_child_fires_none_of_the_parents_deadlines() -> None:
     must not fire in the child, whose timer thread starts with the child's first deadline."""
     with RequestScope("parent", parent=None, timeout=0.2) as inherited:
         assert inherited.deadline is not None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
-            pid = os.fork()
-        if pid == 0:  # the child: report through the exit code only
-            code = 3
-            try:
-                fired = threading.Event()
-                # due after the inherited one: the timer thread, which takes its heap in order, has
-                # passed the inherited deadline once this one fires
-                with RequestScope("child", parent=None, deadline=inherited.deadline + 0.05) as scope:
-                    scope.on_cancel(fired.set)
-                    code = 2 if not fired.wait(5) else (1 if inherited.cancelled else 0)
-            finally:
-                os._exit(code)
+        later = inherited.deadline + 0.05
+        # The child's deadline is due after the inherited one: the timer thread, which takes its heap in
+        # order, has passed the inherited deadline once the child's fires.
+        pid = _fork(lambda: 2 if not _a_sync_deadline_fires(deadline=later) else (1 if inherited.cancelled else 0))
     assert not inherited.cancelled
-    status = None
-    for _ in range(1000):  # 10 s at most
+    assert _exit_code_of(pid, "the forked child did not finish") == 0  # 1: the parent's deadline fired in it
+
+
+def _fork(child: Callable[[], int]) -> int:
+    """``fork()``: the child runs ``child()`` and reports only through its exit code (3 if it raised)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+        pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            code = child()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _a_sync_deadline_fires(**deadline: float) -> bool:
+    """Whether a sync scope's ``timeout`` or ``deadline`` fires (its hook runs) within 5 s."""
+    fired = threading.Event()
+    with RequestScope("child", parent=None, **deadline) as scope:  # type: ignore[arg-type]
+        scope.on_cancel(fired.set)
+        return fired.wait(5)
+
+
+def _exit_code_of(pid: int, hung: str) -> int:
+    """A forked child's exit code; one still running after 10 s is killed and the test fails with ``hung``."""
+    for _ in range(1000):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            break
+            return os.waitstatus_to_exitcode(status)
         time.sleep(0.01)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child did not finish")
-    assert os.waitstatus_to_exitcode(status) == 0  # 1: the parent's deadline fired in the child
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(hung)
 
 
 async def test_scope_cancelled_from_the_bodys_own_task_group_is_absorbed() -> None:
