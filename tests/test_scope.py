@@ -711,6 +711,74 @@ async def test_spawn_during_the_exit_is_refused_once_no_child_runs(had_child: bo
     assert results == ["refused"]
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_native_cancel_during_the_exits_hooks_cuts_one_short_and_the_others_still_run() -> None:
+    """asyncio's task.cancel() (a server's timeout) is not held off by a shield: it cuts the hook it lands in
+    short; the scope's other hooks still run, then the cancel leaves the block."""
+    import asyncio
+
+    events: list[str] = []
+    h1_started = asyncio.Event()
+
+    async def h1() -> None:
+        events.append("h1 start")
+        h1_started.set()
+        await asyncio.Event().wait()  # until cut short
+
+    async def h2() -> None:
+        events.append("h2 ran")
+
+    async def request() -> None:
+        async with RequestScope() as scope:
+            scope.on_cancel(h1)
+            scope.on_cancel(h2)
+            scope.cancel("client_disconnected")  # no await after it: the exit runs the hooks
+
+    task = asyncio.ensure_future(request())
+    await asyncio.wait_for(h1_started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["h1 start", "h2 ran"]
+
+
+async def test_an_async_hook_registered_after_a_cancel_before_the_entry_runs_at_the_entry() -> None:
+    """Before the entry, sync or async is not known: a hook registered on a scope cancelled before it was
+    entered waits for the entry (it used to be run as a sync hook at once: an async one was closed, unrun)."""
+    ran: list[str] = []
+
+    async def hook() -> None:
+        ran.append("hook")
+
+    scope = RequestScope()
+    assert scope.cancel("client_disconnected")
+    scope.on_cancel(hook)
+    with anyio.fail_after(10):
+        async with scope:
+            await anyio.sleep_forever()  # cancelled at the entry
+    assert ran == ["hook"]
+    assert scope.report is not None and scope.report.outcome == "cancelled"
+
+
+async def test_the_deadline_still_bounds_the_children_the_exit_waits_for() -> None:
+    """The body ends at once, its child would run forever: the scope's timeout cancels the child while the
+    exit waits for it (the deadline used to stop counting as the exit began)."""
+    events: list[str] = []
+
+    async def child() -> None:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            events.append("child cancelled")
+            raise
+
+    with anyio.fail_after(5):
+        async with RequestScope(timeout=0.05) as scope:
+            scope.spawn(child)
+    assert events == ["child cancelled"]
+    assert scope.cancel_reason is not None and scope.cancel_reason.code == "timeout"
+
+
 async def test_spawn_of_a_function_that_returns_no_coroutine_raises_at_the_call() -> None:
     async with RequestScope() as scope:
         with pytest.raises(TypeError):

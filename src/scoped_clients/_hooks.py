@@ -88,13 +88,24 @@ class Hooks:
 
     async def run_async(self) -> None:
         owner = self._owner()
+        interrupted: BaseException | None = None
         for hook in self.take():
-            with anyio.move_on_after(self.timeout, shield=True) as bound:
-                try:
-                    result = hook()
-                    if isinstance(result, Awaitable):
-                        await result
-                except Exception:
-                    logger.exception("on_cancel hook %r of %r failed", hook, owner)
+            try:
+                with anyio.move_on_after(self.timeout, shield=True) as bound:
+                    try:
+                        result = hook()
+                        if isinstance(result, Awaitable):
+                            await result
+                    except Exception:
+                        logger.exception("on_cancel hook %r of %r failed", hook, owner)
+            except anyio.get_cancelled_exc_class() as exc:
+                # A native cancel (asyncio's task.cancel(): a shield does not hold it off) cut this hook
+                # short: the others still run, then the cancel goes on.
+                logger.error("on_cancel hook %r of %r was interrupted by a cancel of its task", hook, owner)
+                if interrupted is None:
+                    interrupted = exc
+                continue
             if bound.cancelled_caught:
                 logger.error("on_cancel hook %r of %r did not finish within %ss", hook, owner, self.timeout)
+        if interrupted is not None:
+            raise interrupted

@@ -372,7 +372,8 @@ class RequestScope:
             if isinstance(self._hooks, NoHooks):
                 self._hooks = Hooks(self, self._lock, self._hook_timeout)
             self._hooks.add(hook)
-            run_now = self._cancel_reason is not None
+            # Before the entry, sync or async is not known yet: the entry runs them.
+            run_now = self._cancel_reason is not None and self._state is _State.ACTIVE
         if not run_now:
             return hook
         if self._is_async and self._loop is not None:
@@ -542,6 +543,8 @@ class RequestScope:
 
     def __enter__(self) -> Self:
         self._enter_common(is_async=False)
+        if self.cancelled:  # cancelled before the entry: hooks registered since run now
+            self._hooks.run_sync()
         if self._deadline is not None and not self.cancelled:
             self._timer = call_at(self._deadline, self._deadline_passed)
         return self
@@ -648,8 +651,9 @@ class RequestScope:
     async def _settle_children(self, exc: BaseException | None) -> BaseException | None:
         """Wait for the children; returns what is left to raise (the body's and the children's errors)."""
         assert self._tg is not None and self._cancel_scope is not None
-        if self._deadline_watch is not None:
-            self._deadline_watch.cancel()
+        watch = self._deadline_watch
+        if watch is not None and not (self._tg_used and group_has_tasks(self._tg)):
+            watch.cancel()  # else the deadline still bounds the children the exit waits for
         if self.cancelled:  # a cancel whose loop callback has not run yet takes effect now
             self._cancel_scope.cancel()
         # A group that never had a child (most scopes: no spawn, no async hook) has nothing to cancel
@@ -672,6 +676,8 @@ class RequestScope:
             return BaseExceptionGroup("scope body and children failed", [exc, children])
         finally:
             self._tg_open = False
+            if watch is not None:
+                watch.cancel()
         return None if handed is not None and swallowed else exc
 
     def _exit_cancel_scope(self, outer: BaseException | None) -> BaseException | None:
