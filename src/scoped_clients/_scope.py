@@ -394,7 +394,7 @@ class RequestScope:
         """
         hooks, group, loop = self._hooks, self._tg, self._loop
         if not isinstance(hooks, Hooks) or group is None or loop is None or not self._takes_children():
-            return  # the exit runs them (``_no_hooks_left``)
+            return  # the exit runs them (``_seal_unless_hooks_left``)
         name = f"on_cancel hooks of {self!r}"
         library = loop.library  # not sniffio here: a foreign loop callback (a protocol's) names no library
         coro = hooks.run_async()  # made here, so that it can be closed if the group refuses it
@@ -617,17 +617,17 @@ class RequestScope:
             ):
                 outer = exc  # a task.cancel() (asyncio.timeout, a framework) is not ours to absorb
             orphans = self._close_registry()
-            if orphans or not self._no_hooks_left():  # nothing to close or run: no shielded scope
+            if orphans or not self._seal_unless_hooks_left():  # nothing to close or run: no shielded scope
                 with anyio.CancelScope(shield=True):
                     for call in orphans:
                         with anyio.move_on_after(self._hook_timeout):
                             await call.aclose_on_exit()
                     self._registry.record_in_flight(orphans)
-                    rounds = 0
-                    while not self._no_hooks_left():  # the cancel's, then any registered while they ran
-                        if rounds:  # a hook that registers another each time holds its request, not the loop
+                    first = True
+                    while not self._seal_unless_hooks_left():  # the cancel's, then any registered while they ran
+                        if not first:  # a hook that registers another each time holds its request, not the loop
                             await anyio.lowlevel.checkpoint()
-                        rounds += 1
+                        first = False
                         await self._hooks.run_async()
         finally:
             _current.reset(self._token)
@@ -638,9 +638,9 @@ class RequestScope:
             return False
         raise outer
 
-    def _no_hooks_left(self) -> bool:
-        """At the exit: True if no async hook is left to run, and then the scope has ended to ``cancel()``
-        and ``on_cancel()`` (decided under the lock: a hook registered from another thread is either run
+    def _seal_unless_hooks_left(self) -> bool:
+        """At the exit: False while async hooks are left to run; else end the scope to ``cancel()`` and
+        ``on_cancel()`` and return True (under the lock: a hook registered from another thread is either run
         by the exit or refused, never accepted and dropped)."""
         with self._lock:
             if self._cancel_reason is not None and self._hooks:
